@@ -1,0 +1,135 @@
+//! Cart identifiers: parsing, validation and the one canonical spelling used everywhere.
+//!
+//! The partner's documents send GUIDs in upper case and receive them in lower case, so every
+//! identifier is normalised to lower-case hyphenated form when it is registered, and that form
+//! is the only one stored or sent.
+
+use std::fmt;
+
+use uuid::Uuid;
+
+/// A cart identifier in canonical lower-case hyphenated GUID form.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CartId(String);
+
+/// Why a piece of text is not a cart identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed cart id {shown:?}: expected a GUID like 921a2046-66a5-4c5f-b9a6-4bc646fa5e5a")]
+pub struct MalformedCartId {
+    /// The offending input, shortened so a huge input cannot flood a log line.
+    pub shown: String,
+}
+
+impl CartId {
+    /// Parses a GUID in any of the usual spellings (upper or lower case, with or without
+    /// braces, surrounding whitespace) and returns its canonical form.
+    ///
+    /// Fails when the text is not a GUID with hyphens or braces, so that a 32-digit hex blob
+    /// pasted by mistake is not silently accepted.
+    pub fn parse(text: &str) -> Result<CartId, MalformedCartId> {
+        let trimmed = text.trim();
+        let inner = trimmed
+            .strip_prefix('{')
+            .and_then(|rest| rest.strip_suffix('}'))
+            .unwrap_or(trimmed);
+        if inner.len() != 36 {
+            return Err(MalformedCartId::new(text));
+        }
+        match Uuid::try_parse(inner) {
+            Ok(uuid) => Ok(CartId(uuid.hyphenated().to_string())),
+            Err(_) => Err(MalformedCartId::new(text)),
+        }
+    }
+
+    /// The canonical text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Builds a cart id from text that is already canonical, such as a row the daemon wrote.
+    /// Returns `None` when the text is not canonical, so callers can flag the row.
+    pub fn from_canonical(text: &str) -> Option<CartId> {
+        match CartId::parse(text) {
+            Ok(id) if id.0 == text => Some(id),
+            _ => None,
+        }
+    }
+}
+
+impl MalformedCartId {
+    fn new(text: &str) -> MalformedCartId {
+        MalformedCartId {
+            shown: shorten(text, 60),
+        }
+    }
+}
+
+/// Shortens text for messages, on a character boundary, marking the cut with an ellipsis.
+pub fn shorten(text: &str, max_chars: usize) -> String {
+    if text.chars().count() <= max_chars {
+        return text.to_owned();
+    }
+    let mut shortened: String = text.chars().take(max_chars).collect();
+    shortened.push('…');
+    shortened
+}
+
+impl fmt::Display for CartId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for CartId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CartId({})", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check(input: &str, expected: Option<&str>) {
+        let parsed = CartId::parse(input).ok();
+        assert_eq!(
+            parsed.as_ref().map(CartId::as_str),
+            expected,
+            "input {input:?}"
+        );
+    }
+
+    #[test]
+    fn parses_the_usual_spellings() {
+        let canonical = "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a";
+        check("921A2046-66A5-4C5F-B9A6-4BC646FA5E5A", Some(canonical));
+        check(canonical, Some(canonical));
+        check("  921a2046-66A5-4c5f-b9a6-4bc646fa5e5a\n", Some(canonical));
+        check("{921A2046-66A5-4C5F-B9A6-4BC646FA5E5A}", Some(canonical));
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_guid() {
+        check("", None);
+        check("921A2046-66A5-4C5F-B9A6-4BC646FA5E5", None);
+        check("921A2046-66A5-4C5F-B9A6-4BC646FA5E5AA", None);
+        check("921a204666a54c5fb9a64bc646fa5e5a", None);
+        check("urn:uuid:921a2046-66a5-4c5f-b9a6-4bc646fa5e5a", None);
+        check("zzzzzzzz-66a5-4c5f-b9a6-4bc646fa5e5a", None);
+        check("921a2046_66a5_4c5f_b9a6_4bc646fa5e5a", None);
+    }
+
+    #[test]
+    fn error_message_names_the_input_and_is_bounded() {
+        let error = CartId::parse(&"x".repeat(1000)).unwrap_err();
+        assert!(error.to_string().starts_with("malformed cart id \"xxxx"));
+        assert!(error.to_string().len() < 200);
+    }
+
+    #[test]
+    fn from_canonical_refuses_other_spellings() {
+        assert!(CartId::from_canonical("921a2046-66a5-4c5f-b9a6-4bc646fa5e5a").is_some());
+        assert!(CartId::from_canonical("921A2046-66A5-4C5F-B9A6-4BC646FA5E5A").is_none());
+    }
+}

@@ -1,0 +1,512 @@
+//! The command line: every subcommand, its help text, and its exit codes.
+//!
+//! Exit codes (also in the README):
+//! 0 success; 1 unexpected failure; 2 bad command line; 3 invalid config;
+//! 4 database unavailable; 5 input rejected (malformed or unknown cart ids).
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cart_id::CartId;
+use crate::config::{self, Config, ConfigError, Loaded, Purpose};
+use crate::daemon::{self, Hooks};
+use crate::store::{Store, TrackOutcome, TrackRequest, UntrackOutcome};
+
+/// Exit code: unexpected failure.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code: the config is invalid.
+pub const EXIT_CONFIG: u8 = 3;
+/// Exit code: the database cannot be opened or used.
+pub const EXIT_DATABASE: u8 = 4;
+/// Exit code: some input was rejected; nothing was changed.
+pub const EXIT_REJECTED: u8 = 5;
+
+/// cartwatch: watch partner carts until they are checked out and ordered.
+#[derive(Debug, Parser)]
+#[command(name = "cartwatch", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file [default: /etc/cartwatch/cartwatch.toml, optional when absent].
+    #[arg(long, global = true, env = "CARTWATCH_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: sweep on the schedule and deliver events until SIGTERM or SIGINT.
+    /// SIGHUP reloads the config (for a new apiCode) and probes a paused upstream at once.
+    Run,
+    /// Run one sweep over the carts due now, deliver pending events once, and exit.
+    PollOnce,
+    /// Register carts to watch, by id (any GUID spelling), from a file, or from stdin.
+    Track {
+        /// Cart ids (GUIDs).
+        #[arg(value_name = "CART_ID")]
+        cart_ids: Vec<String>,
+        /// The shop's own reference, stored with the cart and sent in its events.
+        #[arg(long, value_name = "TEXT")]
+        reference: Option<String>,
+        /// Read ids from a file (one per line, optionally `id,reference`; `#` starts a
+        /// comment); `-` reads standard input.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Stop watching carts. Their rows and history stay in the database.
+    Untrack {
+        /// Cart ids.
+        #[arg(value_name = "CART_ID", required = true)]
+        cart_ids: Vec<String>,
+    },
+    /// Show a summary of all carts, or one cart in detail with its transitions.
+    Status {
+        /// A cart id to show in detail.
+        #[arg(value_name = "CART_ID")]
+        cart_id: Option<String>,
+    },
+    /// Print events from the outbox as JSON lines, oldest first.
+    Events {
+        /// Only events after this sequence number (a cursor: pass the last `seq` you saw).
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        after: i64,
+        /// At most this many events.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: u32,
+    },
+    /// Validate the config and print the effective values, secrets redacted.
+    CheckConfig,
+    /// Watch simulated carts being checked out and ordered: a built-in simulator, a
+    /// temporary database, no config and no network. Ends within a minute.
+    Demo {
+        /// How many simulated carts to track.
+        #[arg(long, default_value_t = 40)]
+        carts: usize,
+        /// Seed of the simulated timeline.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
+}
+
+/// A failed command: what to print and which exit code to use.
+#[derive(Debug)]
+pub struct Failure {
+    /// The exit code.
+    pub code: u8,
+    /// The error, with context.
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    fn new(code: u8, error: impl Into<anyhow::Error>) -> Failure {
+        Failure {
+            code,
+            error: error.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Failure {
+        Failure {
+            code: EXIT_FAILURE,
+            error,
+        }
+    }
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Failure> {
+    let config_path = cli.config.clone();
+    match cli.command {
+        Command::Run => run(config_path).await,
+        Command::PollOnce => poll_once(config_path).await,
+        Command::Track {
+            cart_ids,
+            reference,
+            file,
+        } => track(config_path, cart_ids, reference, file).await,
+        Command::Untrack { cart_ids } => untrack(config_path, cart_ids).await,
+        Command::Status { cart_id } => status(config_path, cart_id).await,
+        Command::Events { after, limit } => events(config_path, after, limit).await,
+        Command::CheckConfig => check_config(config_path),
+        Command::Demo { carts, seed } => crate::demo::run(carts, seed).await.map_err(Failure::from),
+    }
+}
+
+/// Loads the config the way every command does: embedded defaults, the file, then
+/// `CARTWATCH__*` environment variables.
+pub fn load_config(path: Option<&Path>, purpose: Purpose) -> Result<Loaded, ConfigError> {
+    let explicit = path.is_some();
+    let path = path.unwrap_or(Path::new(config::DEFAULT_PATH));
+    let environment: HashMap<String, String> = std::env::vars().collect();
+    config::load(path, explicit, environment, purpose)
+}
+
+fn loaded(path: Option<&Path>, purpose: Purpose) -> Result<Loaded, Failure> {
+    load_config(path, purpose).map_err(|error| Failure::new(EXIT_CONFIG, error))
+}
+
+async fn open_store(config: &Config) -> Result<Store, Failure> {
+    daemon::open_store(config)
+        .await
+        .map_err(|error| Failure::new(EXIT_DATABASE, error))
+}
+
+async fn run(config_path: Option<PathBuf>) -> Result<(), Failure> {
+    let loaded = loaded(config_path.as_deref(), Purpose::Upstream)?;
+    crate::logging::init(&loaded.config.logging);
+    log_loaded(&loaded);
+    let shutdown = CancellationToken::new();
+    let (reload_sender, reloads) = mpsc::channel(1);
+    spawn_signal_handlers(shutdown.clone(), reload_sender, config_path)
+        .context("while installing signal handlers")?;
+    daemon::run(loaded.config, reloads, Hooks::default(), shutdown)
+        .await
+        .map_err(|error| match error {
+            daemon::DaemonError::Store(_) => Failure::new(EXIT_DATABASE, error),
+            other => Failure::new(EXIT_FAILURE, other),
+        })
+}
+
+fn log_loaded(loaded: &Loaded) {
+    match &loaded.file {
+        Some(file) => tracing::info!(file = %file.display(), "configuration loaded"),
+        None => tracing::info!("no config file; using built-in defaults and the environment"),
+    }
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// SIGTERM and SIGINT cancel `shutdown`; SIGHUP reloads the config and sends it on.
+fn spawn_signal_handlers(
+    shutdown: CancellationToken,
+    reloads: mpsc::Sender<Config>,
+    config_path: Option<PathBuf>,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => { tracing::info!("SIGTERM received"); shutdown.cancel(); return; }
+                _ = interrupt.recv() => { tracing::info!("SIGINT received"); shutdown.cancel(); return; }
+                _ = hangup.recv() => {
+                    match load_config(config_path.as_deref(), Purpose::Upstream) {
+                        Ok(loaded) => {
+                            log_loaded(&loaded);
+                            let _ = reloads.send(loaded.config).await;
+                        }
+                        Err(error) => tracing::error!("SIGHUP: the new config is not usable, keeping the old one: {error}"),
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn poll_once(config_path: Option<PathBuf>) -> Result<(), Failure> {
+    let loaded = loaded(config_path.as_deref(), Purpose::Upstream)?;
+    crate::logging::init(&loaded.config.logging);
+    log_loaded(&loaded);
+    let record = daemon::poll_once(loaded.config, CancellationToken::new())
+        .await
+        .map_err(|error| match error {
+            daemon::DaemonError::Store(_) => Failure::new(EXIT_DATABASE, error),
+            other => Failure::new(EXIT_FAILURE, other),
+        })?;
+    eprintln!(
+        "polled {} cart(s) in {} request(s): {} failed, {} status change(s), {} event(s){}",
+        record.carts_polled,
+        record.requests,
+        record.failures,
+        record.transitions,
+        record.events,
+        record
+            .stopped_early
+            .map(|reason| format!("; stopped early: {reason}"))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Reads cart ids (and optional references) from arguments and an optional file; every
+/// malformed id is reported, with its line for files.
+fn collect_track_requests(
+    cart_ids: &[String],
+    reference: Option<&str>,
+    lines: Option<Vec<(usize, String)>>,
+) -> Result<Vec<TrackRequest>, Vec<String>> {
+    let mut requests = Vec::new();
+    let mut problems = Vec::new();
+    for text in cart_ids {
+        match CartId::parse(text) {
+            Ok(cart_id) => requests.push(TrackRequest {
+                cart_id,
+                reference: reference.map(str::to_owned),
+            }),
+            Err(error) => problems.push(error.to_string()),
+        }
+    }
+    for (number, line) in lines.unwrap_or_default() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let (id, own_reference) = match line.split_once([',', '\t']) {
+            Some((id, own)) => (id.trim(), Some(own.trim()).filter(|text| !text.is_empty())),
+            None => (line, None),
+        };
+        match CartId::parse(id) {
+            Ok(cart_id) => requests.push(TrackRequest {
+                cart_id,
+                reference: own_reference.or(reference).map(str::to_owned),
+            }),
+            Err(error) => problems.push(format!("line {number}: {error}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(requests)
+    } else {
+        Err(problems)
+    }
+}
+
+fn read_lines(file: &Path) -> anyhow::Result<Vec<(usize, String)>> {
+    let reader: Box<dyn BufRead> = if file == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(file)
+                .with_context(|| format!("while opening {}", file.display()))?,
+        ))
+    };
+    reader
+        .lines()
+        .enumerate()
+        .map(|(index, line)| {
+            Ok((
+                index + 1,
+                line.with_context(|| format!("while reading {}", file.display()))?,
+            ))
+        })
+        .collect()
+}
+
+async fn track(
+    config_path: Option<PathBuf>,
+    cart_ids: Vec<String>,
+    reference: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<(), Failure> {
+    if cart_ids.is_empty() && file.is_none() {
+        return Err(Failure::new(
+            EXIT_REJECTED,
+            anyhow::anyhow!("give cart ids as arguments or --file FILE (use - for standard input)"),
+        ));
+    }
+    let lines = file.as_deref().map(read_lines).transpose()?;
+    let requests =
+        collect_track_requests(&cart_ids, reference.as_deref(), lines).map_err(|problems| {
+            Failure::new(
+                EXIT_REJECTED,
+                anyhow::anyhow!("nothing was registered:\n  {}", problems.join("\n  ")),
+            )
+        })?;
+    let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
+    let store = open_store(&loaded.config).await?;
+    let outcomes = store
+        .track(requests, Utc::now())
+        .await
+        .map_err(|error| Failure::new(EXIT_DATABASE, error))?;
+    let mut added = 0;
+    for (cart_id, outcome) in &outcomes {
+        match outcome {
+            TrackOutcome::Added => added += 1,
+            TrackOutcome::AlreadyTracked => println!("{cart_id}: already tracked"),
+            TrackOutcome::Resumed => println!("{cart_id}: tracking resumed"),
+            TrackOutcome::Finished(state) => {
+                println!("{cart_id}: not tracked again, its state is {state}")
+            }
+        }
+    }
+    println!("{added} cart(s) added, {} given", outcomes.len());
+    Ok(())
+}
+
+async fn untrack(config_path: Option<PathBuf>, cart_ids: Vec<String>) -> Result<(), Failure> {
+    let parsed: Result<Vec<CartId>, _> = cart_ids.iter().map(|text| CartId::parse(text)).collect();
+    let parsed = parsed.map_err(|error| {
+        Failure::new(
+            EXIT_REJECTED,
+            anyhow::anyhow!("{error}; nothing was changed"),
+        )
+    })?;
+    let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
+    let store = open_store(&loaded.config).await?;
+    let outcomes = store
+        .untrack(parsed, Utc::now())
+        .await
+        .map_err(|error| Failure::new(EXIT_DATABASE, error))?;
+    let mut unknown = 0;
+    for (cart_id, outcome) in outcomes {
+        match outcome {
+            UntrackOutcome::Untracked => println!("{cart_id}: untracked"),
+            UntrackOutcome::NotTracking(state) => {
+                println!("{cart_id}: was not being tracked (state {state})")
+            }
+            UntrackOutcome::Unknown => {
+                unknown += 1;
+                println!("{cart_id}: unknown cart");
+            }
+        }
+    }
+    if unknown > 0 {
+        return Err(Failure::new(
+            EXIT_REJECTED,
+            anyhow::anyhow!("{unknown} cart id(s) are not in the database"),
+        ));
+    }
+    Ok(())
+}
+
+async fn status(config_path: Option<PathBuf>, cart_id: Option<String>) -> Result<(), Failure> {
+    let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
+    let store = open_store(&loaded.config).await?;
+    let database = |error| Failure::new(EXIT_DATABASE, error);
+    match cart_id {
+        Some(text) => {
+            let cart_id =
+                CartId::parse(&text).map_err(|error| Failure::new(EXIT_REJECTED, error))?;
+            let detail = store
+                .cart_detail(cart_id.to_string())
+                .await
+                .map_err(database)?;
+            let detail = detail.ok_or_else(|| {
+                Failure::new(
+                    EXIT_REJECTED,
+                    anyhow::anyhow!("cart {cart_id} is not in the database"),
+                )
+            })?;
+            print!("{}", crate::render::render_cart_detail(&detail));
+        }
+        None => {
+            let summary = store.summary(Utc::now()).await.map_err(database)?;
+            print!("{}", crate::render::render_summary(&summary));
+        }
+    }
+    Ok(())
+}
+
+async fn events(config_path: Option<PathBuf>, after: i64, limit: u32) -> Result<(), Failure> {
+    let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
+    let store = open_store(&loaded.config).await?;
+    let events = store
+        .events_after(after, limit)
+        .await
+        .map_err(|error| Failure::new(EXIT_DATABASE, error))?;
+    for event in &events {
+        println!("{}", crate::sinks::log::event_line(event));
+    }
+    Ok(())
+}
+
+fn check_config(config_path: Option<PathBuf>) -> Result<(), Failure> {
+    let loaded = loaded(config_path.as_deref(), Purpose::Upstream)?;
+    match &loaded.file {
+        Some(file) => println!("# config file: {}", file.display()),
+        None => println!("# no config file; built-in defaults and the environment"),
+    }
+    for warning in &loaded.warnings {
+        println!("# warning: {warning}");
+    }
+    println!("# the config is valid\n");
+    print!("{}", loaded.config.to_redacted_toml());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn track_requests_from_arguments_and_lines() {
+        let lines = vec![
+            (1, "# carts from the shop".to_owned()),
+            (2, "BEE2C269-1DBD-4F67-B9F1-2EA2D3B4917B,order-9".to_owned()),
+            (3, "   ".to_owned()),
+            (
+                4,
+                "59dcca18-05e7-4f5c-8b4e-89e987ea1e51  # trailing comment".to_owned(),
+            ),
+        ];
+        let requests = collect_track_requests(
+            &["921A2046-66A5-4C5F-B9A6-4BC646FA5E5A".to_owned()],
+            Some("batch-1"),
+            Some(lines),
+        )
+        .unwrap();
+        assert_eq!(requests.len(), 3);
+        assert_eq!(
+            requests[0].cart_id.as_str(),
+            "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a"
+        );
+        assert_eq!(requests[1].reference.as_deref(), Some("order-9"));
+        assert_eq!(requests[2].reference.as_deref(), Some("batch-1"));
+    }
+
+    #[test]
+    fn every_malformed_id_is_reported_with_its_line() {
+        let problems = collect_track_requests(
+            &["nope".to_owned()],
+            None,
+            Some(vec![(7, "12345".to_owned())]),
+        )
+        .unwrap_err();
+        assert_eq!(problems.len(), 2);
+        assert!(problems[0].contains("\"nope\""));
+        assert!(problems[1].starts_with("line 7: malformed cart id \"12345\""));
+    }
+
+    #[test]
+    fn config_flag_is_global() {
+        let cli = Cli::try_parse_from(["cartwatch", "status", "--config", "/tmp/x.toml"]).unwrap();
+        assert_eq!(cli.config.as_deref(), Some(Path::new("/tmp/x.toml")));
+        let cli = Cli::try_parse_from(["cartwatch", "--config", "/tmp/y.toml", "run"]).unwrap();
+        assert_eq!(cli.config.as_deref(), Some(Path::new("/tmp/y.toml")));
+    }
+}

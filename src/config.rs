@@ -1,0 +1,822 @@
+//! Configuration: the embedded default file, the user's file and the environment, layered into
+//! typed structs, then validated with one message per problem.
+//!
+//! `config/cartwatch.toml` is both the documentation of every key and the built-in default.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::Url;
+use serde::{Deserialize, Serialize};
+
+use crate::events::EventType;
+use crate::secret::Secret;
+
+/// The documented default configuration, embedded so a fresh install needs no file.
+pub const DEFAULT_TOML: &str = include_str!("../config/cartwatch.toml");
+
+/// Where `run` looks for a config file when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/cartwatch/cartwatch.toml";
+
+/// The prefix of environment variables that override keys: `CARTWATCH__SECTION__KEY`.
+pub const ENV_PREFIX: &str = "CARTWATCH";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    /// The SQLite database.
+    pub database: DatabaseConfig,
+    /// When and how sweeps run.
+    pub sweep: SweepConfig,
+    /// The i.materialise Cart Status API.
+    pub imaterialise: ImaterialiseConfig,
+    /// How often carts are polled, by age and status.
+    pub cadence: CadenceConfig,
+    /// How the daemon backs off when the upstream misbehaves.
+    pub backoff: BackoffConfig,
+    /// Which events are written.
+    pub events: EventsConfig,
+    /// Where events go.
+    pub sinks: SinksConfig,
+    /// Diagnostics.
+    pub logging: LoggingConfig,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatabaseConfig {
+    /// The SQLite file.
+    pub path: PathBuf,
+    /// How long a statement waits for another connection's lock.
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
+}
+
+/// `[sweep]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepConfig {
+    /// Cron expression with a seconds field.
+    pub cron: String,
+    /// IANA zone the cron expression is read in.
+    pub timezone: String,
+    /// Due carts read from the database per page.
+    pub page_size: u32,
+}
+
+/// Request and response encoding for the i.materialise APIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireFormat {
+    /// `application/json`
+    Json,
+    /// `text/xml`
+    Xml,
+}
+
+/// `[imaterialise]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImaterialiseConfig {
+    /// Whether this provider is polled.
+    pub enabled: bool,
+    /// Base URL, without the `/web-api/...` path.
+    pub base_url: String,
+    /// The apiCode GUID, when given inline or by environment.
+    pub api_code: Secret,
+    /// A file holding the apiCode.
+    pub api_code_file: PathBuf,
+    /// Wire format.
+    pub format: WireFormat,
+    /// Cart IDs per request, 1..=10.
+    pub batch_size: u32,
+    /// Requests in flight at once.
+    pub concurrency: u32,
+    /// Requests started per second; 0 for no limit.
+    pub requests_per_second: f64,
+    /// Whole-request timeout.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Largest response body accepted.
+    pub max_response_bytes: u64,
+}
+
+/// One age tier of the polling cadence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CadenceTier {
+    /// Applies to carts younger than this.
+    #[serde(with = "humantime_serde")]
+    pub younger_than: Duration,
+    /// Poll interval for those carts.
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+}
+
+/// `[cadence]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CadenceConfig {
+    /// Age tiers, youngest first.
+    pub tiers: Vec<CadenceTier>,
+    /// Interval past the last tier.
+    #[serde(with = "humantime_serde")]
+    pub older_every: Duration,
+    /// Interval for CheckedOut carts.
+    #[serde(with = "humantime_serde")]
+    pub checked_out_every: Duration,
+    /// Age at which an unordered cart expires.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Fraction by which intervals are spread either way.
+    pub jitter: f64,
+}
+
+/// `[backoff]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackoffConfig {
+    /// First delay after a transient failure.
+    #[serde(with = "humantime_serde")]
+    pub transient_initial: Duration,
+    /// Cap of the transient delay.
+    #[serde(with = "humantime_serde")]
+    pub transient_max: Duration,
+    /// Failed requests in a row before the circuit opens.
+    pub circuit_after: u32,
+    /// First probe delay after a 401.
+    #[serde(with = "humantime_serde")]
+    pub auth_initial: Duration,
+    /// Cap of the 401 probe delay.
+    #[serde(with = "humantime_serde")]
+    pub auth_max: Duration,
+    /// Consecutive not-found answers before a cart is given up.
+    pub not_found_after: u32,
+}
+
+/// `[events]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventsConfig {
+    /// Event type names to write.
+    pub emit: Vec<String>,
+}
+
+/// `[sinks]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SinksConfig {
+    /// `[sinks.log]`
+    pub log: LogSinkConfig,
+}
+
+/// `[sinks.log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogSinkConfig {
+    /// Whether events are written as JSON lines.
+    pub enabled: bool,
+    /// A file to append to; empty for standard output.
+    pub path: PathBuf,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[logging]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoggingConfig {
+    /// Default level filter.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// What a command needs from the config, which decides which problems are fatal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Commands that only touch the database (`track`, `status`, `events`).
+    Database,
+    /// Commands that talk to the partner (`run`, `poll-once`, `items`).
+    Upstream,
+}
+
+/// A problem found while loading or validating the config: the key and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, such as `imaterialise.batch_size`.
+    pub key: String,
+    /// What is wrong, lower case.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Why the config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file named by `--config` does not exist or cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or a value has the wrong type.
+    #[error("config is not valid: {0}")]
+    Syntax(String),
+    /// The values do not make a usable config; one problem per entry.
+    #[error("config has {} problem(s):\n{}", .0.len(), list_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn list_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|problem| format!("  - {problem}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A loaded config with the non-fatal observations about it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The effective config, secrets from files already read.
+    pub config: Config,
+    /// The file that was read, if any.
+    pub file: Option<PathBuf>,
+    /// Risky but allowed combinations.
+    pub warnings: Vec<String>,
+}
+
+impl Default for Config {
+    /// The embedded defaults alone.
+    fn default() -> Config {
+        let builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        let merged = builder
+            .build()
+            .expect("the embedded default config is valid TOML");
+        merged
+            .try_deserialize()
+            .expect("the embedded default config matches the Config struct")
+    }
+}
+
+/// Loads the config from the embedded defaults, `path` (required when `explicit`), and the
+/// given environment variables, then validates it for `purpose`.
+///
+/// Fails when the file cannot be read, a value has the wrong type, a key is unknown, or a
+/// value is invalid; every problem found is reported, not only the first.
+pub fn load(
+    path: &Path,
+    explicit: bool,
+    environment: HashMap<String, String>,
+    purpose: Purpose,
+) -> Result<Loaded, ConfigError> {
+    let file_exists = path.exists();
+    if explicit && !file_exists {
+        return Err(ConfigError::Unreadable {
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+    }
+    let mut builder = config::Config::builder().add_source(config::File::from_str(
+        DEFAULT_TOML,
+        config::FileFormat::Toml,
+    ));
+    if file_exists {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+            path: path.to_owned(),
+            source,
+        })?;
+        builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+    }
+    let environment: HashMap<String, String> = environment
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(&format!("{ENV_PREFIX}__")))
+        .collect();
+    builder = builder.add_source(
+        config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("events.emit")
+            .source(Some(environment)),
+    );
+    let merged = builder.build().map_err(|error| {
+        ConfigError::Syntax(describe_config_error(&error, file_exists.then_some(path)))
+    })?;
+
+    let mut unknown_keys = BTreeSet::new();
+    let deserialized: Result<Config, _> = serde_ignored::deserialize(merged, |ignored| {
+        unknown_keys.insert(ignored.to_string());
+    });
+    let mut config = deserialized.map_err(|error| {
+        ConfigError::Syntax(describe_config_error(&error, file_exists.then_some(path)))
+    })?;
+
+    let mut problems: Vec<Problem> = unknown_keys
+        .into_iter()
+        .map(|key| Problem {
+            key,
+            message: "unknown key (check the spelling against config/cartwatch.toml)".into(),
+        })
+        .collect();
+    resolve_secret_files(&mut config, &mut problems);
+    problems.extend(config.problems(purpose));
+    if !problems.is_empty() {
+        return Err(ConfigError::Invalid(problems));
+    }
+    let warnings = config.warnings();
+    Ok(Loaded {
+        config,
+        file: file_exists.then(|| path.to_owned()),
+        warnings,
+    })
+}
+
+fn describe_config_error(error: &config::ConfigError, file: Option<&Path>) -> String {
+    match file {
+        Some(path) => format!("{error} (in {} or the environment)", path.display()),
+        None => error.to_string(),
+    }
+}
+
+/// Reads `*_file` secrets into their inline fields, so the rest of the program sees one value.
+fn resolve_secret_files(config: &mut Config, problems: &mut Vec<Problem>) {
+    let imaterialise = &mut config.imaterialise;
+    if let Some(secret) = read_secret_file(
+        "imaterialise.api_code_file",
+        &imaterialise.api_code_file,
+        !imaterialise.api_code.is_empty(),
+        problems,
+    ) {
+        imaterialise.api_code = secret;
+    }
+}
+
+/// Reads one secret file. Reports a problem when the file cannot be read or when the inline
+/// value is set as well, since then it is unclear which one is meant.
+pub(crate) fn read_secret_file(
+    key: &str,
+    path: &Path,
+    inline_is_set: bool,
+    problems: &mut Vec<Problem>,
+) -> Option<Secret> {
+    if path.as_os_str().is_empty() {
+        return None;
+    }
+    if inline_is_set {
+        problems.push(Problem {
+            key: key.into(),
+            message: "set either the value or the file, not both".into(),
+        });
+        return None;
+    }
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(Secret::new(text.trim())),
+        Err(error) => {
+            problems.push(Problem {
+                key: key.into(),
+                message: format!("cannot read {}: {error}", path.display()),
+            });
+            None
+        }
+    }
+}
+
+impl Config {
+    /// Every problem that makes this config unusable for `purpose`.
+    pub fn problems(&self, purpose: Purpose) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, message: String| {
+            problems.push(Problem {
+                key: key.into(),
+                message,
+            })
+        };
+
+        if self.database.path.as_os_str().is_empty() {
+            problem("database.path", "must not be empty".into());
+        }
+        if let Err(message) = crate::schedule::parse_cron(&self.sweep.cron) {
+            problem("sweep.cron", message);
+        }
+        if self.sweep.timezone.parse::<chrono_tz::Tz>().is_err() {
+            problem(
+                "sweep.timezone",
+                format!(
+                    "unknown time zone {:?}; use an IANA name such as \"Europe/Brussels\"",
+                    self.sweep.timezone
+                ),
+            );
+        }
+        if !(1..=100_000).contains(&self.sweep.page_size) {
+            problem(
+                "sweep.page_size",
+                format!("must be between 1 and 100000, got {}", self.sweep.page_size),
+            );
+        }
+
+        let imaterialise = &self.imaterialise;
+        if let Err(message) = check_base_url(&imaterialise.base_url) {
+            problem("imaterialise.base_url", message);
+        }
+        if !(1..=10).contains(&imaterialise.batch_size) {
+            problem(
+                "imaterialise.batch_size",
+                format!(
+                    "must be between 1 and 10 (the API's limit), got {}",
+                    imaterialise.batch_size
+                ),
+            );
+        }
+        if !(1..=256).contains(&imaterialise.concurrency) {
+            problem(
+                "imaterialise.concurrency",
+                format!(
+                    "must be between 1 and 256, got {}",
+                    imaterialise.concurrency
+                ),
+            );
+        }
+        if !imaterialise.requests_per_second.is_finite() || imaterialise.requests_per_second < 0.0 {
+            problem(
+                "imaterialise.requests_per_second",
+                format!(
+                    "must be 0 (no limit) or a positive number, got {}",
+                    imaterialise.requests_per_second
+                ),
+            );
+        }
+        if imaterialise.request_timeout.is_zero() {
+            problem(
+                "imaterialise.request_timeout",
+                "must be longer than zero".into(),
+            );
+        }
+        if imaterialise.connect_timeout.is_zero() {
+            problem(
+                "imaterialise.connect_timeout",
+                "must be longer than zero".into(),
+            );
+        }
+        if imaterialise.max_response_bytes < 1024 {
+            problem(
+                "imaterialise.max_response_bytes",
+                "must be at least 1024".into(),
+            );
+        }
+        if purpose == Purpose::Upstream && imaterialise.enabled {
+            if imaterialise.api_code.is_empty() {
+                problem(
+                    "imaterialise.api_code",
+                    "missing apiCode: set imaterialise.api_code_file, or the environment variable CARTWATCH__IMATERIALISE__API_CODE".into(),
+                );
+            } else if uuid::Uuid::try_parse(imaterialise.api_code.expose().trim()).is_err() {
+                problem(
+                    "imaterialise.api_code",
+                    "must be a GUID (the value is not shown)".into(),
+                );
+            }
+        }
+
+        let cadence = &self.cadence;
+        let mut previous_age = Duration::ZERO;
+        for (index, tier) in cadence.tiers.iter().enumerate() {
+            let key = format!("cadence.tiers[{index}]");
+            if tier.younger_than <= previous_age {
+                problem(
+                    &key,
+                    "tiers must be listed youngest first, each `younger_than` larger than the last"
+                        .into(),
+                );
+            }
+            if tier.every < Duration::from_secs(1) {
+                problem(&key, "`every` must be at least 1s".into());
+            }
+            previous_age = tier.younger_than;
+        }
+        for (key, value) in [
+            ("cadence.older_every", cadence.older_every),
+            ("cadence.checked_out_every", cadence.checked_out_every),
+        ] {
+            if value < Duration::from_secs(1) {
+                problem(key, "must be at least 1s".into());
+            }
+        }
+        if cadence.max_age.is_zero() {
+            problem("cadence.max_age", "must be longer than zero".into());
+        }
+        if !(0.0..=0.5).contains(&cadence.jitter) {
+            problem(
+                "cadence.jitter",
+                format!("must be between 0 and 0.5, got {}", cadence.jitter),
+            );
+        }
+
+        let backoff = &self.backoff;
+        if backoff.transient_initial.is_zero() || backoff.transient_max < backoff.transient_initial
+        {
+            problem(
+                "backoff.transient_initial",
+                "must be longer than zero and not above backoff.transient_max".into(),
+            );
+        }
+        if backoff.auth_initial.is_zero() || backoff.auth_max < backoff.auth_initial {
+            problem(
+                "backoff.auth_initial",
+                "must be longer than zero and not above backoff.auth_max".into(),
+            );
+        }
+        if backoff.circuit_after == 0 {
+            problem("backoff.circuit_after", "must be at least 1".into());
+        }
+        if backoff.not_found_after == 0 {
+            problem("backoff.not_found_after", "must be at least 1".into());
+        }
+
+        for name in &self.events.emit {
+            if EventType::parse(name).is_none() {
+                problem(
+                    "events.emit",
+                    format!(
+                        "unknown event type {name:?}; known types: {}",
+                        EventType::ALL
+                            .iter()
+                            .map(|t| t.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+        }
+        if LoggingConfig::parse_level(&self.logging.level).is_none() {
+            problem(
+                "logging.level",
+                format!(
+                    "must be one of error, warn, info, debug, trace; got {:?}",
+                    self.logging.level
+                ),
+            );
+        }
+        problems
+    }
+
+    /// Risky but allowed settings, worth a line in the log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Ok(url) = Url::parse(&self.imaterialise.base_url)
+            && url.scheme() == "http"
+            && !is_loopback_host(&url)
+        {
+            warnings.push(format!(
+                "imaterialise.base_url uses plain http to a non-loopback host ({}); the apiCode would cross the network unencrypted",
+                url.host_str().unwrap_or("")
+            ));
+        }
+        if self.imaterialise.requests_per_second == 0.0 {
+            warnings.push(
+                "imaterialise.requests_per_second is 0: requests are limited only by concurrency"
+                    .into(),
+            );
+        }
+        if !self.sinks.log.enabled {
+            warnings.push(
+                "sinks.log is disabled and no other sink is configured: events stay in the outbox"
+                    .into(),
+            );
+        }
+        warnings
+    }
+
+    /// The effective config as TOML, with secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self)
+            .unwrap_or_else(|error| format!("# cannot render config: {error}\n"))
+    }
+
+    /// The set of event types configured to be written.
+    pub fn emitted_event_types(&self) -> BTreeSet<EventType> {
+        self.events
+            .emit
+            .iter()
+            .filter_map(|name| EventType::parse(name))
+            .collect()
+    }
+}
+
+impl LoggingConfig {
+    /// Maps a level name to a tracing level filter.
+    pub fn parse_level(name: &str) -> Option<tracing::level_filters::LevelFilter> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "error" => Some(tracing::level_filters::LevelFilter::ERROR),
+            "warn" | "warning" => Some(tracing::level_filters::LevelFilter::WARN),
+            "info" => Some(tracing::level_filters::LevelFilter::INFO),
+            "debug" => Some(tracing::level_filters::LevelFilter::DEBUG),
+            "trace" => Some(tracing::level_filters::LevelFilter::TRACE),
+            "off" => Some(tracing::level_filters::LevelFilter::OFF),
+            _ => None,
+        }
+    }
+}
+
+/// Checks that a base URL is an absolute http(s) URL with a host and no query.
+pub(crate) fn check_base_url(text: &str) -> Result<Url, String> {
+    let url = Url::parse(text).map_err(|error| format!("not a valid URL ({error}): {text:?}"))?;
+    if url.scheme() != "https" && url.scheme() != "http" {
+        return Err(format!(
+            "must start with https:// (or http:// for a local simulator), got {text:?}"
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("has no host: {text:?}"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("must not have a query or fragment: {text:?}"));
+    }
+    Ok(url)
+}
+
+/// Whether a URL points at this machine.
+pub(crate) fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(address)) => address.is_loopback(),
+        Some(url::Host::Ipv6(address)) => address.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(
+        text: &str,
+        environment: &[(&str, &str)],
+        purpose: Purpose,
+    ) -> Result<Loaded, ConfigError> {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("cartwatch.toml");
+        std::fs::write(&path, text).unwrap();
+        let environment = environment
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        load(&path, true, environment, purpose)
+    }
+
+    fn problems_of(result: Result<Loaded, ConfigError>) -> Vec<Problem> {
+        match result {
+            Err(ConfigError::Invalid(problems)) => problems,
+            other => panic!("expected validation problems, got {other:?}"),
+        }
+    }
+
+    const API_CODE: &str = "0f7c3c55-5d5b-4a4e-9a52-b1b5d4b0e6a7";
+
+    #[test]
+    fn embedded_defaults_are_valid_for_database_commands() {
+        let config = Config::default();
+        assert_eq!(config.imaterialise.batch_size, 10);
+        assert!(
+            config.problems(Purpose::Database).is_empty(),
+            "{:?}",
+            config.problems(Purpose::Database)
+        );
+    }
+
+    #[test]
+    fn missing_api_code_is_reported_for_upstream_commands_only() {
+        let problems = Config::default().problems(Purpose::Upstream);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "imaterialise.api_code");
+        assert!(problems[0].message.contains("missing apiCode"));
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        let loaded = load_text(
+            "[imaterialise]\nbatch_size = 5\nconcurrency = 2\n",
+            &[
+                ("CARTWATCH__IMATERIALISE__CONCURRENCY", "3"),
+                ("CARTWATCH__IMATERIALISE__API_CODE", API_CODE),
+            ],
+            Purpose::Upstream,
+        )
+        .unwrap();
+        assert_eq!(loaded.config.imaterialise.batch_size, 5);
+        assert_eq!(loaded.config.imaterialise.concurrency, 3);
+        assert_eq!(loaded.config.imaterialise.api_code.expose(), API_CODE);
+    }
+
+    #[test]
+    fn api_code_from_a_credentials_file() {
+        let directory = tempfile::tempdir().unwrap();
+        let secret_path = directory.path().join("api-code");
+        std::fs::write(&secret_path, format!("{API_CODE}\n")).unwrap();
+        let text = format!(
+            "[imaterialise]\napi_code_file = {:?}\n",
+            secret_path.display().to_string()
+        );
+        let loaded = load_text(&text, &[], Purpose::Upstream).unwrap();
+        assert_eq!(loaded.config.imaterialise.api_code.expose(), API_CODE);
+        assert!(!loaded.config.to_redacted_toml().contains(API_CODE));
+    }
+
+    #[test]
+    fn each_problem_gets_its_own_message() {
+        let problems = problems_of(load_text(
+            "[imaterialise]\nbase_url = \"ftp://x\"\nbatch_size = 12\nbacth = 1\n[sweep]\ncron = \"every minute\"\n",
+            &[],
+            Purpose::Upstream,
+        ));
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "imaterialise.bacth",
+                "sweep.cron",
+                "imaterialise.base_url",
+                "imaterialise.batch_size",
+                "imaterialise.api_code"
+            ]
+        );
+        assert!(problems[3].message.contains("between 1 and 10"));
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let error = load_text(
+            "[imaterialise]\nbatch_size = \"ten\"\n",
+            &[],
+            Purpose::Database,
+        )
+        .unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("batch_size"), "{message}");
+    }
+
+    #[test]
+    fn broken_toml_is_reported_with_the_file() {
+        let error =
+            load_text("[imaterialise\nbatch_size = 1\n", &[], Purpose::Database).unwrap_err();
+        assert!(matches!(error, ConfigError::Syntax(_)), "{error:?}");
+        assert!(error.to_string().contains("cartwatch.toml"), "{error}");
+    }
+
+    #[test]
+    fn both_inline_and_file_secret_is_a_problem() {
+        let text =
+            format!("[imaterialise]\napi_code = {API_CODE:?}\napi_code_file = \"/nonexistent\"\n");
+        let problems = problems_of(load_text(&text, &[], Purpose::Upstream));
+        assert_eq!(problems[0].key, "imaterialise.api_code_file");
+    }
+
+    #[test]
+    fn explicit_missing_file_is_an_error_but_default_path_is_optional() {
+        let missing = Path::new("/nonexistent/cartwatch.toml");
+        assert!(matches!(
+            load(missing, true, HashMap::new(), Purpose::Database),
+            Err(ConfigError::Unreadable { .. })
+        ));
+        assert!(load(missing, false, HashMap::new(), Purpose::Database).is_ok());
+    }
+
+    #[test]
+    fn unknown_event_types_and_levels_are_problems() {
+        let problems = problems_of(load_text(
+            "[events]\nemit = [\"cart.orderd\"]\n[logging]\nlevel = \"loud\"\n",
+            &[],
+            Purpose::Database,
+        ));
+        assert_eq!(problems.len(), 2);
+        assert!(problems[0].message.contains("cart.orderd"));
+    }
+
+    #[test]
+    fn plain_http_to_a_remote_host_is_a_warning() {
+        let loaded = load_text(
+            "[imaterialise]\nbase_url = \"http://example.com\"\n",
+            &[],
+            Purpose::Database,
+        )
+        .unwrap();
+        assert!(loaded.warnings.iter().any(|w| w.contains("unencrypted")));
+    }
+}

@@ -1,0 +1,220 @@
+//! The daemon: open the store, start the delivery loops and the schedule, sweep on every
+//! tick until shutdown, apply reloaded configs.
+//!
+//! [`run`] is what `cartwatch run` calls and what tests call directly with a mock upstream
+//! and a temporary database. It never installs signal handlers: the caller owns the
+//! cancellation token and the reload channel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::delivery::delivery_loop;
+use crate::schedule::{Schedule, ScheduleError};
+use crate::sinks::{self, Sink};
+use crate::store::{Store, StoreError, SweepRecord};
+use crate::sweep::{Poller, SetupError};
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The database could not be opened or used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The poller could not be set up.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+    /// The schedule could not start.
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+}
+
+/// Opens the database named by the config, on the blocking pool.
+///
+/// Fails when the file cannot be opened or migrated.
+pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
+    let path = config.database.path.clone();
+    let busy_timeout = config.database.busy_timeout;
+    tokio::task::spawn_blocking(move || Store::open(&path, busy_timeout))
+        .await
+        .map_err(|error| StoreError::Task(error.to_string()))?
+}
+
+/// Hooks the daemon calls at points of interest, for systemd notification and the demo.
+pub struct Hooks {
+    /// Called once the config is valid and the database is open and migrated.
+    pub ready: Box<dyn Fn() + Send + Sync>,
+    /// Called as work progresses (between batches and while idle), for a watchdog.
+    pub alive: Arc<dyn Fn() + Send + Sync>,
+    /// Called before and after a reload is applied.
+    pub reloading: Box<dyn Fn(bool) + Send + Sync>,
+    /// Called when shutdown begins.
+    pub stopping: Box<dyn Fn() + Send + Sync>,
+}
+
+impl Default for Hooks {
+    fn default() -> Hooks {
+        Hooks {
+            ready: Box::new(|| {}),
+            alive: Arc::new(|| {}),
+            reloading: Box::new(|_| {}),
+            stopping: Box::new(|| {}),
+        }
+    }
+}
+
+/// How often the sweep loop reports that it is alive while idle.
+const ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Runs the daemon until `shutdown` is cancelled. Configs sent on `reloads` replace the
+/// apiCode and probe a paused upstream at once.
+///
+/// Fails when the database cannot be opened or the schedule cannot start; everything that
+/// goes wrong later is logged, retried and reflected in the database instead.
+pub async fn run(
+    config: Config,
+    mut reloads: mpsc::Receiver<Config>,
+    hooks: Hooks,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    let config = Arc::new(config);
+    let store = open_store(&config).await?;
+    let sinks: Vec<Arc<Sink>> = sinks::from_config(&config)
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    store
+        .sync_sinks(sinks.iter().map(|sink| sink.spec()).collect(), Utc::now())
+        .await?;
+    let alive = Arc::clone(&hooks.alive);
+    let poller = Poller::new(store.clone(), Arc::clone(&config))
+        .await?
+        .with_heartbeat(move || alive());
+    let mut schedule = Schedule::start(&config.sweep.cron, &config.sweep.timezone).await?;
+    info!(
+        database = %store.path().display(),
+        cron = %config.sweep.cron,
+        sinks = %sinks.iter().map(|s| s.name()).collect::<Vec<_>>().join(","),
+        "cartwatch started"
+    );
+    (hooks.ready)();
+
+    let tracker = TaskTracker::new();
+    let delivery_shutdown = CancellationToken::new();
+    let wake = Arc::new(Notify::new());
+    for sink in &sinks {
+        tracker.spawn(delivery_loop(
+            store.clone(),
+            Arc::clone(sink),
+            Arc::clone(&wake),
+            delivery_shutdown.clone(),
+        ));
+    }
+    tracker.close();
+
+    // Sweep once at start, so a restart does not wait for the first tick.
+    let mut sweep_now = true;
+    loop {
+        if sweep_now {
+            schedule.set_busy(true);
+            match poller.sweep(&shutdown).await {
+                Ok(record) if record.events > 0 => wake.notify_waiters(),
+                Ok(_) => {}
+                Err(error) => error!(error = %error, "sweep failed; the next tick retries"),
+            }
+            schedule.set_busy(false);
+            sweep_now = false;
+        }
+        (hooks.alive)();
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            tick = schedule.next_tick() => {
+                if tick.is_none() {
+                    warn!("the scheduler stopped; shutting down");
+                    break;
+                }
+                sweep_now = true;
+            }
+            Some(new_config) = reloads.recv() => {
+                (hooks.reloading)(true);
+                poller.reload(&new_config);
+                info!("configuration reloaded; probing the upstream at once");
+                (hooks.reloading)(false);
+                sweep_now = true;
+            }
+            () = tokio::time::sleep(ALIVE_INTERVAL) => {}
+        }
+    }
+
+    (hooks.stopping)();
+    info!("shutting down: finishing deliveries in progress");
+    schedule.shutdown().await;
+    delivery_shutdown.cancel();
+    tracker.wait().await;
+    info!("cartwatch stopped");
+    Ok(())
+}
+
+/// Runs one sweep, then delivers what is pending once, and returns the sweep's figures.
+///
+/// Fails when the database cannot be opened or the poller cannot be set up.
+pub async fn poll_once(
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<SweepRecord, DaemonError> {
+    let config = Arc::new(config);
+    let store = open_store(&config).await?;
+    let sinks: Vec<Arc<Sink>> = sinks::from_config(&config)
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    store
+        .sync_sinks(sinks.iter().map(|sink| sink.spec()).collect(), Utc::now())
+        .await?;
+    let poller = Poller::new(store.clone(), Arc::clone(&config)).await?;
+    let record = poller.sweep(&shutdown).await?;
+    for sink in sinks {
+        drain_once(&store, &sink).await;
+    }
+    Ok(record)
+}
+
+/// Delivers every delivery of `sink` that is due now, one pass, without waiting for retries.
+pub async fn drain_once(store: &Store, sink: &Sink) {
+    loop {
+        let now = Utc::now();
+        let pending = match store
+            .pending_deliveries(sink.name().to_owned(), now, sink.batch_limit())
+            .await
+        {
+            Ok(pending) if !pending.is_empty() => pending,
+            Ok(_) => return,
+            Err(error) => {
+                warn!(sink = sink.name(), error = %error, "cannot read pending deliveries");
+                return;
+            }
+        };
+        let count = pending.len();
+        let results = sink.deliver(pending, now).await;
+        let delivered = results
+            .iter()
+            .filter(|r| matches!(r, crate::store::DeliveryResult::Delivered { .. }))
+            .count();
+        if let Err(error) = store
+            .record_deliveries(sink.name().to_owned(), results, Utc::now())
+            .await
+        {
+            warn!(sink = sink.name(), error = %error, "cannot record deliveries");
+            return;
+        }
+        if delivered < count {
+            return;
+        }
+    }
+}

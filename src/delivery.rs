@@ -1,0 +1,76 @@
+//! The delivery loop: one per sink, working through that sink's pending deliveries in event
+//! order, recording every attempt, sleeping until the next one is due or new events arrive.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use crate::sinks::Sink;
+use crate::store::Store;
+
+/// The longest the loop sleeps without looking for work, so events written by another
+/// process (the CLI, `sqlite3`) are picked up promptly.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Delivers events to `sink` until `shutdown`. A batch in progress when shutdown comes is
+/// finished and recorded first.
+pub async fn delivery_loop(
+    store: Store,
+    sink: Arc<Sink>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let name = sink.name().to_owned();
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let woken = wake.notified();
+        let now = Utc::now();
+        let pending = match store
+            .pending_deliveries(name.clone(), now, sink.batch_limit())
+            .await
+        {
+            Ok(pending) => pending,
+            Err(error) => {
+                warn!(sink = %name, error = %error, "cannot read pending deliveries; retrying");
+                shutdown
+                    .run_until_cancelled(tokio::time::sleep(IDLE_POLL))
+                    .await;
+                continue;
+            }
+        };
+        if pending.is_empty() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = woken => {}
+                () = tokio::time::sleep(IDLE_POLL) => {}
+            }
+            continue;
+        }
+        let results = sink.deliver(pending, now).await;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match store
+                .record_deliveries(name.clone(), results.clone(), Utc::now())
+                .await
+            {
+                Ok(()) => break,
+                Err(error) if error.is_retryable() && !shutdown.is_cancelled() => {
+                    warn!(sink = %name, error = %error, "cannot record deliveries yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    // Not recorded means attempted again later: a duplicate, never a loss.
+                    error!(sink = %name, error = %error, "cannot record deliveries; they will be attempted again");
+                    break;
+                }
+            }
+        }
+    }
+}

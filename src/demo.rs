@@ -1,0 +1,158 @@
+//! `cartwatch demo`: the whole job on one machine with nothing to configure. A simulator
+//! plays the partner, a temporary database holds the state, the real daemon polls on a fast
+//! schedule, and each event is printed as it is written.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CadenceTier, Config};
+use crate::daemon::{self, Hooks};
+use crate::render::render_event_line;
+use crate::secret::Secret;
+use crate::simulator::{DEMO_API_CODE, Simulator, SimulatorSettings};
+use crate::store::TrackRequest;
+
+/// The longest the demo runs.
+const TIME_LIMIT: Duration = Duration::from_secs(50);
+
+/// A config that polls `base_url` every second into the database at `database`, for the
+/// demo and the end-to-end tests.
+pub fn simulator_config(base_url: &str, database: &Path) -> Config {
+    let mut config = Config::default();
+    config.database.path = database.to_owned();
+    config.sweep.cron = "* * * * * *".into();
+    config.imaterialise.base_url = base_url.to_owned();
+    config.imaterialise.api_code = Secret::new(DEMO_API_CODE);
+    config.imaterialise.requests_per_second = 0.0;
+    config.imaterialise.request_timeout = Duration::from_secs(5);
+    let second = Duration::from_secs(1);
+    config.cadence.tiers = vec![CadenceTier {
+        younger_than: Duration::from_secs(30 * 24 * 3600),
+        every: second,
+    }];
+    config.cadence.older_every = second;
+    config.cadence.checked_out_every = second;
+    config.cadence.jitter = 0.0;
+    config.backoff.transient_initial = Duration::from_millis(500);
+    config.backoff.transient_max = Duration::from_secs(4);
+    config.backoff.auth_initial = Duration::from_secs(1);
+    config.backoff.auth_max = Duration::from_secs(4);
+    config.backoff.not_found_after = 3;
+    config.logging.level = "warn".into();
+    config
+}
+
+/// Runs the demo: `carts` simulated carts on the timeline of `seed`.
+///
+/// Fails when the simulator cannot bind a loopback port or the temporary database cannot be
+/// created.
+pub async fn run(carts: usize, seed: u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let directory = tempfile::tempdir().context("while creating a temporary directory")?;
+    let settings = SimulatorSettings {
+        seed,
+        carts: carts.clamp(1, 10_000),
+        unknown_carts: 3,
+        ..SimulatorSettings::default()
+    };
+    let simulator = Simulator::start(settings, "127.0.0.1:0".parse()?)
+        .await
+        .context("while starting the simulator")?;
+    let mut config = simulator_config(
+        &simulator.base_url(),
+        &directory.path().join("cartwatch.db"),
+    );
+    let events_file = directory.path().join("events.jsonl");
+    config.sinks.log.path = events_file.clone();
+    crate::logging::init(&config.logging);
+
+    println!(
+        "cartwatch demo: a simulated partner on {}, a temporary database, polling every second.",
+        simulator.base_url()
+    );
+    let store = daemon::open_store(&config).await?;
+    let requests = simulator
+        .cart_ids()
+        .into_iter()
+        .enumerate()
+        .map(|(index, cart_id)| TrackRequest {
+            cart_id,
+            reference: Some(format!("demo-{:02}", index + 1)),
+        })
+        .collect::<Vec<_>>();
+    let tracked = requests.len();
+    store.track(requests, Utc::now()).await?;
+    println!(
+        "Tracking {tracked} carts ({} of them unknown to the partner). Events as they happen:\n",
+        simulator.unknown_cart_ids().len()
+    );
+
+    let shutdown = CancellationToken::new();
+    let (_reload_sender, reloads) = mpsc::channel(1);
+    let daemon_task = tokio::spawn(daemon::run(
+        config,
+        reloads,
+        Hooks::default(),
+        shutdown.clone(),
+    ));
+
+    let mut cursor = 0;
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    let mut quiet_since_settled: Option<Instant> = None;
+    while started.elapsed() < TIME_LIMIT {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for event in store.events_after(cursor, 1000).await? {
+            cursor = event.seq;
+            *counts.entry(event.event_type.clone()).or_default() += 1;
+            println!("{}", render_event_line(&event, started.elapsed()));
+        }
+        if daemon_task.is_finished() {
+            break;
+        }
+        if simulator.settled() {
+            // Give the daemon a moment to see the last statuses the simulator served.
+            let since = *quiet_since_settled.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(3) {
+                break;
+            }
+        }
+    }
+    shutdown.cancel();
+    match daemon_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Err(error).context("while running the daemon"),
+        Err(error) => return Err(anyhow::anyhow!("the daemon task failed: {error}")),
+    }
+
+    let truth = simulator.truth();
+    let true_count = |status: &str| truth.iter().filter(|t| t.to == status).count();
+    let found = |event_type: &str| counts.get(event_type).copied().unwrap_or(0);
+    println!("\nSummary after {:.1}s", started.elapsed().as_secs_f64());
+    println!("  carts tracked          {tracked}");
+    println!(
+        "  checkouts found        {} (the simulator made {})",
+        found("cart.checked_out"),
+        true_count("CheckedOut")
+    );
+    println!(
+        "  orders found           {} (the simulator made {})",
+        found("cart.ordered"),
+        true_count("Ordered")
+    );
+    println!("  carts not found        {}", found("cart.not_found"));
+    println!(
+        "  requests sent          {} (at most 10 carts each)",
+        simulator.requests()
+    );
+    println!(
+        "  events written to      {} (deleted with the demo's temporary directory)",
+        events_file.display()
+    );
+    simulator.stop().await;
+    Ok(())
+}

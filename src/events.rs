@@ -1,0 +1,219 @@
+//! Events: the types cartwatch announces, their Standard Webhooks payload, and their ids.
+//!
+//! An event is built once, when it is written to the outbox in the same transaction as the
+//! state change it announces; its id and payload never change afterwards, so every delivery
+//! attempt to every sink carries the same bytes and the same `webhook-id`.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+
+/// Every event type cartwatch can write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EventType {
+    /// A cart was seen CheckedOut.
+    CartCheckedOut,
+    /// A cart was seen Ordered; the OrderID is in the payload.
+    CartOrdered,
+    /// A cart was seen Pending after being NotOrdered or unknown.
+    CartPending,
+    /// A cart went backwards, such as CheckedOut back to Pending.
+    CartReopened,
+    /// The partner reported the cart as not found too many times in a row.
+    CartNotFound,
+    /// The cart reached the configured maximum age without an order.
+    CartExpired,
+    /// The partner rejected the apiCode; polling is paused.
+    UpstreamAuthFailed,
+    /// A probe after an authentication failure succeeded; polling resumed.
+    UpstreamAuthRecovered,
+}
+
+impl EventType {
+    /// All types, in documentation order.
+    pub const ALL: [EventType; 8] = [
+        EventType::CartCheckedOut,
+        EventType::CartOrdered,
+        EventType::CartPending,
+        EventType::CartReopened,
+        EventType::CartNotFound,
+        EventType::CartExpired,
+        EventType::UpstreamAuthFailed,
+        EventType::UpstreamAuthRecovered,
+    ];
+
+    /// The wire name, such as `cart.ordered`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::CartCheckedOut => "cart.checked_out",
+            EventType::CartOrdered => "cart.ordered",
+            EventType::CartPending => "cart.pending",
+            EventType::CartReopened => "cart.reopened",
+            EventType::CartNotFound => "cart.not_found",
+            EventType::CartExpired => "cart.expired",
+            EventType::UpstreamAuthFailed => "upstream.auth_failed",
+            EventType::UpstreamAuthRecovered => "upstream.auth_recovered",
+        }
+    }
+
+    /// Reads a wire name; `None` for names cartwatch does not know.
+    pub fn parse(name: &str) -> Option<EventType> {
+        EventType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == name.trim())
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The `data` of a cart event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CartEventData {
+    /// Canonical cart id.
+    pub cart_id: String,
+    /// Status after the change.
+    pub status: Option<String>,
+    /// Status before the change; `null` when the cart had not been seen before.
+    pub previous_status: Option<String>,
+    /// The partner's OrderID, once known.
+    pub order_id: Option<String>,
+    /// The partner's cart creation date, as the partner wrote it.
+    pub cart_created_at: Option<String>,
+    /// The shop's own reference given at registration.
+    pub reference: Option<String>,
+    /// Which partner API the cart lives on.
+    pub provider: String,
+}
+
+/// The `data` of an upstream event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamEventData {
+    /// Which partner API.
+    pub provider: String,
+    /// What happened, for people.
+    pub message: String,
+    /// When the problem started (for recoveries).
+    pub since: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Payload<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    event_type: &'static str,
+    timestamp: String,
+    data: &'a T,
+}
+
+/// An event ready to be written to the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// Unique, stable id: the `webhook-id` of every delivery.
+    pub event_id: String,
+    /// Type.
+    pub event_type: EventType,
+    /// The cart it is about, if any: deliveries of one cart keep their order.
+    pub cart_id: Option<String>,
+    /// When it was detected, in the stored timestamp form.
+    pub created_at: String,
+    /// The exact JSON body every sink sends.
+    pub payload: String,
+}
+
+impl NewEvent {
+    /// Builds a cart event detected at `detected_at`.
+    pub fn cart(
+        event_type: EventType,
+        data: &CartEventData,
+        detected_at: DateTime<Utc>,
+    ) -> NewEvent {
+        NewEvent::build(event_type, Some(data.cart_id.clone()), data, detected_at)
+    }
+
+    /// Builds an upstream event detected at `detected_at`.
+    pub fn upstream(
+        event_type: EventType,
+        data: &UpstreamEventData,
+        detected_at: DateTime<Utc>,
+    ) -> NewEvent {
+        NewEvent::build(event_type, None, data, detected_at)
+    }
+
+    fn build<T: Serialize>(
+        event_type: EventType,
+        cart_id: Option<String>,
+        data: &T,
+        detected_at: DateTime<Utc>,
+    ) -> NewEvent {
+        let payload = Payload {
+            event_type: event_type.as_str(),
+            timestamp: detected_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            data,
+        };
+        NewEvent {
+            event_id: new_event_id(),
+            event_type,
+            cart_id,
+            created_at: crate::time::format_ts(detected_at),
+            // Serialising plain structs of strings cannot fail.
+            payload: serde_json::to_string(&payload).unwrap_or_default(),
+        }
+    }
+}
+
+/// A fresh event id: `evt_` and a time-ordered UUID (v7) in simple form.
+pub fn new_event_id() -> String {
+    format!("evt_{}", uuid::Uuid::now_v7().simple())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn names_round_trip() {
+        for event_type in EventType::ALL {
+            assert_eq!(EventType::parse(event_type.as_str()), Some(event_type));
+        }
+        assert_eq!(EventType::parse("cart.shipped"), None);
+    }
+
+    #[test]
+    fn payload_has_the_standard_webhooks_shape() {
+        let data = CartEventData {
+            cart_id: "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a".into(),
+            status: Some("Ordered".into()),
+            previous_status: Some("CheckedOut".into()),
+            order_id: Some("7cf9f78f-6631-44be-905a-94cee7a2cd9c".into()),
+            cart_created_at: Some("2017-06-13T16:28:47".into()),
+            reference: None,
+            provider: "imaterialise".into(),
+        };
+        let detected_at = Utc.with_ymd_and_hms(2026, 11, 25, 8, 0, 0).unwrap();
+        let event = NewEvent::cart(EventType::CartOrdered, &data, detected_at);
+        let payload: serde_json::Value = serde_json::from_str(&event.payload).unwrap();
+        assert_eq!(
+            payload,
+            serde_json::json!({
+                "type": "cart.ordered",
+                "timestamp": "2026-11-25T08:00:00.000Z",
+                "data": {
+                    "cartId": "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a",
+                    "status": "Ordered",
+                    "previousStatus": "CheckedOut",
+                    "orderId": "7cf9f78f-6631-44be-905a-94cee7a2cd9c",
+                    "cartCreatedAt": "2017-06-13T16:28:47",
+                    "reference": null,
+                    "provider": "imaterialise"
+                }
+            })
+        );
+        assert!(event.event_id.starts_with("evt_"));
+        assert_ne!(event.event_id, new_event_id());
+    }
+}

@@ -1,0 +1,265 @@
+//! Pure decisions about time: how long to wait after a failure, how often to poll a cart, and
+//! what kind of failure an upstream error is.
+//!
+//! Nothing here sleeps, reads a clock or draws random numbers: callers pass the attempt
+//! number and a uniform sample in `[0, 1)`, so every delay sequence is unit-tested exactly.
+
+use std::time::Duration;
+
+use crate::config::{BackoffConfig, CadenceConfig};
+use crate::provider::UpstreamError;
+use crate::status::CartStatus;
+
+/// An exponential delay: `initial`, doubling per attempt, capped at `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exponential {
+    /// The delay before the first retry (attempt 0).
+    pub initial: Duration,
+    /// The cap.
+    pub max: Duration,
+}
+
+impl Exponential {
+    /// The un-jittered delay for a 0-based attempt: `min(max, initial × 2^attempt)`.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.min(31));
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+
+    /// "Full jitter": a delay drawn uniformly from `[0, ceiling(attempt)]`, which spreads
+    /// retries of many clients best. `unit` is a uniform sample in `[0, 1)`.
+    pub fn full_jitter(&self, attempt: u32, unit: f64) -> Duration {
+        self.ceiling(attempt).mul_f64(unit.clamp(0.0, 1.0))
+    }
+}
+
+/// The transient-failure backoff from config.
+pub fn transient_backoff(config: &BackoffConfig) -> Exponential {
+    Exponential {
+        initial: config.transient_initial,
+        max: config.transient_max,
+    }
+}
+
+/// The 401 probe backoff from config.
+pub fn auth_backoff(config: &BackoffConfig) -> Exponential {
+    Exponential {
+        initial: config.auth_initial,
+        max: config.auth_max,
+    }
+}
+
+/// What kind of failure an upstream error is, which decides what happens next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Wrong or empty apiCode: pause the whole upstream and probe on a growing delay.
+    Auth,
+    /// Throttled: wait at least this long (when the server said so).
+    Throttled(Option<Duration>),
+    /// Anything that may pass by itself: back off the batch, count towards the circuit.
+    Transient,
+    /// Code 102, more than the server's limit of ids: halve the batch size and retry.
+    TooManyIds,
+    /// Code 501, wrong request body: split the batch to find the cart that causes it.
+    WrongBody,
+}
+
+/// Classifies an upstream error for a batch of `batch_len` carts.
+pub fn classify(error: &UpstreamError, batch_len: usize) -> FailureKind {
+    match error {
+        UpstreamError::Unauthorized => FailureKind::Auth,
+        UpstreamError::Throttled { retry_after, .. } => FailureKind::Throttled(*retry_after),
+        UpstreamError::Api {
+            code: Some(102), ..
+        } if batch_len > 1 => FailureKind::TooManyIds,
+        UpstreamError::Api {
+            code: Some(501), ..
+        } => FailureKind::WrongBody,
+        // 101 is documented per cart; as a general error on a batch it can only mean one of
+        // the carts is wrong, which splitting finds.
+        UpstreamError::Api {
+            code: Some(101), ..
+        } => FailureKind::WrongBody,
+        UpstreamError::Http { .. }
+        | UpstreamError::Timeout
+        | UpstreamError::Connection(_)
+        | UpstreamError::TooLarge { .. }
+        | UpstreamError::Decode(_)
+        | UpstreamError::Api { .. } => FailureKind::Transient,
+    }
+}
+
+/// How long to wait before polling a cart again, by its age and status, before jitter.
+pub fn poll_interval(
+    cadence: &CadenceConfig,
+    age: Duration,
+    status: Option<&CartStatus>,
+) -> Duration {
+    if matches!(status, Some(CartStatus::CheckedOut)) {
+        return cadence.checked_out_every;
+    }
+    cadence
+        .tiers
+        .iter()
+        .find(|tier| age < tier.younger_than)
+        .map_or(cadence.older_every, |tier| tier.every)
+}
+
+/// Spreads an interval by up to `fraction` either way; `unit` is uniform in `[0, 1)`.
+/// Never returns less than one second.
+pub fn spread(interval: Duration, fraction: f64, unit: f64) -> Duration {
+    let factor = 1.0 + fraction * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
+    interval
+        .mul_f64(factor.max(0.0))
+        .max(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn transient_delays_double_up_to_the_cap() {
+        let backoff = transient_backoff(&Config::default().backoff);
+        let ceilings: Vec<Duration> = (0..10).map(|attempt| backoff.ceiling(attempt)).collect();
+        assert_eq!(
+            ceilings,
+            [
+                S(5),
+                S(10),
+                S(20),
+                S(40),
+                S(80),
+                S(160),
+                S(320),
+                S(640),
+                S(900),
+                S(900)
+            ]
+        );
+        assert_eq!(backoff.ceiling(u32::MAX), S(900));
+    }
+
+    #[test]
+    fn auth_delays_double_from_a_minute_to_an_hour() {
+        let backoff = auth_backoff(&Config::default().backoff);
+        let ceilings: Vec<u64> = (0..8)
+            .map(|attempt| backoff.ceiling(attempt).as_secs())
+            .collect();
+        assert_eq!(ceilings, [60, 120, 240, 480, 960, 1920, 3600, 3600]);
+    }
+
+    #[test]
+    fn full_jitter_stays_within_zero_and_the_ceiling() {
+        let backoff = Exponential {
+            initial: S(5),
+            max: S(900),
+        };
+        for attempt in 0..12 {
+            assert_eq!(backoff.full_jitter(attempt, 0.0), Duration::ZERO);
+            let high = backoff.full_jitter(attempt, 0.999_999);
+            assert!(
+                high <= backoff.ceiling(attempt) && high > backoff.ceiling(attempt).mul_f64(0.99)
+            );
+            assert_eq!(
+                backoff.full_jitter(attempt, 0.5),
+                backoff.ceiling(attempt) / 2
+            );
+        }
+        assert_eq!(
+            backoff.full_jitter(3, 7.0),
+            backoff.ceiling(3),
+            "out-of-range samples are clamped"
+        );
+    }
+
+    #[test]
+    fn classification_of_every_error_kind() {
+        let api = |code| UpstreamError::Api {
+            code: Some(code),
+            message: String::new(),
+        };
+        assert_eq!(
+            classify(&UpstreamError::Unauthorized, 10),
+            FailureKind::Auth
+        );
+        assert_eq!(
+            classify(
+                &UpstreamError::Throttled {
+                    status: 429,
+                    retry_after: Some(S(7))
+                },
+                10
+            ),
+            FailureKind::Throttled(Some(S(7)))
+        );
+        assert_eq!(classify(&api(1), 10), FailureKind::Transient);
+        assert_eq!(classify(&api(102), 10), FailureKind::TooManyIds);
+        assert_eq!(
+            classify(&api(102), 1),
+            FailureKind::Transient,
+            "one id cannot be too many"
+        );
+        assert_eq!(classify(&api(501), 10), FailureKind::WrongBody);
+        assert_eq!(classify(&api(101), 4), FailureKind::WrongBody);
+        assert_eq!(
+            classify(&UpstreamError::Http { status: 502 }, 10),
+            FailureKind::Transient
+        );
+        assert_eq!(
+            classify(&UpstreamError::Timeout, 10),
+            FailureKind::Transient
+        );
+        assert_eq!(
+            classify(&UpstreamError::Decode("x".into()), 10),
+            FailureKind::Transient
+        );
+        assert_eq!(
+            classify(&UpstreamError::TooLarge { limit: 1 }, 10),
+            FailureKind::Transient
+        );
+    }
+
+    #[test]
+    fn cadence_by_age_and_status() {
+        let cadence = Config::default().cadence;
+        let minutes = |m: u64| S(60 * m);
+        assert_eq!(poll_interval(&cadence, minutes(0), None), minutes(1));
+        assert_eq!(
+            poll_interval(&cadence, minutes(59), Some(&CartStatus::Pending)),
+            minutes(1)
+        );
+        assert_eq!(
+            poll_interval(&cadence, minutes(60), Some(&CartStatus::Pending)),
+            minutes(5)
+        );
+        assert_eq!(
+            poll_interval(&cadence, minutes(60 * 30), Some(&CartStatus::Pending)),
+            minutes(30)
+        );
+        assert_eq!(
+            poll_interval(&cadence, minutes(60 * 24 * 8), Some(&CartStatus::Pending)),
+            minutes(360)
+        );
+        assert_eq!(
+            poll_interval(
+                &cadence,
+                minutes(60 * 24 * 8),
+                Some(&CartStatus::CheckedOut)
+            ),
+            minutes(1)
+        );
+    }
+
+    #[test]
+    fn spread_is_bounded_and_never_below_a_second() {
+        assert_eq!(spread(S(100), 0.1, 0.0), S(90));
+        assert_eq!(spread(S(100), 0.1, 0.5), S(100));
+        assert!(spread(S(100), 0.1, 0.999_999) <= S(110));
+        assert_eq!(spread(Duration::from_millis(10), 0.1, 0.5), S(1));
+        assert_eq!(spread(S(100), 0.0, 0.9), S(100));
+    }
+}

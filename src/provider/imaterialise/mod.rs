@@ -1,0 +1,298 @@
+//! The i.materialise Cart Status API client: one request per batch of at most 10 cart IDs,
+//! answers matched back to the requested carts.
+
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use reqwest::Url;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+
+use crate::cart_id::CartId;
+use crate::config::{ImaterialiseConfig, WireFormat};
+use crate::provider::{UpstreamError, http_client, read_limited, status_error, transport_error};
+use crate::secret::Secret;
+use wire::{ApiError, DecodeError, EntryOutcome, ReportedStatus, StatusReply};
+
+/// The provider name stored with carts and sent in events.
+pub const PROVIDER: &str = "imaterialise";
+
+/// The API's own limit on cart IDs per request.
+pub const MAX_BATCH: usize = 10;
+
+/// What the API said about one requested cart.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CartReport {
+    /// A status.
+    Status(ReportedStatus),
+    /// A per-cart error, such as 101 (not found or wrong format).
+    Error(ApiError),
+    /// An entry for the cart that made no sense.
+    Malformed(String),
+    /// The cart was requested but the response did not mention it.
+    Missing,
+}
+
+/// The answer to one batch, matched to the requested carts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchReply {
+    /// One report per requested cart, in request order.
+    pub reports: Vec<(CartId, CartReport)>,
+    /// Cart ids in the response that were not requested, as the response wrote them.
+    pub unexpected: Vec<String>,
+    /// Entries without a cart id.
+    pub unidentified: usize,
+}
+
+/// A Cart Status API client.
+pub struct StatusClient {
+    http: reqwest::Client,
+    endpoint: Url,
+    api_code: RwLock<Secret>,
+    format: WireFormat,
+    max_response_bytes: u64,
+}
+
+impl std::fmt::Debug for StatusClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusClient")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("format", &self.format)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StatusClient {
+    /// Builds a client from config.
+    ///
+    /// Fails when the base URL is invalid or the HTTP client cannot be built.
+    pub fn new(config: &ImaterialiseConfig) -> Result<StatusClient, UpstreamError> {
+        let endpoint = api_url(&config.base_url, &["web-api", "cartstatus", "statuses"])?;
+        Ok(StatusClient {
+            http: http_client(config.request_timeout, config.connect_timeout)?,
+            endpoint,
+            api_code: RwLock::new(config.api_code.clone()),
+            format: config.format,
+            max_response_bytes: config.max_response_bytes,
+        })
+    }
+
+    /// Replaces the apiCode, as after a config reload.
+    pub fn set_api_code(&self, api_code: Secret) {
+        if let Ok(mut current) = self.api_code.write() {
+            *current = api_code;
+        }
+    }
+
+    /// Asks for the statuses of up to [`MAX_BATCH`] carts.
+    ///
+    /// Fails when the request as a whole failed: transport, HTTP status, undecodable or
+    /// oversized body, or a general error object.
+    pub async fn fetch(&self, cart_ids: &[CartId]) -> Result<BatchReply, UpstreamError> {
+        let (body, content_type) = match self.format {
+            WireFormat::Json => (wire::encode_json_request(cart_ids), "application/json"),
+            WireFormat::Xml => (
+                wire::encode_xml_request(cart_ids),
+                "text/xml; charset=utf-8",
+            ),
+        };
+        let api_code = self
+            .api_code
+            .read()
+            .map(|code| code.clone())
+            .unwrap_or_else(|p| p.into_inner().clone());
+        let mut api_code_header = HeaderValue::from_str(api_code.expose().trim())
+            .map_err(|_| UpstreamError::Unauthorized)?;
+        api_code_header.set_sensitive(true);
+        let response = self
+            .http
+            .post(self.endpoint.clone())
+            .header("apiCode", api_code_header)
+            .header(ACCEPT, accept(self.format))
+            .header(CONTENT_TYPE, content_type)
+            .body(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        if status.is_success() {
+            let response_type = response_content_type(&response);
+            let body = read_limited(response, self.max_response_bytes).await?;
+            let reply = decode(&body, self.format, &response_type)
+                .map_err(|e| UpstreamError::Decode(e.to_string()))?;
+            if let Some(error) = reply.general_error {
+                return Err(UpstreamError::Api {
+                    code: error.code,
+                    message: error.message,
+                });
+            }
+            return Ok(match_reply(cart_ids, reply));
+        }
+        let error = status_error(&response);
+        if matches!(error, UpstreamError::Http { .. }) {
+            // Some servers send the documented error object with a failure status; prefer the
+            // code it carries, since the policy for 501 and 102 differs from plain HTTP errors.
+            let response_type = response_content_type(&response);
+            if let Ok(body) = read_limited(response, self.max_response_bytes).await
+                && let Ok(StatusReply {
+                    general_error: Some(api_error),
+                    ..
+                }) = decode(&body, self.format, &response_type)
+            {
+                return Err(UpstreamError::Api {
+                    code: api_error.code,
+                    message: api_error.message,
+                });
+            }
+        }
+        Err(error)
+    }
+}
+
+/// The `Accept` header for a wire format.
+pub(crate) fn accept(format: WireFormat) -> &'static str {
+    match format {
+        WireFormat::Json => "application/json",
+        WireFormat::Xml => "text/xml",
+    }
+}
+
+/// Joins path segments onto a base URL, keeping any path prefix the base already has.
+pub(crate) fn api_url(base_url: &str, segments: &[&str]) -> Result<Url, UpstreamError> {
+    let mut url = crate::config::check_base_url(base_url).map_err(UpstreamError::Connection)?;
+    url.path_segments_mut()
+        .map_err(|_| UpstreamError::Connection(format!("base URL cannot take a path: {base_url}")))?
+        .pop_if_empty()
+        .extend(segments);
+    Ok(url)
+}
+
+pub(crate) fn response_content_type(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+/// Decodes by the response's content type, falling back to the body's first character and
+/// then to the requested format, since servers are not always honest about content types.
+pub fn decode(
+    body: &[u8],
+    requested: WireFormat,
+    content_type: &str,
+) -> Result<StatusReply, DecodeError> {
+    let first = body
+        .iter()
+        .find(|byte| !byte.is_ascii_whitespace())
+        .copied();
+    let is_xml = if content_type.contains("xml") {
+        true
+    } else if content_type.contains("json") {
+        false
+    } else {
+        match first {
+            Some(b'<') => true,
+            Some(b'{' | b'[') => false,
+            _ => requested == WireFormat::Xml,
+        }
+    };
+    if is_xml {
+        wire::decode_xml(body)
+    } else {
+        wire::decode_json(body)
+    }
+}
+
+/// Matches response entries to requested ids, case-insensitively and tolerating any GUID
+/// spelling. Every requested cart gets exactly one report.
+pub fn match_reply(requested: &[CartId], reply: StatusReply) -> BatchReply {
+    let index: HashMap<&str, usize> = requested
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let mut reports: Vec<Option<CartReport>> = vec![None; requested.len()];
+    let mut unexpected = Vec::new();
+    for entry in reply.entries {
+        let canonical = CartId::parse(&entry.cart_id)
+            .map(|id| id.to_string())
+            .unwrap_or_else(|_| entry.cart_id.trim().to_ascii_lowercase());
+        match index.get(canonical.as_str()) {
+            Some(&position) if reports[position].is_none() => {
+                reports[position] = Some(match entry.outcome {
+                    EntryOutcome::Status(status) => CartReport::Status(status),
+                    EntryOutcome::Error(error) => CartReport::Error(error),
+                    EntryOutcome::Malformed(reason) => CartReport::Malformed(reason),
+                });
+            }
+            // A second entry for the same cart is ignored: the first one wins.
+            Some(_) => unexpected.push(entry.cart_id),
+            None => unexpected.push(entry.cart_id),
+        }
+    }
+    BatchReply {
+        reports: requested
+            .iter()
+            .cloned()
+            .zip(
+                reports
+                    .into_iter()
+                    .map(|report| report.unwrap_or(CartReport::Missing)),
+            )
+            .collect(),
+        unexpected,
+        unidentified: reply.unidentified_entries,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_url_keeps_a_base_path() {
+        assert_eq!(
+            api_url(
+                "https://i.materialise.com",
+                &["web-api", "cartstatus", "statuses"]
+            )
+            .unwrap()
+            .as_str(),
+            "https://i.materialise.com/web-api/cartstatus/statuses"
+        );
+        assert_eq!(
+            api_url(
+                "http://127.0.0.1:8080/prefix/",
+                &["web-api", "cartstatus", "statuses"]
+            )
+            .unwrap()
+            .as_str(),
+            "http://127.0.0.1:8080/prefix/web-api/cartstatus/statuses"
+        );
+    }
+
+    #[test]
+    fn matching_is_case_insensitive_and_total() {
+        let a = CartId::parse("921a2046-66a5-4c5f-b9a6-4bc646fa5e5a").unwrap();
+        let b = CartId::parse("bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b").unwrap();
+        let reply = wire::decode_json(
+            br#"{"carts":[{"cartID":"921A2046-66A5-4C5F-B9A6-4BC646FA5E5A","cartStatus":"Pending"},{"cartID":"59dcca18-05e7-4f5c-8b4e-89e987ea1e51","cartStatus":"Pending"}]}"#,
+        )
+        .unwrap();
+        let matched = match_reply(&[a.clone(), b.clone()], reply);
+        assert!(matches!(matched.reports[0], (ref id, CartReport::Status(_)) if *id == a));
+        assert_eq!(matched.reports[1], (b, CartReport::Missing));
+        assert_eq!(matched.unexpected, ["59dcca18-05e7-4f5c-8b4e-89e987ea1e51"]);
+    }
+
+    #[test]
+    fn debug_output_has_no_api_code() {
+        let mut config = crate::config::Config::default().imaterialise;
+        config.api_code = Secret::new("0f7c3c55-5d5b-4a4e-9a52-b1b5d4b0e6a7");
+        let client = StatusClient::new(&config).unwrap();
+        assert!(!format!("{client:?}").contains("0f7c3c55"));
+    }
+}

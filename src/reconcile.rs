@@ -1,0 +1,556 @@
+//! The heart of cartwatch: given a cart as stored and what the partner just said about it,
+//! decide the cart's new row, the transition to record and the events to announce.
+//!
+//! A pure function, called by the store inside the transaction that writes its result, with
+//! the row as it is at that moment (not as it was when the sweep read it).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::CadenceConfig;
+use crate::events::{CartEventData, EventType};
+use crate::policy::{Exponential, poll_interval, spread};
+use crate::provider::imaterialise::CartReport;
+use crate::status::CartStatus;
+use crate::time::{add, format_naive, format_ts, parse_ts};
+
+/// The lifecycle of a tracked cart, stored in `carts.state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CartState {
+    /// Polled on its cadence.
+    Tracking,
+    /// Ordered; the OrderID is recorded and polling ended.
+    Ordered,
+    /// Reported not found too many times in a row; polling ended.
+    NotFound,
+    /// Reached the maximum age without an order; polling ended.
+    Expired,
+    /// Removed from tracking by the operator; kept for history.
+    Untracked,
+    /// A row whose id is malformed (typically inserted by hand); never sent upstream.
+    Invalid,
+}
+
+impl CartState {
+    /// Every state, for summaries.
+    pub const ALL: [CartState; 6] = [
+        CartState::Tracking,
+        CartState::Ordered,
+        CartState::NotFound,
+        CartState::Expired,
+        CartState::Untracked,
+        CartState::Invalid,
+    ];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CartState::Tracking => "tracking",
+            CartState::Ordered => "ordered",
+            CartState::NotFound => "not_found",
+            CartState::Expired => "expired",
+            CartState::Untracked => "untracked",
+            CartState::Invalid => "invalid",
+        }
+    }
+
+    /// Reads a stored name; `None` for anything a person may have typed by hand.
+    pub fn parse(text: &str) -> Option<CartState> {
+        CartState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+    }
+}
+
+/// A cart row as the store holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CartRow {
+    /// Row key.
+    pub key: i64,
+    /// Canonical cart id.
+    pub cart_id: String,
+    /// Which partner API.
+    pub provider: String,
+    /// The shop's reference.
+    pub reference: Option<String>,
+    /// Lifecycle state as stored (text, since hand edits may hold anything).
+    pub state: String,
+    /// Last status seen, canonical spelling.
+    pub status: Option<String>,
+    /// The OrderID, once ordered.
+    pub order_id: Option<String>,
+    /// The partner's creation date, parsed, without zone.
+    pub cart_created_at: Option<String>,
+    /// The partner's creation date as written.
+    pub cart_created_at_raw: Option<String>,
+    /// When the cart was registered.
+    pub registered_at: String,
+    /// Next poll, stored form; `None` for "never".
+    pub next_poll_at: Option<String>,
+    /// Last poll that reached the partner.
+    pub last_polled_at: Option<String>,
+    /// When `status` last changed.
+    pub status_changed_at: Option<String>,
+    /// Failed polls in a row.
+    pub consecutive_errors: u32,
+    /// Not-found answers in a row.
+    pub consecutive_not_found: u32,
+    /// The last problem, for people.
+    pub last_error: Option<String>,
+    /// When the cart left `tracking`.
+    pub finished_at: Option<String>,
+}
+
+/// What happened to a cart in one poll, as the sweep saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PollOutcome {
+    /// The partner answered about this cart.
+    Report(CartReport),
+    /// The request carrying this cart failed as a whole (after any splitting).
+    Failed(String),
+}
+
+/// Everything `decide` needs besides the row and the outcome.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The time of the decision.
+    pub now: DateTime<Utc>,
+    /// Polling cadence.
+    pub cadence: CadenceConfig,
+    /// Backoff for per-cart failures.
+    pub retry: Exponential,
+    /// Not-found answers in a row before giving up.
+    pub not_found_after: u32,
+    /// Event types to write.
+    pub emit: BTreeSet<EventType>,
+}
+
+/// A status change to record in `cart_transitions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// Status before; `None` when the cart had never been seen.
+    pub from: Option<String>,
+    /// Status after.
+    pub to: String,
+}
+
+/// The outcome of `decide`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The row to write.
+    pub row: CartRow,
+    /// The status change, if any.
+    pub transition: Option<Transition>,
+    /// Events to write (already filtered by the configured set), with their data.
+    pub events: Vec<(EventType, CartEventData)>,
+    /// A status value the document does not list, worth a log line.
+    pub unknown_status: Option<String>,
+}
+
+/// Decides what a poll outcome means for a cart. `unit` is a uniform sample in `[0, 1)` used
+/// to jitter the next poll time. Returns `None` when the cart is no longer tracked, in which
+/// case nothing must be written.
+pub fn decide(
+    row: &CartRow,
+    outcome: &PollOutcome,
+    context: &Context,
+    unit: f64,
+) -> Option<Decision> {
+    if CartState::parse(&row.state) != Some(CartState::Tracking) {
+        return None;
+    }
+    let now = context.now;
+    let mut next = row.clone();
+    let mut transition = None;
+    let mut unknown_status = None;
+    let mut event_types = Vec::new();
+    match outcome {
+        PollOutcome::Report(CartReport::Status(reported)) => {
+            next.last_polled_at = Some(format_ts(now));
+            next.consecutive_errors = 0;
+            next.consecutive_not_found = 0;
+            next.last_error = None;
+            if reported.created_at_raw.is_some() {
+                next.cart_created_at_raw = reported.created_at_raw.clone();
+                next.cart_created_at = reported.created_at.map(format_naive);
+            }
+            let status = reported.status.as_str().to_owned();
+            if let CartStatus::Other(raw) = &reported.status {
+                unknown_status = Some(raw.clone());
+            }
+            if row.status.as_deref() != Some(status.as_str()) {
+                let previous = row.status.as_deref().map(CartStatus::parse);
+                if let Some(event_type) = transition_event(previous.as_ref(), &reported.status) {
+                    event_types.push(event_type);
+                }
+                transition = Some(Transition {
+                    from: row.status.clone(),
+                    to: status.clone(),
+                });
+                next.status = Some(status);
+                next.status_changed_at = Some(format_ts(now));
+            }
+            if reported.status == CartStatus::Ordered {
+                next.order_id = reported.order_id.clone().or(next.order_id);
+                finish(&mut next, CartState::Ordered, now);
+            } else {
+                schedule_or_expire(&mut next, context, unit, &mut event_types);
+            }
+        }
+        PollOutcome::Report(CartReport::Error(error)) if error.code == Some(101) => {
+            next.last_polled_at = Some(format_ts(now));
+            next.consecutive_not_found = next.consecutive_not_found.saturating_add(1);
+            next.last_error = Some(format!("partner error 101: {}", error.message));
+            if next.consecutive_not_found >= context.not_found_after {
+                finish(&mut next, CartState::NotFound, now);
+                event_types.push(EventType::CartNotFound);
+            } else {
+                schedule_or_expire(&mut next, context, unit, &mut event_types);
+            }
+        }
+        PollOutcome::Report(CartReport::Error(error)) => {
+            let code = error
+                .code
+                .map_or("without a code".to_owned(), |code| code.to_string());
+            retry_later(
+                &mut next,
+                format!("partner error {code}: {}", error.message),
+                context,
+                unit,
+            );
+        }
+        PollOutcome::Report(CartReport::Malformed(reason)) => {
+            retry_later(
+                &mut next,
+                format!("unreadable entry: {reason}"),
+                context,
+                unit,
+            );
+        }
+        PollOutcome::Report(CartReport::Missing) => {
+            retry_later(
+                &mut next,
+                "the partner's answer did not mention this cart".into(),
+                context,
+                unit,
+            );
+        }
+        PollOutcome::Failed(message) => retry_later(&mut next, message.clone(), context, unit),
+    }
+    let data = event_data(&next, row.status.clone());
+    let events = event_types
+        .into_iter()
+        .filter(|event_type| context.emit.contains(event_type))
+        .map(|event_type| (event_type, data.clone()))
+        .collect();
+    Some(Decision {
+        row: next,
+        transition,
+        events,
+        unknown_status,
+    })
+}
+
+/// The event a status change announces, if any.
+pub fn transition_event(from: Option<&CartStatus>, to: &CartStatus) -> Option<EventType> {
+    let went_back = match (from.and_then(CartStatus::rank), to.rank()) {
+        (Some(from), Some(to)) => to < from,
+        _ => false,
+    };
+    if went_back {
+        return Some(EventType::CartReopened);
+    }
+    match to {
+        CartStatus::Ordered => Some(EventType::CartOrdered),
+        CartStatus::CheckedOut => Some(EventType::CartCheckedOut),
+        CartStatus::Pending => Some(EventType::CartPending),
+        CartStatus::NotOrdered | CartStatus::Other(_) => None,
+    }
+}
+
+/// Builds the event data for a cart row.
+pub fn event_data(row: &CartRow, previous_status: Option<String>) -> CartEventData {
+    CartEventData {
+        cart_id: row.cart_id.clone(),
+        status: row.status.clone(),
+        previous_status,
+        order_id: row.order_id.clone(),
+        cart_created_at: row.cart_created_at_raw.clone(),
+        reference: row.reference.clone(),
+        provider: row.provider.clone(),
+    }
+}
+
+fn finish(row: &mut CartRow, state: CartState, now: DateTime<Utc>) {
+    row.state = state.as_str().to_owned();
+    row.next_poll_at = None;
+    row.finished_at = Some(format_ts(now));
+}
+
+/// The age of a cart: from the partner's creation date (read as UTC, since the partner does
+/// not say), else from registration.
+pub fn cart_age(row: &CartRow, now: DateTime<Utc>) -> Duration {
+    let created = row
+        .cart_created_at
+        .as_deref()
+        .and_then(parse_ts)
+        .or_else(|| parse_ts(&row.registered_at))
+        .unwrap_or(now);
+    (now - created).to_std().unwrap_or(Duration::ZERO)
+}
+
+fn schedule_or_expire(
+    row: &mut CartRow,
+    context: &Context,
+    unit: f64,
+    event_types: &mut Vec<EventType>,
+) {
+    let age = cart_age(row, context.now);
+    if age >= context.cadence.max_age {
+        finish(row, CartState::Expired, context.now);
+        event_types.push(EventType::CartExpired);
+        return;
+    }
+    let status = row.status.as_deref().map(CartStatus::parse);
+    let interval = poll_interval(&context.cadence, age, status.as_ref());
+    let delay = spread(interval, context.cadence.jitter, unit);
+    row.next_poll_at = Some(format_ts(add(context.now, delay)));
+}
+
+fn retry_later(row: &mut CartRow, message: String, context: &Context, unit: f64) {
+    let attempt = row.consecutive_errors;
+    row.consecutive_errors = row.consecutive_errors.saturating_add(1);
+    row.last_error = Some(message);
+    let delay = context
+        .retry
+        .full_jitter(attempt, unit)
+        .max(Duration::from_secs(1));
+    row.next_poll_at = Some(format_ts(add(context.now, delay)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::provider::imaterialise::wire::{ApiError, ReportedStatus};
+    use chrono::TimeZone;
+
+    fn context() -> Context {
+        let config = Config::default();
+        Context {
+            now: Utc.with_ymd_and_hms(2026, 11, 25, 8, 0, 0).unwrap(),
+            cadence: config.cadence.clone(),
+            retry: crate::policy::transient_backoff(&config.backoff),
+            not_found_after: 3,
+            emit: config.emitted_event_types(),
+        }
+    }
+
+    fn row(status: Option<&str>) -> CartRow {
+        CartRow {
+            key: 1,
+            cart_id: "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a".into(),
+            provider: "imaterialise".into(),
+            reference: Some("order-form-17".into()),
+            state: "tracking".into(),
+            status: status.map(str::to_owned),
+            order_id: None,
+            cart_created_at: None,
+            cart_created_at_raw: None,
+            registered_at: "2026-11-25T07:30:00.000Z".into(),
+            next_poll_at: Some("2026-11-25T08:00:00.000Z".into()),
+            last_polled_at: None,
+            status_changed_at: None,
+            consecutive_errors: 0,
+            consecutive_not_found: 0,
+            last_error: None,
+            finished_at: None,
+        }
+    }
+
+    fn reported(status: &str, order_id: Option<&str>) -> PollOutcome {
+        PollOutcome::Report(CartReport::Status(ReportedStatus {
+            status: CartStatus::parse(status),
+            order_id: order_id.map(str::to_owned),
+            created_at_raw: Some("2026-11-25T07:00:00".into()),
+            created_at: crate::time::parse_naive("2026-11-25T07:00:00"),
+        }))
+    }
+
+    fn event_types(decision: &Decision) -> Vec<EventType> {
+        decision
+            .events
+            .iter()
+            .map(|(event_type, _)| *event_type)
+            .collect()
+    }
+
+    #[test]
+    fn first_sighting_as_ordered_still_announces_the_order() {
+        let decision = decide(
+            &row(None),
+            &reported("Ordered", Some("7cf9f78f-6631-44be-905a-94cee7a2cd9c")),
+            &context(),
+            0.5,
+        )
+        .unwrap();
+        assert_eq!(event_types(&decision), [EventType::CartOrdered]);
+        assert_eq!(
+            decision.transition,
+            Some(Transition {
+                from: None,
+                to: "Ordered".into()
+            })
+        );
+        assert_eq!(decision.row.state, "ordered");
+        assert_eq!(decision.row.next_poll_at, None);
+        assert_eq!(
+            decision.row.order_id.as_deref(),
+            Some("7cf9f78f-6631-44be-905a-94cee7a2cd9c")
+        );
+        let data = &decision.events[0].1;
+        assert_eq!(data.reference.as_deref(), Some("order-form-17"));
+        assert_eq!(data.cart_created_at.as_deref(), Some("2026-11-25T07:00:00"));
+    }
+
+    #[test]
+    fn checked_out_is_announced_and_polled_at_the_fastest_tier() {
+        let decision = decide(
+            &row(Some("Pending")),
+            &reported("Checked Out", None),
+            &context(),
+            0.5,
+        )
+        .unwrap();
+        assert_eq!(event_types(&decision), [EventType::CartCheckedOut]);
+        assert_eq!(
+            decision.row.next_poll_at.as_deref(),
+            Some("2026-11-25T08:01:00.000Z")
+        );
+    }
+
+    #[test]
+    fn unchanged_status_records_nothing() {
+        let decision = decide(
+            &row(Some("Pending")),
+            &reported("pending", None),
+            &context(),
+            0.5,
+        )
+        .unwrap();
+        assert_eq!(decision.transition, None);
+        assert!(decision.events.is_empty());
+    }
+
+    #[test]
+    fn pending_and_reopened_are_recorded_but_not_emitted_by_default() {
+        let decision = decide(
+            &row(Some("CheckedOut")),
+            &reported("Pending", None),
+            &context(),
+            0.5,
+        )
+        .unwrap();
+        assert!(decision.transition.is_some());
+        assert!(decision.events.is_empty());
+        let mut context = context();
+        context.emit.insert(EventType::CartReopened);
+        let decision = decide(
+            &row(Some("CheckedOut")),
+            &reported("Pending", None),
+            &context,
+            0.5,
+        )
+        .unwrap();
+        assert_eq!(event_types(&decision), [EventType::CartReopened]);
+    }
+
+    #[test]
+    fn unknown_status_is_kept_verbatim_and_flagged() {
+        let decision = decide(
+            &row(Some("Pending")),
+            &reported("On Hold", None),
+            &context(),
+            0.5,
+        )
+        .unwrap();
+        assert_eq!(decision.row.status.as_deref(), Some("On Hold"));
+        assert_eq!(decision.unknown_status.as_deref(), Some("On Hold"));
+        assert_eq!(decision.row.state, "tracking");
+    }
+
+    #[test]
+    fn not_found_after_n_in_a_row() {
+        let context = context();
+        let not_found = PollOutcome::Report(CartReport::Error(ApiError {
+            code: Some(101),
+            message: "Specified Cart was not found or wrong format.".into(),
+        }));
+        let mut current = row(None);
+        for _ in 0..2 {
+            current = decide(&current, &not_found, &context, 0.5).unwrap().row;
+            assert_eq!(current.state, "tracking");
+        }
+        let decision = decide(&current, &not_found, &context, 0.5).unwrap();
+        assert_eq!(decision.row.state, "not_found");
+        assert_eq!(event_types(&decision), [EventType::CartNotFound]);
+        // A status in between resets the count.
+        let mut current = row(None);
+        current.consecutive_not_found = 2;
+        current = decide(&current, &reported("Pending", None), &context, 0.5)
+            .unwrap()
+            .row;
+        assert_eq!(current.consecutive_not_found, 0);
+    }
+
+    #[test]
+    fn failures_back_off_per_cart() {
+        let context = context();
+        let mut current = row(Some("Pending"));
+        current.consecutive_errors = 3;
+        let decision = decide(
+            &current,
+            &PollOutcome::Failed("the request timed out".into()),
+            &context,
+            0.5,
+        )
+        .unwrap();
+        assert_eq!(decision.row.consecutive_errors, 4);
+        // attempt 3: ceiling 40 s, half of it with unit 0.5
+        assert_eq!(
+            decision.row.next_poll_at.as_deref(),
+            Some("2026-11-25T08:00:20.000Z")
+        );
+        assert_eq!(
+            decision.row.last_error.as_deref(),
+            Some("the request timed out")
+        );
+        assert!(decision.events.is_empty());
+    }
+
+    #[test]
+    fn old_carts_expire() {
+        let mut current = row(Some("Pending"));
+        current.registered_at = "2026-10-01T00:00:00.000Z".into();
+        let mut outcome = reported("Pending", None);
+        if let PollOutcome::Report(CartReport::Status(status)) = &mut outcome {
+            status.created_at_raw = None;
+            status.created_at = None;
+        }
+        let decision = decide(&current, &outcome, &context(), 0.5).unwrap();
+        assert_eq!(decision.row.state, "expired");
+        assert_eq!(event_types(&decision), [EventType::CartExpired]);
+    }
+
+    #[test]
+    fn carts_no_longer_tracked_are_left_alone() {
+        let mut current = row(Some("Pending"));
+        current.state = "untracked".into();
+        assert_eq!(
+            decide(&current, &reported("Ordered", None), &context(), 0.5),
+            None
+        );
+    }
+}

@@ -1,0 +1,183 @@
+//! Text for people: the `status` summary, one cart in detail, and demo event lines.
+
+use std::fmt::Write;
+
+use crate::store::{CartDetail, StoredEvent, Summary};
+use crate::upstream::Mode;
+
+/// The `cartwatch status` summary.
+pub fn render_summary(summary: &Summary) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Carts");
+    if summary.carts.is_empty() {
+        let _ = writeln!(out, "  none registered yet (cartwatch track <cart-id>)");
+    } else {
+        let _ = writeln!(out, "  {:<11} {:<14} {:>9}", "state", "status", "carts");
+        for (state, status, count) in &summary.carts {
+            let _ = writeln!(
+                out,
+                "  {:<11} {:<14} {:>9}",
+                state,
+                status.as_deref().unwrap_or("(not seen)"),
+                count
+            );
+        }
+    }
+    let _ = writeln!(out, "  due now: {}", summary.due_now);
+    for (cart_id, reason) in &summary.invalid {
+        let _ = writeln!(out, "  invalid: {cart_id}: {reason}");
+    }
+
+    let _ = writeln!(out, "\nUpstream");
+    if summary.upstreams.is_empty() {
+        let _ = writeln!(out, "  no requests yet");
+    }
+    for record in &summary.upstreams {
+        let snapshot = &record.snapshot;
+        let mut line = format!("  {:<13} {}", record.provider, snapshot.mode.as_str());
+        if snapshot.mode != Mode::Healthy {
+            if let Some(since) = snapshot.since {
+                let _ = write!(line, " since {}", crate::time::format_ts(since));
+            }
+            if let Some(next) = snapshot.next_probe_at {
+                let _ = write!(line, ", next probe at {}", crate::time::format_ts(next));
+            }
+        }
+        if let Some(until) = snapshot.throttled_until {
+            let _ = write!(line, ", throttled until {}", crate::time::format_ts(until));
+        }
+        let _ = write!(line, ", batch size {}", snapshot.batch_size);
+        if snapshot.consecutive_failures > 0 {
+            let _ = write!(
+                line,
+                ", {} failure(s) in a row",
+                snapshot.consecutive_failures
+            );
+        }
+        let _ = writeln!(out, "{line}");
+        if let Some(error) = &record.last_error {
+            let _ = writeln!(out, "  {:<13} last error: {error}", "");
+        }
+    }
+
+    let _ = writeln!(out, "\nSinks");
+    if summary.sinks.is_empty() {
+        let _ = writeln!(out, "  none configured");
+    }
+    for (sink, pending, delivered, dead, disabled) in &summary.sinks {
+        let _ = write!(
+            out,
+            "  {sink:<20} pending {pending:>7}  delivered {delivered:>9}  dead {dead:>6}"
+        );
+        if let Some(reason) = disabled {
+            let _ = write!(out, "  DISABLED: {reason}");
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(out, "\nEvents written: {}", summary.events);
+    match &summary.last_sweep {
+        Some(sweep) => {
+            let _ = writeln!(
+                out,
+                "Last sweep: started {}, {} cart(s), {} request(s), {} failed, {} change(s), {} event(s){}",
+                sweep.started_at,
+                sweep.carts_polled,
+                sweep.requests,
+                sweep.failures,
+                sweep.transitions,
+                sweep.events,
+                sweep
+                    .stopped_early
+                    .as_deref()
+                    .map(|reason| format!("; stopped early: {reason}"))
+                    .unwrap_or_default()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "Last sweep: none yet");
+        }
+    }
+    out
+}
+
+/// One cart in detail, with its transitions.
+pub fn render_cart_detail(detail: &CartDetail) -> String {
+    let cart = &detail.cart;
+    let mut out = String::new();
+    let field = |out: &mut String, name: &str, value: Option<&str>| {
+        let _ = writeln!(out, "{name:<18} {}", value.unwrap_or("-"));
+    };
+    field(&mut out, "cart", Some(&cart.cart_id));
+    field(&mut out, "provider", Some(&cart.provider));
+    field(&mut out, "reference", cart.reference.as_deref());
+    field(&mut out, "state", Some(&cart.state));
+    field(&mut out, "status", cart.status.as_deref());
+    field(&mut out, "order id", cart.order_id.as_deref());
+    field(
+        &mut out,
+        "created (partner)",
+        cart.cart_created_at_raw.as_deref(),
+    );
+    field(&mut out, "registered", Some(&cart.registered_at));
+    field(&mut out, "last polled", cart.last_polled_at.as_deref());
+    field(&mut out, "next poll", cart.next_poll_at.as_deref());
+    let errors = cart.consecutive_errors.to_string();
+    field(&mut out, "errors in a row", Some(&errors));
+    field(&mut out, "last error", cart.last_error.as_deref());
+    let _ = writeln!(out, "\nTransitions");
+    if detail.transitions.is_empty() {
+        let _ = writeln!(out, "  none yet");
+    }
+    for transition in &detail.transitions {
+        let _ = writeln!(
+            out,
+            "  {}  {} -> {}{}{}",
+            transition.detected_at,
+            transition.from_status.as_deref().unwrap_or("(unknown)"),
+            transition.to_status,
+            transition
+                .order_id
+                .as_deref()
+                .map(|id| format!("  order {id}"))
+                .unwrap_or_default(),
+            transition
+                .event_id
+                .as_deref()
+                .map(|id| format!("  event {id}"))
+                .unwrap_or_default(),
+        );
+    }
+    out
+}
+
+/// A demo line for an event: a symbol, the type in words, the cart and what matters.
+pub fn render_event_line(event: &StoredEvent, elapsed: std::time::Duration) -> String {
+    let payload: serde_json::Value = serde_json::from_str(&event.payload).unwrap_or_default();
+    let data = &payload["data"];
+    let text = |key: &str| data[key].as_str().map(str::to_owned);
+    let (symbol, words) = match event.event_type.as_str() {
+        "cart.checked_out" => ("→", "checked out"),
+        "cart.ordered" => ("★", "ordered"),
+        "cart.not_found" => ("✗", "not found"),
+        "cart.expired" => ("⌛", "expired"),
+        "cart.pending" => ("·", "pending"),
+        "cart.reopened" => ("↺", "reopened"),
+        "upstream.auth_failed" => ("!", "upstream auth failed"),
+        "upstream.auth_recovered" => ("✓", "upstream auth recovered"),
+        other => ("•", other),
+    };
+    let mut line = format!("  {:>6.1}s  {symbol} {words:<12}", elapsed.as_secs_f64());
+    if let Some(cart_id) = event.cart_id.as_deref() {
+        let _ = write!(line, " {cart_id}");
+    }
+    if let Some(reference) = text("reference") {
+        let _ = write!(line, "  ref {reference}");
+    }
+    if let Some(order_id) = text("orderId") {
+        let _ = write!(line, "  order {order_id}");
+    }
+    if let Some(message) = text("message") {
+        let _ = write!(line, "  {message}");
+    }
+    line
+}

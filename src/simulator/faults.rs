@@ -1,0 +1,136 @@
+//! Faults the simulator can inject, and their text form for `--faults`.
+
+/// One kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// HTTP 401.
+    Unauthorized,
+    /// A general error object with code 1 (unknown error).
+    Code1,
+    /// HTTP 500.
+    Http500,
+    /// HTTP 503 with `Retry-After`.
+    Throttled(u64),
+    /// The request hangs past any sensible timeout.
+    Timeout,
+    /// A body that is not JSON.
+    Malformed,
+}
+
+impl Fault {
+    fn parse(name: &str) -> Option<Fault> {
+        Some(match name {
+            "401" | "auth" => Fault::Unauthorized,
+            "code1" | "1" => Fault::Code1,
+            "5xx" | "500" => Fault::Http500,
+            "503" | "throttle" => Fault::Throttled(1),
+            "timeout" => Fault::Timeout,
+            "malformed" => Fault::Malformed,
+            _ => return None,
+        })
+    }
+}
+
+/// Which faults to inject, and how often.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultSpec {
+    /// Each fault with its probability per request, tried in order.
+    pub random: Vec<(Fault, f64)>,
+    /// A fault every request gets, overriding `random`.
+    pub always: Option<Fault>,
+    /// The most cart ids the server accepts per request; more get code 102.
+    pub max_ids: usize,
+    /// Requests containing this cart id get code 501.
+    pub poison_cart: Option<String>,
+    /// Requests answered without this cart id in the response.
+    pub omit_cart: Option<String>,
+    /// A cart id added to every answer although nobody asked for it.
+    pub extra_cart: Option<String>,
+}
+
+impl Default for FaultSpec {
+    fn default() -> FaultSpec {
+        FaultSpec {
+            random: Vec::new(),
+            always: None,
+            max_ids: 10,
+            poison_cart: None,
+            omit_cart: None,
+            extra_cart: None,
+        }
+    }
+}
+
+impl FaultSpec {
+    /// Reads `401:0.05,code1:0.05,5xx:0.05,timeout:0.01,malformed:0.05` (fault names:
+    /// 401, code1, 5xx, 503, timeout, malformed). `none` or an empty text means no faults.
+    ///
+    /// Fails with a message naming the part that is not understood.
+    pub fn parse(text: &str) -> Result<FaultSpec, String> {
+        let mut spec = FaultSpec::default();
+        for part in text
+            .split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty() && *part != "none")
+        {
+            let (name, probability) = part
+                .split_once(':')
+                .ok_or_else(|| format!("fault {part:?} needs a probability, like 5xx:0.1"))?;
+            let fault = Fault::parse(name.trim()).ok_or_else(|| {
+                format!("unknown fault {name:?}; known: 401, code1, 5xx, 503, timeout, malformed")
+            })?;
+            let probability: f64 = probability
+                .trim()
+                .parse()
+                .ok()
+                .filter(|p: &f64| (0.0..=1.0).contains(p))
+                .ok_or_else(|| {
+                    format!("probability of {name} must be between 0 and 1, got {probability:?}")
+                })?;
+            spec.random.push((fault, probability));
+        }
+        Ok(spec)
+    }
+
+    /// Chooses the fault for a request from a uniform sample in `[0, 1)`.
+    pub fn choose(&self, sample: f64) -> Option<Fault> {
+        if self.always.is_some() {
+            return self.always;
+        }
+        let mut threshold = 0.0;
+        for (fault, probability) in &self.random {
+            threshold += probability;
+            if sample < threshold {
+                return Some(*fault);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_text_form() {
+        let spec =
+            FaultSpec::parse("401:0.1, code1:0.2,5xx:0.05,timeout:0.01,malformed:0.05").unwrap();
+        assert_eq!(spec.random.len(), 5);
+        assert_eq!(spec.choose(0.05), Some(Fault::Unauthorized));
+        assert_eq!(spec.choose(0.25), Some(Fault::Code1));
+        assert_eq!(spec.choose(0.9), None);
+        assert!(FaultSpec::parse("none").unwrap().random.is_empty());
+        assert!(
+            FaultSpec::parse("bogus:0.1")
+                .unwrap_err()
+                .contains("unknown fault")
+        );
+        assert!(
+            FaultSpec::parse("5xx:2")
+                .unwrap_err()
+                .contains("between 0 and 1")
+        );
+        assert!(FaultSpec::parse("5xx").is_err());
+    }
+}

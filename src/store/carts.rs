@@ -1,0 +1,481 @@
+//! Carts: registration, the due-cart query, and applying a batch's poll outcomes in one
+//! transaction together with its transitions and outbox events.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use rusqlite::types::Value;
+use rusqlite::{OptionalExtension, Row, Transaction, params};
+
+use super::outbox::insert_event;
+use super::{Store, StoreError};
+use crate::cart_id::CartId;
+use crate::events::{EventType, NewEvent};
+use crate::reconcile::{CartRow, Context, PollOutcome, decide};
+use crate::time::format_ts;
+
+/// The columns of [`CartRow`], in the order [`read_cart_row`] expects.
+pub(super) const CART_COLUMNS: &str = "cart_key, cart_id, reference, state, status, order_id, cart_created_at, \
+     cart_created_at_raw, registered_at, next_poll_at, last_polled_at, status_changed_at, \
+     consecutive_errors, consecutive_not_found, last_error, finished_at, 'imaterialise' AS provider";
+
+/// Reads a row selected with [`CART_COLUMNS`]. Lenient about types, since people edit this
+/// table by hand: a number where text belongs is read as text, garbage counters as zero.
+pub(super) fn read_cart_row(row: &Row<'_>) -> rusqlite::Result<CartRow> {
+    Ok(CartRow {
+        key: row.get(0)?,
+        cart_id: lenient_text(row, 1)?.unwrap_or_default(),
+        reference: lenient_text(row, 2)?,
+        state: lenient_text(row, 3)?.unwrap_or_default(),
+        status: lenient_text(row, 4)?,
+        order_id: lenient_text(row, 5)?,
+        cart_created_at: lenient_text(row, 6)?,
+        cart_created_at_raw: lenient_text(row, 7)?,
+        registered_at: lenient_text(row, 8)?.unwrap_or_default(),
+        next_poll_at: lenient_text(row, 9)?,
+        last_polled_at: lenient_text(row, 10)?,
+        status_changed_at: lenient_text(row, 11)?,
+        consecutive_errors: lenient_count(row, 12)?,
+        consecutive_not_found: lenient_count(row, 13)?,
+        last_error: lenient_text(row, 14)?,
+        finished_at: lenient_text(row, 15)?,
+        provider: lenient_text(row, 16)?
+            .unwrap_or_else(|| crate::provider::imaterialise::PROVIDER.to_owned()),
+    })
+}
+
+pub(super) fn lenient_text(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<String>> {
+    Ok(match row.get::<_, Value>(index)? {
+        Value::Null => None,
+        Value::Integer(number) => Some(number.to_string()),
+        Value::Real(number) => Some(number.to_string()),
+        Value::Text(text) => Some(text),
+        Value::Blob(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+    })
+}
+
+fn lenient_count(row: &Row<'_>, index: usize) -> rusqlite::Result<u32> {
+    Ok(match row.get::<_, Value>(index)? {
+        Value::Integer(number) => u32::try_from(number).unwrap_or(0),
+        Value::Text(text) => text.trim().parse().unwrap_or(0),
+        _ => 0,
+    })
+}
+
+/// One cart to register.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackRequest {
+    /// The cart.
+    pub cart_id: CartId,
+    /// The shop's reference, if any.
+    pub reference: Option<String>,
+}
+
+/// What registering a cart did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrackOutcome {
+    /// Newly tracked.
+    Added,
+    /// Already tracked; the reference was updated if one was given.
+    AlreadyTracked,
+    /// Had been untracked; tracking resumed.
+    Resumed,
+    /// Already finished (ordered, not found, expired, invalid); left as it is.
+    Finished(String),
+}
+
+/// What untracking a cart did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UntrackOutcome {
+    /// No longer polled.
+    Untracked,
+    /// Was not being tracked; its state is given.
+    NotTracking(String),
+    /// No such cart.
+    Unknown,
+}
+
+/// A cart due for polling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueCart {
+    /// Row key.
+    pub key: i64,
+    /// The id as stored (possibly edited by hand).
+    pub cart_id: String,
+    /// When it became due, for keyset paging.
+    pub next_poll_at: String,
+}
+
+/// What applying a batch wrote.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AppliedBatch {
+    /// Status changes: cart id, from, to.
+    pub transitions: Vec<(String, Option<String>, String)>,
+    /// Events written: type, cart id, event id.
+    pub events: Vec<(EventType, String, String)>,
+    /// Status values the document does not list: cart id, value.
+    pub unknown_statuses: Vec<(String, String)>,
+    /// Carts whose polling ended, with their new state.
+    pub finished: Vec<(String, String)>,
+    /// Carts whose outcome was not applied because they are no longer tracked.
+    pub skipped: usize,
+}
+
+/// What checking hand-inserted rows did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HandInsertReport {
+    /// Rows accepted (some after normalising their id).
+    pub accepted: Vec<String>,
+    /// Rows flagged invalid: the id as found and why.
+    pub flagged: Vec<(String, String)>,
+}
+
+impl Store {
+    /// Registers carts for polling, all in one transaction; each is due at once.
+    ///
+    /// Fails only on database errors, in which case nothing is registered.
+    pub async fn track(
+        &self,
+        requests: Vec<TrackRequest>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(CartId, TrackOutcome)>, StoreError> {
+        self.write(move |connection| {
+            let transaction = connection.transaction()?;
+            let now = format_ts(now);
+            let mut outcomes = Vec::with_capacity(requests.len());
+            for request in requests {
+                let outcome = track_one(&transaction, &request, &now)?;
+                outcomes.push((request.cart_id, outcome));
+            }
+            transaction.commit()?;
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    /// Stops polling carts. Their rows and history stay.
+    pub async fn untrack(
+        &self,
+        cart_ids: Vec<CartId>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(CartId, UntrackOutcome)>, StoreError> {
+        self.write(move |connection| {
+            let transaction = connection.transaction()?;
+            let now = format_ts(now);
+            let mut outcomes = Vec::with_capacity(cart_ids.len());
+            for cart_id in cart_ids {
+                let changed = transaction.execute(
+                    "UPDATE carts SET state = 'untracked', next_poll_at = NULL, finished_at = ?2 \
+                     WHERE cart_id = ?1 AND state = 'tracking'",
+                    params![cart_id.as_str(), now],
+                )?;
+                let outcome = if changed > 0 {
+                    UntrackOutcome::Untracked
+                } else {
+                    let state: Option<String> = transaction
+                        .query_row(
+                            "SELECT state FROM carts WHERE cart_id = ?1",
+                            [cart_id.as_str()],
+                            |row| row.get(0),
+                        )
+                        .optional()?;
+                    state.map_or(UntrackOutcome::Unknown, UntrackOutcome::NotTracking)
+                };
+                outcomes.push((cart_id, outcome));
+            }
+            transaction.commit()?;
+            Ok(outcomes)
+        })
+        .await
+    }
+
+    /// Checks rows inserted by hand (tracking, with no `next_poll_at`): a valid id is
+    /// normalised and made due; a malformed one is flagged `invalid` with the reason in
+    /// `last_error`, so it never reaches the API.
+    pub async fn check_hand_inserted(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<HandInsertReport, StoreError> {
+        self.write(move |connection| {
+            let transaction = connection.transaction()?;
+            let rows: Vec<(i64, String)> = {
+                let mut statement = transaction.prepare_cached(
+                    "SELECT cart_key, cart_id FROM carts WHERE state = 'tracking' AND next_poll_at IS NULL LIMIT ?1",
+                )?;
+                let rows = statement.query_map([limit], |row| Ok((row.get(0)?, lenient_text(row, 1)?.unwrap_or_default())))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let mut report = HandInsertReport::default();
+            let now = format_ts(now);
+            for (key, found) in rows {
+                match repair_cart_id(&transaction, key, &found, &now)? {
+                    Ok(canonical) => report.accepted.push(canonical),
+                    Err(reason) => report.flagged.push((found, reason)),
+                }
+            }
+            transaction.commit()?;
+            Ok(report)
+        })
+        .await
+    }
+
+    /// Normalises the id of one due row whose id is not in canonical form, or flags it
+    /// invalid. Returns the canonical id, or the reason it was flagged.
+    pub async fn repair_due_cart(
+        &self,
+        key: i64,
+        found: String,
+        now: DateTime<Utc>,
+    ) -> Result<Result<String, String>, StoreError> {
+        self.write(move |connection| {
+            let transaction = connection.transaction()?;
+            let result = repair_cart_id(&transaction, key, &found, &format_ts(now))?;
+            transaction.commit()?;
+            Ok(result)
+        })
+        .await
+    }
+
+    /// One page of carts due at `now`, after the keyset cursor `after` (`next_poll_at`,
+    /// `cart_key`), in due order. Uses the `carts_due` index.
+    pub async fn due_page(
+        &self,
+        now: DateTime<Utc>,
+        after: Option<(String, i64)>,
+        limit: u32,
+    ) -> Result<Vec<DueCart>, StoreError> {
+        self.read(move |connection| {
+            let (after_time, after_key) = after.unwrap_or_default();
+            let mut statement = connection.prepare_cached(DUE_PAGE_SQL)?;
+            let rows = statement.query_map(
+                params![format_ts(now), after_time, after_key, limit],
+                |row| {
+                    Ok(DueCart {
+                        key: row.get(0)?,
+                        cart_id: lenient_text(row, 1)?.unwrap_or_default(),
+                        next_poll_at: lenient_text(row, 2)?.unwrap_or_default(),
+                    })
+                },
+            )?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// The query plan of the due-cart query, for benchmarks and operators.
+    pub async fn explain_due_page(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|connection| {
+            let mut statement =
+                connection.prepare(&format!("EXPLAIN QUERY PLAN {DUE_PAGE_SQL}"))?;
+            let rows = statement.query_map(params!["", "", 0, 1], |row| row.get::<_, String>(3))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// How many carts are due at `now`.
+    pub async fn due_count(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.read(move |connection| {
+            Ok(connection.query_row(
+                "SELECT count(*) FROM carts WHERE state = 'tracking' AND next_poll_at <= ?1",
+                [format_ts(now)],
+                |row| row.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// Applies one batch's poll outcomes in one transaction: each cart's new row, its
+    /// transition and its events (with their deliveries) are written together or not at all.
+    /// `outcomes` pairs each cart key with its outcome and a jitter sample in `[0, 1)`.
+    pub async fn apply(
+        &self,
+        outcomes: Vec<(i64, PollOutcome, f64)>,
+        context: Arc<Context>,
+    ) -> Result<AppliedBatch, StoreError> {
+        self.write(move |connection| {
+            let transaction = connection.transaction()?;
+            let applied = apply_in(&transaction, &outcomes, &context)?;
+            transaction.commit()?;
+            Ok(applied)
+        })
+        .await
+    }
+
+    /// One cart by id, as stored.
+    pub async fn cart(&self, cart_id: String) -> Result<Option<CartRow>, StoreError> {
+        self.read(move |connection| {
+            Ok(connection
+                .query_row(
+                    &format!("SELECT {CART_COLUMNS} FROM carts WHERE cart_id = ?1"),
+                    [cart_id],
+                    read_cart_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+}
+
+const DUE_PAGE_SQL: &str = "SELECT cart_key, cart_id, next_poll_at FROM carts \
+     WHERE state = 'tracking' AND next_poll_at <= ?1 AND (next_poll_at, cart_key) > (?2, ?3) \
+     ORDER BY next_poll_at, cart_key LIMIT ?4";
+
+fn track_one(
+    transaction: &Transaction<'_>,
+    request: &TrackRequest,
+    now: &str,
+) -> Result<TrackOutcome, StoreError> {
+    let inserted = transaction.execute(
+        "INSERT INTO carts (cart_id, reference, state, registered_at, next_poll_at) VALUES (?1, ?2, 'tracking', ?3, ?3) \
+         ON CONFLICT (cart_id) DO NOTHING",
+        params![request.cart_id.as_str(), request.reference, now],
+    )?;
+    if inserted > 0 {
+        return Ok(TrackOutcome::Added);
+    }
+    let state: String = transaction.query_row(
+        "SELECT state FROM carts WHERE cart_id = ?1",
+        [request.cart_id.as_str()],
+        |row| Ok(lenient_text(row, 0)?.unwrap_or_default()),
+    )?;
+    match state.as_str() {
+        "tracking" => {
+            transaction.execute(
+                "UPDATE carts SET reference = coalesce(?2, reference) WHERE cart_id = ?1",
+                params![request.cart_id.as_str(), request.reference],
+            )?;
+            Ok(TrackOutcome::AlreadyTracked)
+        }
+        "untracked" => {
+            transaction.execute(
+                "UPDATE carts SET state = 'tracking', next_poll_at = ?2, finished_at = NULL, \
+                 consecutive_errors = 0, consecutive_not_found = 0, reference = coalesce(?3, reference) \
+                 WHERE cart_id = ?1",
+                params![request.cart_id.as_str(), now, request.reference],
+            )?;
+            Ok(TrackOutcome::Resumed)
+        }
+        _ => Ok(TrackOutcome::Finished(state)),
+    }
+}
+
+fn repair_cart_id(
+    transaction: &Transaction<'_>,
+    key: i64,
+    found: &str,
+    now: &str,
+) -> Result<Result<String, String>, StoreError> {
+    let flag = |reason: String| -> Result<Result<String, String>, StoreError> {
+        transaction.execute(
+            "UPDATE carts SET state = 'invalid', next_poll_at = NULL, last_error = ?2, finished_at = ?3 WHERE cart_key = ?1",
+            params![key, reason, now],
+        )?;
+        Ok(Err(reason))
+    };
+    let canonical = match CartId::parse(found) {
+        Ok(id) => id.to_string(),
+        Err(error) => return flag(error.to_string()),
+    };
+    if canonical != found {
+        let duplicate: Option<i64> = transaction
+            .query_row(
+                "SELECT cart_key FROM carts WHERE cart_id = ?1 AND cart_key <> ?2",
+                params![canonical, key],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if duplicate.is_some() {
+            return flag(format!(
+                "duplicate of cart {canonical}, which is already registered"
+            ));
+        }
+    }
+    transaction.execute(
+        "UPDATE carts SET cart_id = ?2, next_poll_at = coalesce(next_poll_at, ?3) WHERE cart_key = ?1",
+        params![key, canonical, now],
+    )?;
+    Ok(Ok(canonical))
+}
+
+fn apply_in(
+    transaction: &Transaction<'_>,
+    outcomes: &[(i64, PollOutcome, f64)],
+    context: &Context,
+) -> Result<AppliedBatch, StoreError> {
+    let mut applied = AppliedBatch::default();
+    let mut select = transaction.prepare_cached(&format!(
+        "SELECT {CART_COLUMNS} FROM carts WHERE cart_key = ?1"
+    ))?;
+    let mut update = transaction.prepare_cached(
+        "UPDATE carts SET status = ?2, order_id = ?3, cart_created_at = ?4, cart_created_at_raw = ?5, state = ?6, \
+         next_poll_at = ?7, last_polled_at = ?8, status_changed_at = ?9, consecutive_errors = ?10, \
+         consecutive_not_found = ?11, last_error = ?12, finished_at = ?13 WHERE cart_key = ?1",
+    )?;
+    let mut insert_transition = transaction.prepare_cached(
+        "INSERT INTO cart_transitions (cart_key, cart_id, from_status, to_status, order_id, detected_at, event_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let detected_at = format_ts(context.now);
+    for (key, outcome, unit) in outcomes {
+        let Some(current) = select.query_row([key], read_cart_row).optional()? else {
+            applied.skipped += 1;
+            continue;
+        };
+        let Some(decision) = decide(&current, outcome, context, *unit) else {
+            applied.skipped += 1;
+            continue;
+        };
+        let row = &decision.row;
+        update.execute(params![
+            key,
+            row.status,
+            row.order_id,
+            row.cart_created_at,
+            row.cart_created_at_raw,
+            row.state,
+            row.next_poll_at,
+            row.last_polled_at,
+            row.status_changed_at,
+            row.consecutive_errors,
+            row.consecutive_not_found,
+            row.last_error,
+            row.finished_at
+        ])?;
+        let mut first_event_id = None;
+        for (event_type, data) in &decision.events {
+            let event = NewEvent::cart(*event_type, data, context.now);
+            insert_event(transaction, &event)?;
+            applied
+                .events
+                .push((*event_type, row.cart_id.clone(), event.event_id.clone()));
+            first_event_id.get_or_insert(event.event_id);
+        }
+        if let Some(transition) = &decision.transition {
+            insert_transition.execute(params![
+                key,
+                row.cart_id,
+                transition.from,
+                transition.to,
+                row.order_id,
+                detected_at,
+                first_event_id
+            ])?;
+            applied.transitions.push((
+                row.cart_id.clone(),
+                transition.from.clone(),
+                transition.to.clone(),
+            ));
+        }
+        if let Some(raw) = decision.unknown_status {
+            applied.unknown_statuses.push((row.cart_id.clone(), raw));
+        }
+        if row.state != current.state {
+            applied
+                .finished
+                .push((row.cart_id.clone(), row.state.clone()));
+        }
+    }
+    Ok(applied)
+}

@@ -1,0 +1,272 @@
+//! The SQLite store: the only module that touches rusqlite.
+//!
+//! Everything the daemon knows lives here: tracked carts and when each is due, the transitions
+//! seen, the events outbox and each sink's delivery state, the upstream's health. The rest of
+//! the program sees a narrow async interface; a PostgreSQL store for several daemons sharing
+//! the work would implement the same methods.
+//!
+//! rusqlite is blocking, so every call runs on tokio's blocking pool, one writer connection
+//! and one reader connection, each behind a mutex. No transaction is ever held across network
+//! I/O: callers fetch first, then hand the outcome to one short write transaction.
+
+mod carts;
+mod outbox;
+mod reports;
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+pub use carts::{
+    AppliedBatch, DueCart, HandInsertReport, TrackOutcome, TrackRequest, UntrackOutcome,
+};
+pub use outbox::{DeliveryResult, PendingDelivery, SinkSpec, StoredEvent};
+pub use reports::{CartDetail, StoredTransition, Summary, SweepRecord, UpstreamRecord};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another connection held a lock longer than the busy timeout. Retryable.
+    #[error("the database is locked by another process (waited the busy timeout); will retry")]
+    Busy,
+    /// The database cannot be written: read-only file, full disk, I/O error. Retryable later.
+    #[error("the database cannot be written: {0}")]
+    Unwritable(String),
+    /// The file could not be opened.
+    #[error(
+        "cannot open the database {path}: {source} (does the directory exist and is it writable?)"
+    )]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// The database was written by a newer cartwatch.
+    #[error(
+        "the database has schema version {found}, newer than this cartwatch supports ({supported}); upgrade cartwatch"
+    )]
+    TooNew {
+        /// Version found.
+        found: i64,
+        /// Latest this build knows.
+        supported: i64,
+    },
+    /// A migration failed and was rolled back.
+    #[error("migrating the database to schema version {version} failed: {source}")]
+    Migration {
+        /// The version being applied.
+        version: i64,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// Any other SQLite error.
+    #[error("database error: {0}")]
+    Sqlite(rusqlite::Error),
+    /// The blocking task running the query failed.
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed: locks and write failures are; schema problems
+    /// are not.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Busy | StoreError::Unwritable(_) | StoreError::Task(_)
+        )
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> StoreError {
+        match error.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy,
+            Some(
+                ErrorCode::ReadOnly
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+                | ErrorCode::PermissionDenied,
+            ) => StoreError::Unwritable(error.to_string()),
+            _ => StoreError::Sqlite(error),
+        }
+    }
+}
+
+struct Inner {
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    path: PathBuf,
+}
+
+/// A handle to the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.path)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database, in WAL mode with a busy timeout.
+    ///
+    /// Fails when the file cannot be opened or created, the schema is newer than this build,
+    /// or a migration fails.
+    pub fn open(path: &Path, busy_timeout: Duration) -> Result<Store, StoreError> {
+        let open = |flags: OpenFlags| -> Result<Connection, StoreError> {
+            let connection =
+                Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            connection.busy_timeout(busy_timeout)?;
+            Ok(connection)
+        };
+        let mut writer = open(
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // WAL lets `sqlite3` and the HTTP API read while the daemon writes. NORMAL sync is
+        // durable across process crashes, which is what at-least-once delivery needs.
+        let mode: String = writer.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(journal_mode = %mode, "the database is not in WAL mode; readers may block the daemon");
+        }
+        writer.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        schema::migrate(&mut writer)?;
+        let reader = open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+                path: path.to_owned(),
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `work` with the writer connection on the blocking pool.
+    async fn write<R, F>(&self, work: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let mut connection = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            work(&mut connection)
+        })
+        .await
+        .map_err(|error| StoreError::Task(error.to_string()))?
+    }
+
+    /// Runs `work` with the reader connection on the blocking pool.
+    async fn read<R, F>(&self, work: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let connection = inner.reader.lock().unwrap_or_else(PoisonError::into_inner);
+            work(&connection)
+        })
+        .await
+        .map_err(|error| StoreError::Task(error.to_string()))?
+    }
+
+    /// Checks that the database answers a trivial query, for readiness probes.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|connection| Ok(connection.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A store in a fresh temporary directory, kept alive by the returned guard.
+    pub fn temp_store() -> (Store, tempfile::TempDir) {
+        let directory = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            &directory.path().join("cartwatch.db"),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        (store, directory)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn opens_in_wal_mode_at_the_latest_version() {
+        let (store, _directory) = test_support::temp_store();
+        let (mode, version): (String, i64) = store
+            .read(|c| {
+                Ok((
+                    c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?,
+                    c.query_row("PRAGMA user_version", [], |r| r.get(0))?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(version, schema::latest_version());
+        // Re-opening applies nothing and keeps the version.
+        drop(store);
+        let store = Store::open(
+            &_directory.path().join("cartwatch.db"),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        store.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn refuses_a_newer_schema() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("cartwatch.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 999)
+            .unwrap();
+        let error = Store::open(&path, Duration::from_secs(1)).unwrap_err();
+        assert!(
+            matches!(error, StoreError::TooNew { found: 999, .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_missing_directory_is_a_clear_error() {
+        let error = Store::open(
+            Path::new("/nonexistent/dir/cartwatch.db"),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("/nonexistent/dir/cartwatch.db"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,280 @@
+//! The events outbox and each sink's delivery state.
+//!
+//! An event and one delivery row per interested sink are written in the transaction that
+//! detected the event. Each sink then works through its own pending rows in event order,
+//! never past an earlier pending event of the same cart.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::carts::lenient_text;
+use super::{Store, StoreError};
+use crate::events::NewEvent;
+use crate::time::format_ts;
+
+/// A sink as configured, synchronised into the `sinks` table at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkSpec {
+    /// Unique name, such as `log` or `webhook:erp`.
+    pub name: String,
+    /// `log` or `webhook`.
+    pub kind: String,
+    /// Where it sends (a path or a URL); a change re-enables a sink disabled by `410 Gone`.
+    pub target: String,
+    /// The event types it wants; `None` for all.
+    pub event_types: Option<Vec<String>>,
+}
+
+/// An event as stored in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoredEvent {
+    /// Position in the outbox; a cursor for followers.
+    pub seq: i64,
+    /// The stable event id.
+    pub event_id: String,
+    /// The type name.
+    pub event_type: String,
+    /// The cart, if any.
+    pub cart_id: Option<String>,
+    /// When it was detected.
+    pub created_at: String,
+    /// The JSON body.
+    pub payload: String,
+}
+
+/// A delivery waiting to be attempted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDelivery {
+    /// The event.
+    pub event: StoredEvent,
+    /// Attempts made so far.
+    pub attempts: u32,
+}
+
+/// The outcome of one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryResult {
+    /// Delivered.
+    Delivered {
+        /// The event.
+        event_seq: i64,
+        /// The receiver's HTTP status, if any.
+        status: Option<u16>,
+    },
+    /// Failed; try again at `at`.
+    Retry {
+        /// The event.
+        event_seq: i64,
+        /// When to try again.
+        at: DateTime<Utc>,
+        /// The receiver's HTTP status, if any.
+        status: Option<u16>,
+        /// What went wrong, truncated.
+        error: String,
+    },
+    /// Failed for the last time: dead-lettered.
+    Dead {
+        /// The event.
+        event_seq: i64,
+        /// The receiver's HTTP status, if any.
+        status: Option<u16>,
+        /// What went wrong, truncated.
+        error: String,
+    },
+}
+
+/// Writes an event and one pending delivery per active sink that wants its type.
+pub(super) fn insert_event(
+    transaction: &Transaction<'_>,
+    event: &NewEvent,
+) -> Result<i64, StoreError> {
+    transaction
+        .prepare_cached("INSERT INTO events (event_id, event_type, cart_id, created_at, payload) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![event.event_id, event.event_type.as_str(), event.cart_id, event.created_at, event.payload])?;
+    let seq = transaction.last_insert_rowid();
+    transaction
+        .prepare_cached(
+            "INSERT INTO deliveries (sink, event_seq, ordering_key, next_attempt_at) \
+             SELECT sink, ?1, ?2, ?3 FROM sinks \
+             WHERE active = 1 AND disabled_at IS NULL AND (event_types IS NULL OR instr(event_types, ?4) > 0)",
+        )?
+        .execute(params![seq, event.cart_id, event.created_at, format!(",{},", event.event_type.as_str())])?;
+    Ok(seq)
+}
+
+fn read_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        seq: row.get(0)?,
+        event_id: lenient_text(row, 1)?.unwrap_or_default(),
+        event_type: lenient_text(row, 2)?.unwrap_or_default(),
+        cart_id: lenient_text(row, 3)?,
+        created_at: lenient_text(row, 4)?.unwrap_or_default(),
+        payload: lenient_text(row, 5)?.unwrap_or_default(),
+    })
+}
+
+impl Store {
+    /// Writes events that no poll produced (upstream health, manual actions) in one
+    /// transaction.
+    pub async fn write_events(&self, events: Vec<NewEvent>) -> Result<(), StoreError> {
+        self.write(move |connection| {
+            let transaction = connection.transaction()?;
+            for event in &events {
+                insert_event(&transaction, event)?;
+            }
+            transaction.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Makes the `sinks` table match the config: listed sinks active, others inactive. A sink
+    /// disabled by its receiver stays disabled unless its target changed.
+    pub async fn sync_sinks(
+        &self,
+        specs: Vec<SinkSpec>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.write(move |connection| {
+            let transaction = connection.transaction()?;
+            transaction.execute("UPDATE sinks SET active = 0", [])?;
+            for spec in specs {
+                let event_types = spec.event_types.map(|types| format!(",{},", types.join(",")));
+                transaction.execute(
+                    "INSERT INTO sinks (sink, kind, target, event_types, active, created_at) VALUES (?1, ?2, ?3, ?4, 1, ?5) \
+                     ON CONFLICT (sink) DO UPDATE SET kind = excluded.kind, event_types = excluded.event_types, active = 1, \
+                       disabled_at = CASE WHEN target = excluded.target THEN disabled_at END, \
+                       disabled_reason = CASE WHEN target = excluded.target THEN disabled_reason END, \
+                       target = excluded.target",
+                    params![spec.name, spec.kind, spec.target, event_types, format_ts(now)],
+                )?;
+            }
+            transaction.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Disables a sink, as when its receiver answers `410 Gone`. Its pending deliveries stay.
+    pub async fn disable_sink(
+        &self,
+        sink: String,
+        reason: String,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.write(move |connection| {
+            connection.execute(
+                "UPDATE sinks SET disabled_at = ?2, disabled_reason = ?3 WHERE sink = ?1",
+                params![sink, format_ts(now), reason],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Whether a sink is disabled, and why.
+    pub async fn sink_disabled(&self, sink: String) -> Result<Option<String>, StoreError> {
+        self.read(move |connection| {
+            let reason: Option<Option<String>> = connection
+                .query_row(
+                    "SELECT disabled_reason FROM sinks WHERE sink = ?1 AND disabled_at IS NOT NULL",
+                    [sink],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            Ok(reason.map(Option::unwrap_or_default))
+        })
+        .await
+    }
+
+    /// Up to `limit` deliveries of `sink` that are due at `now`, oldest event first, never an
+    /// event whose cart has an earlier delivery still pending on this sink.
+    pub async fn pending_deliveries(
+        &self,
+        sink: String,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
+        self.read(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT e.seq, e.event_id, e.event_type, e.cart_id, e.created_at, e.payload, d.attempts \
+                 FROM deliveries d INDEXED BY deliveries_pending_in_order JOIN events e ON e.seq = d.event_seq \
+                 WHERE d.sink = ?1 AND d.state = 'pending' AND d.next_attempt_at <= ?2 \
+                   AND NOT EXISTS (SELECT 1 FROM deliveries p INDEXED BY deliveries_pending_by_key \
+                                   WHERE p.sink = ?1 AND p.state = 'pending' AND p.ordering_key = d.ordering_key \
+                                     AND p.event_seq < d.event_seq) \
+                 ORDER BY d.event_seq LIMIT ?3",
+            )?;
+            let rows = statement.query_map(params![sink, format_ts(now), limit], |row| {
+                Ok(PendingDelivery {
+                    event: read_event(row)?,
+                    attempts: row.get::<_, i64>(6)?.clamp(0, i64::from(u32::MAX)) as u32,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// When the earliest pending delivery of `sink` is due, if any.
+    pub async fn next_delivery_due(&self, sink: String) -> Result<Option<String>, StoreError> {
+        self.read(move |connection| {
+            Ok(connection.query_row(
+                "SELECT min(next_attempt_at) FROM deliveries WHERE sink = ?1 AND state = 'pending'",
+                [sink],
+                |row| row.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// Records the outcomes of delivery attempts in one transaction.
+    pub async fn record_deliveries(
+        &self,
+        sink: String,
+        results: Vec<DeliveryResult>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.write(move |connection| {
+            let transaction = connection.transaction()?;
+            {
+                let now = format_ts(now);
+                let mut statement = transaction.prepare_cached(
+                    "UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = ?3, state = ?4, \
+                     next_attempt_at = coalesce(?5, next_attempt_at), last_status = ?6, last_error = ?7, \
+                     delivered_at = CASE WHEN ?4 = 'delivered' THEN ?3 END, dead_at = CASE WHEN ?4 = 'dead' THEN ?3 END \
+                     WHERE sink = ?1 AND event_seq = ?2",
+                )?;
+                for result in results {
+                    let (seq, state, next, status, error) = match result {
+                        DeliveryResult::Delivered { event_seq, status } => (event_seq, "delivered", None, status, None),
+                        DeliveryResult::Retry { event_seq, at, status, error } => {
+                            (event_seq, "pending", Some(format_ts(at)), status, Some(error))
+                        }
+                        DeliveryResult::Dead { event_seq, status, error } => (event_seq, "dead", None, status, Some(error)),
+                    };
+                    statement.execute(params![sink, seq, now, state, next, status, error])?;
+                }
+            }
+            transaction.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Events after the cursor `after` (a `seq`), oldest first, at most `limit`.
+    pub async fn events_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.read(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT seq, event_id, event_type, cart_id, created_at, payload FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![after, limit], read_event)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+}

@@ -1,0 +1,145 @@
+//! The database schema and its migrations, one per `PRAGMA user_version`.
+//!
+//! Migrations only ever append: a database at version N gets migrations N+1.. applied in
+//! order, each in its own transaction. Never edit a migration that has shipped.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Migrations in order; the database's `user_version` is the number applied.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: carts, transitions, the events outbox, per-sink deliveries, upstream state, sweeps.
+    r#"
+    CREATE TABLE carts (
+        cart_key              INTEGER PRIMARY KEY,
+        cart_id               TEXT NOT NULL,
+        reference             TEXT,
+        state                 TEXT NOT NULL DEFAULT 'tracking',
+        status                TEXT,
+        order_id              TEXT,
+        cart_created_at       TEXT,
+        cart_created_at_raw   TEXT,
+        registered_at         TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        next_poll_at          TEXT,
+        last_polled_at        TEXT,
+        status_changed_at     TEXT,
+        consecutive_errors    INTEGER NOT NULL DEFAULT 0,
+        consecutive_not_found INTEGER NOT NULL DEFAULT 0,
+        last_error            TEXT,
+        finished_at           TEXT
+    );
+    CREATE UNIQUE INDEX carts_by_cart_id ON carts (cart_id);
+    CREATE INDEX carts_due ON carts (next_poll_at, cart_key) WHERE state = 'tracking';
+    CREATE INDEX carts_unchecked ON carts (cart_key) WHERE state = 'tracking' AND next_poll_at IS NULL;
+    CREATE INDEX carts_by_state ON carts (state, status);
+
+    CREATE TABLE cart_transitions (
+        transition_id INTEGER PRIMARY KEY,
+        cart_key      INTEGER NOT NULL,
+        cart_id       TEXT NOT NULL,
+        from_status   TEXT,
+        to_status     TEXT NOT NULL,
+        order_id      TEXT,
+        detected_at   TEXT NOT NULL,
+        event_id      TEXT
+    );
+    CREATE INDEX cart_transitions_by_cart ON cart_transitions (cart_key, transition_id);
+    CREATE INDEX cart_transitions_by_time ON cart_transitions (detected_at);
+
+    CREATE TABLE events (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id   TEXT NOT NULL UNIQUE,
+        event_type TEXT NOT NULL,
+        cart_id    TEXT,
+        created_at TEXT NOT NULL,
+        payload    TEXT NOT NULL
+    );
+    CREATE INDEX events_by_cart ON events (cart_id, seq);
+
+    CREATE TABLE sinks (
+        sink            TEXT PRIMARY KEY,
+        kind            TEXT NOT NULL,
+        target          TEXT NOT NULL DEFAULT '',
+        event_types     TEXT,
+        active          INTEGER NOT NULL DEFAULT 1,
+        disabled_at     TEXT,
+        disabled_reason TEXT,
+        created_at      TEXT NOT NULL
+    );
+
+    CREATE TABLE deliveries (
+        sink            TEXT NOT NULL,
+        event_seq       INTEGER NOT NULL,
+        ordering_key    TEXT,
+        state           TEXT NOT NULL DEFAULT 'pending',
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT NOT NULL,
+        last_attempt_at TEXT,
+        last_status     INTEGER,
+        last_error      TEXT,
+        delivered_at    TEXT,
+        dead_at         TEXT,
+        PRIMARY KEY (sink, event_seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_pending ON deliveries (sink, next_attempt_at) WHERE state = 'pending';
+    CREATE INDEX deliveries_pending_in_order ON deliveries (sink, event_seq) WHERE state = 'pending';
+    CREATE INDEX deliveries_pending_by_key ON deliveries (sink, ordering_key, event_seq) WHERE state = 'pending';
+    CREATE INDEX deliveries_dead ON deliveries (sink, dead_at) WHERE state = 'dead';
+
+    CREATE TABLE upstream_state (
+        provider             TEXT PRIMARY KEY,
+        mode                 TEXT NOT NULL,
+        since                TEXT,
+        next_probe_at        TEXT,
+        step                 INTEGER NOT NULL DEFAULT 0,
+        consecutive_failures INTEGER NOT NULL DEFAULT 0,
+        throttled_until      TEXT,
+        batch_size           INTEGER NOT NULL,
+        last_error           TEXT,
+        updated_at           TEXT NOT NULL
+    );
+
+    CREATE TABLE sweeps (
+        sweep_id      INTEGER PRIMARY KEY,
+        started_at    TEXT NOT NULL,
+        finished_at   TEXT,
+        carts_polled  INTEGER NOT NULL DEFAULT 0,
+        requests      INTEGER NOT NULL DEFAULT 0,
+        failures      INTEGER NOT NULL DEFAULT 0,
+        transitions   INTEGER NOT NULL DEFAULT 0,
+        events        INTEGER NOT NULL DEFAULT 0,
+        stopped_early TEXT
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub fn latest_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// Brings the schema up to date.
+///
+/// Fails when the database is newer than this build (a downgrade), or a migration fails, in
+/// which case that migration's transaction is rolled back and the version is unchanged.
+pub fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if current > latest_version() {
+        return Err(StoreError::TooNew {
+            found: current,
+            supported: latest_version(),
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = index as i64 + 1;
+        let transaction = connection.transaction()?;
+        transaction
+            .execute_batch(sql)
+            .map_err(|source| StoreError::Migration { version, source })?;
+        transaction.pragma_update(None, "user_version", version)?;
+        transaction.commit()?;
+        tracing::info!(version, "database schema migrated");
+    }
+    Ok(())
+}

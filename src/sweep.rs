@@ -1,0 +1,662 @@
+//! A sweep: read the due carts in pages, send them upstream in batches with bounded
+//! concurrency and a rate limit, and apply each batch's outcome in one transaction.
+//!
+//! The [`Poller`] owns everything about one upstream that outlives a sweep: its client, its
+//! health (backoff, circuit, authentication pause, batch size) and its rate limiter. A sweep
+//! never holds a database transaction while a request is in flight.
+
+use std::collections::{HashSet, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::cart_id::{CartId, shorten};
+use crate::config::Config;
+use crate::events::{EventType, NewEvent, UpstreamEventData};
+use crate::policy::{FailureKind, classify};
+use crate::provider::UpstreamError;
+use crate::provider::imaterialise::{self, BatchReply, CartReport, StatusClient};
+use crate::reconcile::{Context, PollOutcome};
+use crate::store::{AppliedBatch, DueCart, Store, StoreError, SweepRecord};
+use crate::time::format_ts;
+use crate::upstream::{Change, Gate, UpstreamHealth};
+
+/// Longest wait inside a sweep for a short throttle to pass; longer pauses end the sweep and
+/// leave the remaining carts due for the next one.
+const MAX_IN_SWEEP_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a failed write of a batch's outcome is retried before the outcome is dropped
+/// (its carts stay due and are polled again: nothing is lost).
+const APPLY_RETRY_BUDGET: Duration = Duration::from_secs(60);
+
+/// Why a poller could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Client(#[from] UpstreamError),
+    /// The persisted upstream state could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Figures of one sweep.
+#[derive(Debug, Default)]
+struct Counters {
+    carts_polled: AtomicU64,
+    requests: AtomicU64,
+    failures: AtomicU64,
+    transitions: AtomicU64,
+    events: AtomicU64,
+}
+
+/// Per-sweep state shared by the batches in flight.
+struct SweepRun {
+    counters: Counters,
+    stop: AtomicBool,
+    stop_reason: Mutex<Option<String>>,
+}
+
+impl SweepRun {
+    fn stop(&self, reason: String) {
+        if !self.stop.swap(true, Ordering::SeqCst) {
+            info!(reason = %reason, "sweep stops early; the remaining carts stay due");
+            *self
+                .stop_reason
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(reason);
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// Polls one upstream on behalf of the daemon.
+pub struct Poller {
+    store: Store,
+    client: StatusClient,
+    config: Arc<Config>,
+    health: Mutex<UpstreamHealth>,
+    probe_done: Notify,
+    limiter: Option<DefaultDirectRateLimiter>,
+    unknown_statuses: Mutex<HashSet<String>>,
+    heartbeat: Box<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Poller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Poller")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Poller {
+    /// Builds the poller for the i.materialise upstream and resumes any pause persisted by
+    /// an earlier run.
+    ///
+    /// Fails when the client cannot be built or the persisted state cannot be read.
+    pub async fn new(store: Store, config: Arc<Config>) -> Result<Poller, SetupError> {
+        let settings = &config.imaterialise;
+        let client = StatusClient::new(settings)?;
+        let mut health = UpstreamHealth::new(
+            crate::policy::transient_backoff(&config.backoff),
+            crate::policy::auth_backoff(&config.backoff),
+            config.backoff.circuit_after,
+            settings.batch_size as usize,
+        );
+        let records = store.upstream_records().await?;
+        if let Some(record) = records
+            .iter()
+            .find(|record| record.provider == imaterialise::PROVIDER)
+        {
+            health.resume(&record.snapshot, Utc::now());
+            if health.mode() != crate::upstream::Mode::Healthy {
+                warn!(
+                    provider = imaterialise::PROVIDER,
+                    mode = health.mode().as_str(),
+                    "resuming a pause from the previous run; probing at once"
+                );
+            }
+        }
+        Ok(Poller {
+            store,
+            client,
+            limiter: rate_limiter(settings.requests_per_second),
+            config,
+            health: Mutex::new(health),
+            probe_done: Notify::new(),
+            unknown_statuses: Mutex::new(HashSet::new()),
+            heartbeat: Box::new(|| {}),
+        })
+    }
+
+    /// Sets a function called after every batch, so a watchdog can tell a long sweep from a
+    /// stuck one.
+    pub fn with_heartbeat(mut self, heartbeat: impl Fn() + Send + Sync + 'static) -> Poller {
+        self.heartbeat = Box::new(heartbeat);
+        self
+    }
+
+    /// Applies a reloaded config's apiCode and probes a paused upstream at once.
+    pub fn reload(&self, config: &Config) {
+        self.client
+            .set_api_code(config.imaterialise.api_code.clone());
+        self.lock_health().probe_now(Utc::now());
+    }
+
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, UpstreamHealth> {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The upstream's current health.
+    pub fn health(&self) -> crate::upstream::Snapshot {
+        self.lock_health().snapshot()
+    }
+
+    /// Runs one sweep over every cart due now. Returns its figures; they are also recorded in
+    /// the `sweeps` table.
+    ///
+    /// Fails only when the database cannot be read at all; upstream failures are handled
+    /// inside and end up in the carts' rows and the upstream state.
+    pub async fn sweep(&self, shutdown: &CancellationToken) -> Result<SweepRecord, StoreError> {
+        let started = Utc::now();
+        let span = info_span!("sweep", started_at = %format_ts(started));
+        self.sweep_inner(shutdown, started).instrument(span).await
+    }
+
+    async fn sweep_inner(
+        &self,
+        shutdown: &CancellationToken,
+        started: chrono::DateTime<Utc>,
+    ) -> Result<SweepRecord, StoreError> {
+        let hand_inserted = self.store.check_hand_inserted(started, 10_000).await?;
+        if !hand_inserted.accepted.is_empty() {
+            info!(
+                count = hand_inserted.accepted.len(),
+                "accepted carts inserted directly into the database"
+            );
+        }
+        for (found, reason) in &hand_inserted.flagged {
+            warn!(cart_id = %shorten(found, 60), reason = %reason, "flagged a hand-inserted cart as invalid; it will not be polled");
+        }
+
+        let run = Arc::new(SweepRun {
+            counters: Counters::default(),
+            stop: AtomicBool::new(false),
+            stop_reason: Mutex::new(None),
+        });
+        let page_size = self.config.sweep.page_size;
+        let pages = futures_util::stream::unfold(Some(None::<(String, i64)>), |cursor| {
+            let run = Arc::clone(&run);
+            async move {
+                let after: Option<(String, i64)> = cursor?;
+                if run.stopped() || shutdown.is_cancelled() {
+                    return None;
+                }
+                match self.store.due_page(started, after, page_size).await {
+                    Ok(page) if page.is_empty() => None,
+                    Ok(page) => {
+                        let last = page
+                            .last()
+                            .map(|cart| (cart.next_poll_at.clone(), cart.key));
+                        let next_cursor = if page.len() < page_size as usize {
+                            None
+                        } else {
+                            Some(last)
+                        };
+                        Some((self.batches_of(page).await, next_cursor))
+                    }
+                    Err(error) => {
+                        error!(error = %error, "cannot read due carts; the sweep ends here");
+                        run.stop(format!("cannot read due carts: {error}"));
+                        None
+                    }
+                }
+            }
+        });
+        let concurrency = self.config.imaterialise.concurrency as usize;
+        pages
+            .flat_map(futures_util::stream::iter)
+            .for_each_concurrent(concurrency, |batch| {
+                let run = Arc::clone(&run);
+                async move {
+                    self.run_batch(batch, &run, shutdown).await;
+                    (self.heartbeat)();
+                }
+            })
+            .await;
+
+        let counters = &run.counters;
+        let record = SweepRecord {
+            started_at: format_ts(started),
+            finished_at: Some(format_ts(Utc::now())),
+            carts_polled: counters.carts_polled.load(Ordering::Relaxed),
+            requests: counters.requests.load(Ordering::Relaxed),
+            failures: counters.failures.load(Ordering::Relaxed),
+            transitions: counters.transitions.load(Ordering::Relaxed),
+            events: counters.events.load(Ordering::Relaxed),
+            stopped_early: run
+                .stop_reason
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+                .or_else(|| shutdown.is_cancelled().then(|| "shutdown".to_owned())),
+        };
+        if let Err(error) = self.store.record_sweep(record.clone()).await {
+            warn!(error = %error, "cannot record the sweep's figures");
+        }
+        info!(
+            carts = record.carts_polled,
+            requests = record.requests,
+            failures = record.failures,
+            transitions = record.transitions,
+            events = record.events,
+            "sweep finished"
+        );
+        Ok(record)
+    }
+
+    /// Validates the ids of a page (repairing or flagging hand-edited rows) and cuts it into
+    /// batches of the current batch size.
+    async fn batches_of(&self, page: Vec<DueCart>) -> Vec<Vec<(i64, CartId)>> {
+        let mut carts = Vec::with_capacity(page.len());
+        for due in page {
+            if let Some(id) = CartId::from_canonical(&due.cart_id) {
+                carts.push((due.key, id));
+                continue;
+            }
+            match self
+                .store
+                .repair_due_cart(due.key, due.cart_id.clone(), Utc::now())
+                .await
+            {
+                Ok(Ok(canonical)) => {
+                    info!(cart_id = %canonical, "normalised a hand-edited cart id");
+                    if let Some(id) = CartId::from_canonical(&canonical) {
+                        carts.push((due.key, id));
+                    }
+                }
+                Ok(Err(reason)) => {
+                    warn!(cart_id = %shorten(&due.cart_id, 60), reason = %reason, "flagged a cart as invalid; it will not be polled")
+                }
+                Err(error) => {
+                    warn!(cart_id = %shorten(&due.cart_id, 60), error = %error, "cannot repair a hand-edited cart id")
+                }
+            }
+        }
+        let batch_size = self
+            .lock_health()
+            .batch_size()
+            .clamp(1, imaterialise::MAX_BATCH);
+        let mut batches = Vec::with_capacity(carts.len().div_ceil(batch_size));
+        let mut carts = carts.into_iter().peekable();
+        while carts.peek().is_some() {
+            batches.push(carts.by_ref().take(batch_size).collect());
+        }
+        batches
+    }
+
+    /// Sends one batch, splitting it when the upstream asks for that, and applies the outcome.
+    async fn run_batch(
+        &self,
+        batch: Vec<(i64, CartId)>,
+        run: &SweepRun,
+        shutdown: &CancellationToken,
+    ) {
+        let mut work = VecDeque::from([batch]);
+        while let Some(part) = work.pop_front() {
+            let Some(probe) = self.wait_for_gate(run, shutdown).await else {
+                return;
+            };
+            if let Some(limiter) = &self.limiter
+                && shutdown
+                    .run_until_cancelled(limiter.until_ready())
+                    .await
+                    .is_none()
+            {
+                self.abandon_probe(probe);
+                return;
+            }
+            let ids: Vec<CartId> = part.iter().map(|(_, id)| id.clone()).collect();
+            run.counters.requests.fetch_add(1, Ordering::Relaxed);
+            // A shutdown drops the request in flight: nothing of this batch is written, and
+            // the next run fetches the same statuses again.
+            let Some(result) = shutdown.run_until_cancelled(self.client.fetch(&ids)).await else {
+                self.abandon_probe(probe);
+                return;
+            };
+            match result {
+                Ok(reply) => {
+                    let change = self.lock_health().on_success();
+                    self.after_probe(probe);
+                    if let Some(change) = change {
+                        self.handle_change(change, None).await;
+                    }
+                    self.apply_reply(&part, reply, run, shutdown).await;
+                }
+                Err(upstream_error) => {
+                    run.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    let kind = classify(&upstream_error, part.len());
+                    let change = self.lock_health().on_failure(kind, probe, Utc::now());
+                    self.after_probe(probe);
+                    warn!(error = %upstream_error, carts = part.len(), probe, "batch request failed");
+                    if let Some(change) = change {
+                        self.handle_change(change, Some(&upstream_error)).await;
+                    }
+                    match kind {
+                        FailureKind::Auth | FailureKind::Throttled(_) => {
+                            // The carts stay due; the gate holds the next requests.
+                        }
+                        FailureKind::Transient => {
+                            let outcomes = part
+                                .iter()
+                                .map(|(key, _)| {
+                                    (*key, PollOutcome::Failed(upstream_error.to_string()))
+                                })
+                                .collect();
+                            self.apply_outcomes(outcomes, run, shutdown).await;
+                        }
+                        FailureKind::TooManyIds => {
+                            let size = self.lock_health().batch_size();
+                            for chunk in part.chunks(size).rev() {
+                                work.push_front(chunk.to_vec());
+                            }
+                        }
+                        FailureKind::WrongBody if part.len() > 1 => {
+                            let (left, right) = part.split_at(part.len() / 2);
+                            work.push_front(right.to_vec());
+                            work.push_front(left.to_vec());
+                        }
+                        FailureKind::WrongBody => {
+                            let (key, id) = &part[0];
+                            warn!(cart_id = %id, error = %upstream_error, "the partner rejects requests containing this cart");
+                            let outcome = PollOutcome::Failed(format!(
+                                "{upstream_error} (isolated to this cart)"
+                            ));
+                            self.apply_outcomes(vec![(*key, outcome)], run, shutdown)
+                                .await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits until a request may go. Returns whether it is a probe, or `None` when the sweep
+    /// should send nothing more.
+    async fn wait_for_gate(&self, run: &SweepRun, shutdown: &CancellationToken) -> Option<bool> {
+        loop {
+            if run.stopped() || shutdown.is_cancelled() {
+                return None;
+            }
+            let probe_finished = self.probe_done.notified();
+            let now = Utc::now();
+            let gate = self.lock_health().gate(now);
+            match gate {
+                Gate::Send => return Some(false),
+                Gate::Probe => {
+                    info!("sending a probe request to the paused upstream");
+                    return Some(true);
+                }
+                Gate::Wait {
+                    probe_in_flight: true,
+                    ..
+                } => {
+                    let wait = tokio::time::timeout(
+                        self.config.imaterialise.request_timeout * 2,
+                        probe_finished,
+                    );
+                    shutdown.run_until_cancelled(wait).await?.ok();
+                }
+                Gate::Wait { until, .. } => {
+                    let wait = (until - now).to_std().unwrap_or(Duration::ZERO);
+                    if wait > MAX_IN_SWEEP_WAIT {
+                        run.stop(format!("upstream paused until {}", format_ts(until)));
+                        return None;
+                    }
+                    shutdown
+                        .run_until_cancelled(tokio::time::sleep(wait))
+                        .await?;
+                }
+            }
+        }
+    }
+
+    fn after_probe(&self, probe: bool) {
+        if probe {
+            self.probe_done.notify_waiters();
+        }
+    }
+
+    /// A probe that was granted but never sent must not keep the upstream closed.
+    fn abandon_probe(&self, probe: bool) {
+        if probe {
+            self.lock_health().probe_now(Utc::now());
+            self.probe_done.notify_waiters();
+        }
+    }
+
+    async fn apply_reply(
+        &self,
+        part: &[(i64, CartId)],
+        reply: BatchReply,
+        run: &SweepRun,
+        shutdown: &CancellationToken,
+    ) {
+        if !reply.unexpected.is_empty() || reply.unidentified > 0 {
+            warn!(
+                unexpected = %shorten(&reply.unexpected.join(","), 200),
+                unidentified = reply.unidentified,
+                "the partner's answer mentions carts that were not asked for; ignored"
+            );
+        }
+        let outcomes = part
+            .iter()
+            .zip(reply.reports)
+            .map(|((key, id), (reported_id, report))| {
+                debug_assert_eq!(id, &reported_id);
+                if report == CartReport::Missing {
+                    warn!(cart_id = %id, "the partner's answer did not mention this cart");
+                }
+                (*key, PollOutcome::Report(report))
+            })
+            .collect();
+        self.apply_outcomes(outcomes, run, shutdown).await;
+    }
+
+    /// Writes a batch's outcomes, retrying while the database is locked or unwritable. When
+    /// the budget runs out the outcome is dropped: the carts stay due and are fetched again.
+    async fn apply_outcomes(
+        &self,
+        outcomes: Vec<(i64, PollOutcome)>,
+        run: &SweepRun,
+        shutdown: &CancellationToken,
+    ) {
+        let outcomes: Vec<(i64, PollOutcome, f64)> = outcomes
+            .into_iter()
+            .map(|(key, outcome)| (key, outcome, rand::random::<f64>()))
+            .collect();
+        let count = outcomes.len();
+        let mut delay = Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now() + APPLY_RETRY_BUDGET;
+        let applied = loop {
+            match self
+                .store
+                .apply(outcomes.clone(), Arc::new(self.context()))
+                .await
+            {
+                Ok(applied) => break applied,
+                Err(error)
+                    if error.is_retryable()
+                        && tokio::time::Instant::now() < deadline
+                        && !shutdown.is_cancelled() =>
+                {
+                    warn!(error = %error, retry_in = ?delay, "cannot record a batch's outcome yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    error!(error = %error, carts = count, "cannot record a batch's outcome; its carts stay due and will be polled again");
+                    run.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        };
+        run.counters
+            .carts_polled
+            .fetch_add((count - applied.skipped) as u64, Ordering::Relaxed);
+        run.counters
+            .transitions
+            .fetch_add(applied.transitions.len() as u64, Ordering::Relaxed);
+        run.counters
+            .events
+            .fetch_add(applied.events.len() as u64, Ordering::Relaxed);
+        self.log_applied(&applied);
+    }
+
+    fn log_applied(&self, applied: &AppliedBatch) {
+        for (cart_id, from, to) in &applied.transitions {
+            info!(cart_id = %cart_id, from = from.as_deref().unwrap_or("unknown"), to = %to, "status changed");
+        }
+        for (event_type, cart_id, event_id) in &applied.events {
+            debug!(cart_id = %cart_id, event_type = %event_type, event_id = %event_id, "event written");
+        }
+        for (cart_id, state) in &applied.finished {
+            info!(cart_id = %cart_id, state = %state, "polling ended");
+        }
+        for (cart_id, raw) in &applied.unknown_statuses {
+            let first_time = self
+                .unknown_statuses
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(raw.clone());
+            if first_time {
+                warn!(cart_id = %cart_id, status = %shorten(raw, 60), "the partner sent a status the documentation does not list; kept verbatim");
+            }
+        }
+    }
+
+    fn context(&self) -> Context {
+        Context {
+            now: Utc::now(),
+            cadence: self.config.cadence.clone(),
+            retry: crate::policy::transient_backoff(&self.config.backoff),
+            not_found_after: self.config.backoff.not_found_after,
+            emit: self.config.emitted_event_types(),
+        }
+    }
+
+    /// Logs a health change, persists the new state and writes the authentication events.
+    async fn handle_change(&self, change: Change, cause: Option<&UpstreamError>) {
+        let provider = imaterialise::PROVIDER;
+        let now = Utc::now();
+        let mut event = None;
+        match &change {
+            Change::AuthFailed { next_probe_at } => {
+                error!(
+                    provider,
+                    next_probe_at = %format_ts(*next_probe_at),
+                    "the partner rejected the apiCode (HTTP 401); polling is paused until a probe succeeds. \
+                     Fix the apiCode and send SIGHUP (systemctl reload cartwatch) to probe at once"
+                );
+                event = Some((
+                    EventType::UpstreamAuthFailed,
+                    "the partner rejected the apiCode (HTTP 401); polling is paused".to_owned(),
+                    None,
+                ));
+            }
+            Change::AuthRecovered { since } => {
+                warn!(provider, paused_since = %format_ts(*since), "the partner accepts the apiCode again; polling resumed");
+                event = Some((
+                    EventType::UpstreamAuthRecovered,
+                    "the partner accepts the apiCode again; polling resumed".to_owned(),
+                    Some(format_ts(*since)),
+                ));
+            }
+            Change::CircuitOpened {
+                failures,
+                next_probe_at,
+            } => warn!(
+                provider,
+                failures,
+                next_probe_at = %format_ts(*next_probe_at),
+                "upstream circuit opened after repeated failures; sending one probe per delay step"
+            ),
+            Change::CircuitClosed { since } => {
+                info!(provider, open_since = %format_ts(*since), "upstream circuit closed; polling resumed")
+            }
+            Change::ProbeFailed { next_probe_at } => {
+                warn!(provider, next_probe_at = %format_ts(*next_probe_at), "probe failed; the upstream stays paused")
+            }
+            Change::Throttled { until } => {
+                warn!(provider, until = %format_ts(*until), "the partner asked us to slow down; waiting")
+            }
+            Change::BatchSizeReduced { batch_size } => {
+                warn!(
+                    provider,
+                    batch_size, "the partner refused the batch size (code 102); halved it"
+                )
+            }
+        }
+        if let Some((event_type, message, since)) = event
+            && self.config.emitted_event_types().contains(&event_type)
+        {
+            let data = UpstreamEventData {
+                provider: provider.to_owned(),
+                message,
+                since,
+            };
+            if let Err(error) = self
+                .store
+                .write_events(vec![NewEvent::upstream(event_type, &data, now)])
+                .await
+            {
+                error!(error = %error, event_type = %event_type, "cannot write an upstream event");
+            }
+        }
+        let snapshot = self.health();
+        let last_error = cause.map(ToString::to_string);
+        if let Err(error) = self
+            .store
+            .save_upstream(provider.to_owned(), snapshot, last_error, now)
+            .await
+        {
+            warn!(error = %error, "cannot persist the upstream state");
+        }
+    }
+}
+
+/// A direct rate limiter that lets one request through per `1 / requests_per_second`, with
+/// no burst, so a late sweep never sends faster than the configured rate. `None` for 0.
+fn rate_limiter(requests_per_second: f64) -> Option<DefaultDirectRateLimiter> {
+    if requests_per_second <= 0.0 || !requests_per_second.is_finite() {
+        return None;
+    }
+    let period = Duration::from_secs_f64(1.0 / requests_per_second).max(Duration::from_nanos(1));
+    let quota = Quota::with_period(period)?.allow_burst(NonZeroU32::MIN);
+    Some(RateLimiter::direct(quota))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_is_off_for_zero_and_strict_otherwise() {
+        assert!(rate_limiter(0.0).is_none());
+        let limiter = rate_limiter(2.0).unwrap();
+        assert!(limiter.check().is_ok());
+        assert!(limiter.check().is_err(), "no burst beyond one request");
+    }
+}

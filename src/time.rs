@@ -1,0 +1,97 @@
+//! Timestamps: the one text format stored in SQLite, tolerant parsing of what people and the
+//! partner write, and duration helpers.
+//!
+//! Stored timestamps are UTC with millisecond precision and a fixed width
+//! (`2026-11-25T08:11:04.123Z`), so that comparing them as text in SQL orders them in time.
+
+use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+
+/// Formats an instant in the stored form.
+pub fn format_ts(instant: DateTime<Utc>) -> String {
+    instant.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The current instant in the stored form.
+pub fn now_ts() -> String {
+    format_ts(Utc::now())
+}
+
+/// Reads a timestamp written by the daemon, by a person with `sqlite3` (`datetime('now')`
+/// gives `2026-11-25 08:11:04`) or by an RFC 3339 producer. Text without a zone is taken as
+/// UTC. Returns `None` for anything else.
+pub fn parse_ts(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.trim();
+    if let Ok(instant) = DateTime::parse_from_rfc3339(text) {
+        return Some(instant.with_timezone(&Utc));
+    }
+    parse_naive(text).map(|naive| Utc.from_utc_datetime(&naive))
+}
+
+/// Reads a zone-less date and time as the partner APIs send them: `2017-06-13T16:28:47`,
+/// `2017-06-14T16:46:55.473` or `2016-03-03 11:39:45`, with any number of fraction digits.
+pub fn parse_naive(text: &str) -> Option<NaiveDateTime> {
+    let text = text.trim();
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+        .iter()
+        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+}
+
+/// Formats a zone-less date and time the way the store keeps parsed partner dates
+/// (`2017-06-14T16:46:55.473`): fixed millisecond precision, no zone, because the partner
+/// does not say which zone it means.
+pub fn format_naive(naive: NaiveDateTime) -> String {
+    naive.format("%Y-%m-%dT%H:%M:%S%.3f").to_string()
+}
+
+/// Converts a standard duration into a chrono one, saturating instead of failing on the
+/// absurd values a config file could hold.
+pub fn to_chrono(duration: std::time::Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+/// Adds a duration to an instant, saturating at the far future.
+pub fn add(instant: DateTime<Utc>, duration: std::time::Duration) -> DateTime<Utc> {
+    instant
+        .checked_add_signed(to_chrono(duration))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_form_is_fixed_width_and_round_trips() {
+        let instant = Utc.with_ymd_and_hms(2026, 11, 25, 8, 11, 4).unwrap();
+        let text = format_ts(instant);
+        assert_eq!(text, "2026-11-25T08:11:04.000Z");
+        assert_eq!(parse_ts(&text), Some(instant));
+    }
+
+    #[track_caller]
+    fn check(input: &str, expected: Option<&str>) {
+        assert_eq!(parse_naive(input).map(format_naive).as_deref(), expected);
+    }
+
+    #[test]
+    fn partner_dates_with_varying_fractions() {
+        check("2017-06-13T16:28:47", Some("2017-06-13T16:28:47.000"));
+        check("2017-06-14T16:46:55.473", Some("2017-06-14T16:46:55.473"));
+        check("2017-06-13T14:12:42.9", Some("2017-06-13T14:12:42.900"));
+        check("2016-03-03 11:39:45", Some("2016-03-03T11:39:45.000"));
+        check(
+            "2017-06-13T14:12:42.1234567",
+            Some("2017-06-13T14:12:42.123"),
+        );
+        check("13/06/2017", None);
+        check("", None);
+    }
+
+    #[test]
+    fn hand_written_timestamps_are_read_as_utc() {
+        let expected = Utc.with_ymd_and_hms(2026, 11, 25, 8, 11, 4).unwrap();
+        assert_eq!(parse_ts("2026-11-25 08:11:04"), Some(expected));
+        assert_eq!(parse_ts("2026-11-25T09:11:04+01:00"), Some(expected));
+        assert_eq!(parse_ts("yesterday"), None);
+    }
+}
