@@ -28,10 +28,7 @@ impl CartId {
     /// pasted by mistake is not silently accepted.
     pub fn parse(text: &str) -> Result<CartId, MalformedCartId> {
         let trimmed = text.trim();
-        let inner = trimmed
-            .strip_prefix('{')
-            .and_then(|rest| rest.strip_suffix('}'))
-            .unwrap_or(trimmed);
+        let inner = trimmed.strip_prefix('{').and_then(|rest| rest.strip_suffix('}')).unwrap_or(trimmed);
         if inner.len() != 36 {
             return Err(MalformedCartId::new(text));
         }
@@ -58,9 +55,7 @@ impl CartId {
 
 impl MalformedCartId {
     fn new(text: &str) -> MalformedCartId {
-        MalformedCartId {
-            shown: shorten(text, 60),
-        }
+        MalformedCartId { shown: shorten(text, 60) }
     }
 }
 
@@ -93,11 +88,7 @@ mod tests {
     #[track_caller]
     fn check(input: &str, expected: Option<&str>) {
         let parsed = CartId::parse(input).ok();
-        assert_eq!(
-            parsed.as_ref().map(CartId::as_str),
-            expected,
-            "input {input:?}"
-        );
+        assert_eq!(parsed.as_ref().map(CartId::as_str), expected, "input {input:?}");
     }
 
     #[test]

@@ -109,28 +109,19 @@ pub struct Failure {
 
 impl Failure {
     fn new(code: u8, error: impl Into<anyhow::Error>) -> Failure {
-        Failure {
-            code,
-            error: error.into(),
-        }
+        Failure { code, error: error.into() }
     }
 }
 
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Failure {
-        Failure {
-            code: EXIT_FAILURE,
-            error,
-        }
+        Failure { code: EXIT_FAILURE, error }
     }
 }
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -151,11 +142,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Run => run(config_path).await,
         Command::PollOnce => poll_once(config_path).await,
-        Command::Track {
-            cart_ids,
-            reference,
-            file,
-        } => track(config_path, cart_ids, reference, file).await,
+        Command::Track { cart_ids, reference, file } => track(config_path, cart_ids, reference, file).await,
         Command::Untrack { cart_ids } => untrack(config_path, cart_ids).await,
         Command::Status { cart_id } => status(config_path, cart_id).await,
         Command::Events { after, limit } => events(config_path, after, limit).await,
@@ -178,9 +165,7 @@ fn loaded(path: Option<&Path>, purpose: Purpose) -> Result<Loaded, Failure> {
 }
 
 async fn open_store(config: &Config) -> Result<Store, Failure> {
-    daemon::open_store(config)
-        .await
-        .map_err(|error| Failure::new(EXIT_DATABASE, error))
+    daemon::open_store(config).await.map_err(|error| Failure::new(EXIT_DATABASE, error))
 }
 
 async fn run(config_path: Option<PathBuf>) -> Result<(), Failure> {
@@ -189,14 +174,11 @@ async fn run(config_path: Option<PathBuf>) -> Result<(), Failure> {
     log_loaded(&loaded);
     let shutdown = CancellationToken::new();
     let (reload_sender, reloads) = mpsc::channel(1);
-    spawn_signal_handlers(shutdown.clone(), reload_sender, config_path)
-        .context("while installing signal handlers")?;
-    daemon::run(loaded.config, reloads, Hooks::default(), shutdown)
-        .await
-        .map_err(|error| match error {
-            daemon::DaemonError::Store(_) => Failure::new(EXIT_DATABASE, error),
-            other => Failure::new(EXIT_FAILURE, other),
-        })
+    spawn_signal_handlers(shutdown.clone(), reload_sender, config_path).context("while installing signal handlers")?;
+    daemon::run(loaded.config, reloads, Hooks::default(), shutdown).await.map_err(|error| match error {
+        daemon::DaemonError::Store(_) => Failure::new(EXIT_DATABASE, error),
+        other => Failure::new(EXIT_FAILURE, other),
+    })
 }
 
 fn log_loaded(loaded: &Loaded) {
@@ -243,12 +225,10 @@ async fn poll_once(config_path: Option<PathBuf>) -> Result<(), Failure> {
     let loaded = loaded(config_path.as_deref(), Purpose::Upstream)?;
     crate::logging::init(&loaded.config.logging);
     log_loaded(&loaded);
-    let record = daemon::poll_once(loaded.config, CancellationToken::new())
-        .await
-        .map_err(|error| match error {
-            daemon::DaemonError::Store(_) => Failure::new(EXIT_DATABASE, error),
-            other => Failure::new(EXIT_FAILURE, other),
-        })?;
+    let record = daemon::poll_once(loaded.config, CancellationToken::new()).await.map_err(|error| match error {
+        daemon::DaemonError::Store(_) => Failure::new(EXIT_DATABASE, error),
+        other => Failure::new(EXIT_FAILURE, other),
+    })?;
     eprintln!(
         "polled {} cart(s) in {} request(s): {} failed, {} status change(s), {} event(s){}",
         record.carts_polled,
@@ -256,10 +236,7 @@ async fn poll_once(config_path: Option<PathBuf>) -> Result<(), Failure> {
         record.failures,
         record.transitions,
         record.events,
-        record
-            .stopped_early
-            .map(|reason| format!("; stopped early: {reason}"))
-            .unwrap_or_default()
+        record.stopped_early.map(|reason| format!("; stopped early: {reason}")).unwrap_or_default()
     );
     Ok(())
 }
@@ -275,10 +252,7 @@ fn collect_track_requests(
     let mut problems = Vec::new();
     for text in cart_ids {
         match CartId::parse(text) {
-            Ok(cart_id) => requests.push(TrackRequest {
-                cart_id,
-                reference: reference.map(str::to_owned),
-            }),
+            Ok(cart_id) => requests.push(TrackRequest { cart_id, reference: reference.map(str::to_owned) }),
             Err(error) => problems.push(error.to_string()),
         }
     }
@@ -292,18 +266,13 @@ fn collect_track_requests(
             None => (line, None),
         };
         match CartId::parse(id) {
-            Ok(cart_id) => requests.push(TrackRequest {
-                cart_id,
-                reference: own_reference.or(reference).map(str::to_owned),
-            }),
+            Ok(cart_id) => {
+                requests.push(TrackRequest { cart_id, reference: own_reference.or(reference).map(str::to_owned) })
+            }
             Err(error) => problems.push(format!("line {number}: {error}")),
         }
     }
-    if problems.is_empty() {
-        Ok(requests)
-    } else {
-        Err(problems)
-    }
+    if problems.is_empty() { Ok(requests) } else { Err(problems) }
 }
 
 fn read_lines(file: &Path) -> anyhow::Result<Vec<(usize, String)>> {
@@ -311,19 +280,13 @@ fn read_lines(file: &Path) -> anyhow::Result<Vec<(usize, String)>> {
         Box::new(std::io::stdin().lock())
     } else {
         Box::new(std::io::BufReader::new(
-            std::fs::File::open(file)
-                .with_context(|| format!("while opening {}", file.display()))?,
+            std::fs::File::open(file).with_context(|| format!("while opening {}", file.display()))?,
         ))
     };
     reader
         .lines()
         .enumerate()
-        .map(|(index, line)| {
-            Ok((
-                index + 1,
-                line.with_context(|| format!("while reading {}", file.display()))?,
-            ))
-        })
+        .map(|(index, line)| Ok((index + 1, line.with_context(|| format!("while reading {}", file.display()))?)))
         .collect()
 }
 
@@ -340,19 +303,12 @@ async fn track(
         ));
     }
     let lines = file.as_deref().map(read_lines).transpose()?;
-    let requests =
-        collect_track_requests(&cart_ids, reference.as_deref(), lines).map_err(|problems| {
-            Failure::new(
-                EXIT_REJECTED,
-                anyhow::anyhow!("nothing was registered:\n  {}", problems.join("\n  ")),
-            )
-        })?;
+    let requests = collect_track_requests(&cart_ids, reference.as_deref(), lines).map_err(|problems| {
+        Failure::new(EXIT_REJECTED, anyhow::anyhow!("nothing was registered:\n  {}", problems.join("\n  ")))
+    })?;
     let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
     let store = open_store(&loaded.config).await?;
-    let outcomes = store
-        .track(requests, Utc::now())
-        .await
-        .map_err(|error| Failure::new(EXIT_DATABASE, error))?;
+    let outcomes = store.track(requests, Utc::now()).await.map_err(|error| Failure::new(EXIT_DATABASE, error))?;
     let mut added = 0;
     for (cart_id, outcome) in &outcomes {
         match outcome {
@@ -370,18 +326,11 @@ async fn track(
 
 async fn untrack(config_path: Option<PathBuf>, cart_ids: Vec<String>) -> Result<(), Failure> {
     let parsed: Result<Vec<CartId>, _> = cart_ids.iter().map(|text| CartId::parse(text)).collect();
-    let parsed = parsed.map_err(|error| {
-        Failure::new(
-            EXIT_REJECTED,
-            anyhow::anyhow!("{error}; nothing was changed"),
-        )
-    })?;
+    let parsed =
+        parsed.map_err(|error| Failure::new(EXIT_REJECTED, anyhow::anyhow!("{error}; nothing was changed")))?;
     let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
     let store = open_store(&loaded.config).await?;
-    let outcomes = store
-        .untrack(parsed, Utc::now())
-        .await
-        .map_err(|error| Failure::new(EXIT_DATABASE, error))?;
+    let outcomes = store.untrack(parsed, Utc::now()).await.map_err(|error| Failure::new(EXIT_DATABASE, error))?;
     let mut unknown = 0;
     for (cart_id, outcome) in outcomes {
         match outcome {
@@ -396,10 +345,7 @@ async fn untrack(config_path: Option<PathBuf>, cart_ids: Vec<String>) -> Result<
         }
     }
     if unknown > 0 {
-        return Err(Failure::new(
-            EXIT_REJECTED,
-            anyhow::anyhow!("{unknown} cart id(s) are not in the database"),
-        ));
+        return Err(Failure::new(EXIT_REJECTED, anyhow::anyhow!("{unknown} cart id(s) are not in the database")));
     }
     Ok(())
 }
@@ -410,18 +356,10 @@ async fn status(config_path: Option<PathBuf>, cart_id: Option<String>) -> Result
     let database = |error| Failure::new(EXIT_DATABASE, error);
     match cart_id {
         Some(text) => {
-            let cart_id =
-                CartId::parse(&text).map_err(|error| Failure::new(EXIT_REJECTED, error))?;
-            let detail = store
-                .cart_detail(cart_id.to_string())
-                .await
-                .map_err(database)?;
-            let detail = detail.ok_or_else(|| {
-                Failure::new(
-                    EXIT_REJECTED,
-                    anyhow::anyhow!("cart {cart_id} is not in the database"),
-                )
-            })?;
+            let cart_id = CartId::parse(&text).map_err(|error| Failure::new(EXIT_REJECTED, error))?;
+            let detail = store.cart_detail(cart_id.to_string()).await.map_err(database)?;
+            let detail = detail
+                .ok_or_else(|| Failure::new(EXIT_REJECTED, anyhow::anyhow!("cart {cart_id} is not in the database")))?;
             print!("{}", crate::render::render_cart_detail(&detail));
         }
         None => {
@@ -435,10 +373,7 @@ async fn status(config_path: Option<PathBuf>, cart_id: Option<String>) -> Result
 async fn events(config_path: Option<PathBuf>, after: i64, limit: u32) -> Result<(), Failure> {
     let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
     let store = open_store(&loaded.config).await?;
-    let events = store
-        .events_after(after, limit)
-        .await
-        .map_err(|error| Failure::new(EXIT_DATABASE, error))?;
+    let events = store.events_after(after, limit).await.map_err(|error| Failure::new(EXIT_DATABASE, error))?;
     for event in &events {
         println!("{}", crate::sinks::log::event_line(event));
     }
@@ -469,34 +404,21 @@ mod tests {
             (1, "# carts from the shop".to_owned()),
             (2, "BEE2C269-1DBD-4F67-B9F1-2EA2D3B4917B,order-9".to_owned()),
             (3, "   ".to_owned()),
-            (
-                4,
-                "59dcca18-05e7-4f5c-8b4e-89e987ea1e51  # trailing comment".to_owned(),
-            ),
+            (4, "59dcca18-05e7-4f5c-8b4e-89e987ea1e51  # trailing comment".to_owned()),
         ];
-        let requests = collect_track_requests(
-            &["921A2046-66A5-4C5F-B9A6-4BC646FA5E5A".to_owned()],
-            Some("batch-1"),
-            Some(lines),
-        )
-        .unwrap();
+        let requests =
+            collect_track_requests(&["921A2046-66A5-4C5F-B9A6-4BC646FA5E5A".to_owned()], Some("batch-1"), Some(lines))
+                .unwrap();
         assert_eq!(requests.len(), 3);
-        assert_eq!(
-            requests[0].cart_id.as_str(),
-            "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a"
-        );
+        assert_eq!(requests[0].cart_id.as_str(), "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a");
         assert_eq!(requests[1].reference.as_deref(), Some("order-9"));
         assert_eq!(requests[2].reference.as_deref(), Some("batch-1"));
     }
 
     #[test]
     fn every_malformed_id_is_reported_with_its_line() {
-        let problems = collect_track_requests(
-            &["nope".to_owned()],
-            None,
-            Some(vec![(7, "12345".to_owned())]),
-        )
-        .unwrap_err();
+        let problems =
+            collect_track_requests(&["nope".to_owned()], None, Some(vec![(7, "12345".to_owned())])).unwrap_err();
         assert_eq!(problems.len(), 2);
         assert!(problems[0].contains("\"nope\""));
         assert!(problems[1].starts_with("line 7: malformed cart id \"12345\""));

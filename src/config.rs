@@ -241,11 +241,7 @@ pub enum ConfigError {
 }
 
 fn list_problems(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|problem| format!("  - {problem}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    problems.iter().map(|problem| format!("  - {problem}")).collect::<Vec<_>>().join("\n")
 }
 
 /// A loaded config with the non-fatal observations about it.
@@ -262,16 +258,10 @@ pub struct Loaded {
 impl Default for Config {
     /// The embedded defaults alone.
     fn default() -> Config {
-        let builder = config::Config::builder().add_source(config::File::from_str(
-            DEFAULT_TOML,
-            config::FileFormat::Toml,
-        ));
-        let merged = builder
-            .build()
-            .expect("the embedded default config is valid TOML");
-        merged
-            .try_deserialize()
-            .expect("the embedded default config matches the Config struct")
+        let builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        let merged = builder.build().expect("the embedded default config is valid TOML");
+        merged.try_deserialize().expect("the embedded default config matches the Config struct")
     }
 }
 
@@ -293,21 +283,15 @@ pub fn load(
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
         });
     }
-    let mut builder = config::Config::builder().add_source(config::File::from_str(
-        DEFAULT_TOML,
-        config::FileFormat::Toml,
-    ));
+    let mut builder =
+        config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
     if file_exists {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Unreadable { path: path.to_owned(), source })?;
         builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
     }
-    let environment: HashMap<String, String> = environment
-        .into_iter()
-        .filter(|(name, _)| name.starts_with(&format!("{ENV_PREFIX}__")))
-        .collect();
+    let environment: HashMap<String, String> =
+        environment.into_iter().filter(|(name, _)| name.starts_with(&format!("{ENV_PREFIX}__"))).collect();
     builder = builder.add_source(
         config::Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
@@ -317,24 +301,20 @@ pub fn load(
             .with_list_parse_key("events.emit")
             .source(Some(environment)),
     );
-    let merged = builder.build().map_err(|error| {
-        ConfigError::Syntax(describe_config_error(&error, file_exists.then_some(path)))
-    })?;
+    let merged = builder
+        .build()
+        .map_err(|error| ConfigError::Syntax(describe_config_error(&error, file_exists.then_some(path))))?;
 
     let mut unknown_keys = BTreeSet::new();
     let deserialized: Result<Config, _> = serde_ignored::deserialize(merged, |ignored| {
         unknown_keys.insert(ignored.to_string());
     });
-    let mut config = deserialized.map_err(|error| {
-        ConfigError::Syntax(describe_config_error(&error, file_exists.then_some(path)))
-    })?;
+    let mut config = deserialized
+        .map_err(|error| ConfigError::Syntax(describe_config_error(&error, file_exists.then_some(path))))?;
 
     let mut problems: Vec<Problem> = unknown_keys
         .into_iter()
-        .map(|key| Problem {
-            key,
-            message: "unknown key (check the spelling against config/cartwatch.toml)".into(),
-        })
+        .map(|key| Problem { key, message: "unknown key (check the spelling against config/cartwatch.toml)".into() })
         .collect();
     resolve_secret_files(&mut config, &mut problems);
     problems.extend(config.problems(purpose));
@@ -342,11 +322,7 @@ pub fn load(
         return Err(ConfigError::Invalid(problems));
     }
     let warnings = config.warnings();
-    Ok(Loaded {
-        config,
-        file: file_exists.then(|| path.to_owned()),
-        warnings,
-    })
+    Ok(Loaded { config, file: file_exists.then(|| path.to_owned()), warnings })
 }
 
 fn describe_config_error(error: &config::ConfigError, file: Option<&Path>) -> String {
@@ -381,19 +357,13 @@ pub(crate) fn read_secret_file(
         return None;
     }
     if inline_is_set {
-        problems.push(Problem {
-            key: key.into(),
-            message: "set either the value or the file, not both".into(),
-        });
+        problems.push(Problem { key: key.into(), message: "set either the value or the file, not both".into() });
         return None;
     }
     match std::fs::read_to_string(path) {
         Ok(text) => Some(Secret::new(text.trim())),
         Err(error) => {
-            problems.push(Problem {
-                key: key.into(),
-                message: format!("cannot read {}: {error}", path.display()),
-            });
+            problems.push(Problem { key: key.into(), message: format!("cannot read {}: {error}", path.display()) });
             None
         }
     }
@@ -403,12 +373,7 @@ impl Config {
     /// Every problem that makes this config unusable for `purpose`.
     pub fn problems(&self, purpose: Purpose) -> Vec<Problem> {
         let mut problems = Vec::new();
-        let mut problem = |key: &str, message: String| {
-            problems.push(Problem {
-                key: key.into(),
-                message,
-            })
-        };
+        let mut problem = |key: &str, message: String| problems.push(Problem { key: key.into(), message });
 
         if self.database.path.as_os_str().is_empty() {
             problem("database.path", "must not be empty".into());
@@ -419,17 +384,11 @@ impl Config {
         if self.sweep.timezone.parse::<chrono_tz::Tz>().is_err() {
             problem(
                 "sweep.timezone",
-                format!(
-                    "unknown time zone {:?}; use an IANA name such as \"Europe/Brussels\"",
-                    self.sweep.timezone
-                ),
+                format!("unknown time zone {:?}; use an IANA name such as \"Europe/Brussels\"", self.sweep.timezone),
             );
         }
         if !(1..=100_000).contains(&self.sweep.page_size) {
-            problem(
-                "sweep.page_size",
-                format!("must be between 1 and 100000, got {}", self.sweep.page_size),
-            );
+            problem("sweep.page_size", format!("must be between 1 and 100000, got {}", self.sweep.page_size));
         }
 
         let imaterialise = &self.imaterialise;
@@ -439,47 +398,26 @@ impl Config {
         if !(1..=10).contains(&imaterialise.batch_size) {
             problem(
                 "imaterialise.batch_size",
-                format!(
-                    "must be between 1 and 10 (the API's limit), got {}",
-                    imaterialise.batch_size
-                ),
+                format!("must be between 1 and 10 (the API's limit), got {}", imaterialise.batch_size),
             );
         }
         if !(1..=256).contains(&imaterialise.concurrency) {
-            problem(
-                "imaterialise.concurrency",
-                format!(
-                    "must be between 1 and 256, got {}",
-                    imaterialise.concurrency
-                ),
-            );
+            problem("imaterialise.concurrency", format!("must be between 1 and 256, got {}", imaterialise.concurrency));
         }
         if !imaterialise.requests_per_second.is_finite() || imaterialise.requests_per_second < 0.0 {
             problem(
                 "imaterialise.requests_per_second",
-                format!(
-                    "must be 0 (no limit) or a positive number, got {}",
-                    imaterialise.requests_per_second
-                ),
+                format!("must be 0 (no limit) or a positive number, got {}", imaterialise.requests_per_second),
             );
         }
         if imaterialise.request_timeout.is_zero() {
-            problem(
-                "imaterialise.request_timeout",
-                "must be longer than zero".into(),
-            );
+            problem("imaterialise.request_timeout", "must be longer than zero".into());
         }
         if imaterialise.connect_timeout.is_zero() {
-            problem(
-                "imaterialise.connect_timeout",
-                "must be longer than zero".into(),
-            );
+            problem("imaterialise.connect_timeout", "must be longer than zero".into());
         }
         if imaterialise.max_response_bytes < 1024 {
-            problem(
-                "imaterialise.max_response_bytes",
-                "must be at least 1024".into(),
-            );
+            problem("imaterialise.max_response_bytes", "must be at least 1024".into());
         }
         if purpose == Purpose::Upstream && imaterialise.enabled {
             if imaterialise.api_code.is_empty() {
@@ -488,10 +426,7 @@ impl Config {
                     "missing apiCode: set imaterialise.api_code_file, or the environment variable CARTWATCH__IMATERIALISE__API_CODE".into(),
                 );
             } else if uuid::Uuid::try_parse(imaterialise.api_code.expose().trim()).is_err() {
-                problem(
-                    "imaterialise.api_code",
-                    "must be a GUID (the value is not shown)".into(),
-                );
+                problem("imaterialise.api_code", "must be a GUID (the value is not shown)".into());
             }
         }
 
@@ -500,21 +435,16 @@ impl Config {
         for (index, tier) in cadence.tiers.iter().enumerate() {
             let key = format!("cadence.tiers[{index}]");
             if tier.younger_than <= previous_age {
-                problem(
-                    &key,
-                    "tiers must be listed youngest first, each `younger_than` larger than the last"
-                        .into(),
-                );
+                problem(&key, "tiers must be listed youngest first, each `younger_than` larger than the last".into());
             }
             if tier.every < Duration::from_secs(1) {
                 problem(&key, "`every` must be at least 1s".into());
             }
             previous_age = tier.younger_than;
         }
-        for (key, value) in [
-            ("cadence.older_every", cadence.older_every),
-            ("cadence.checked_out_every", cadence.checked_out_every),
-        ] {
+        for (key, value) in
+            [("cadence.older_every", cadence.older_every), ("cadence.checked_out_every", cadence.checked_out_every)]
+        {
             if value < Duration::from_secs(1) {
                 problem(key, "must be at least 1s".into());
             }
@@ -523,25 +453,15 @@ impl Config {
             problem("cadence.max_age", "must be longer than zero".into());
         }
         if !(0.0..=0.5).contains(&cadence.jitter) {
-            problem(
-                "cadence.jitter",
-                format!("must be between 0 and 0.5, got {}", cadence.jitter),
-            );
+            problem("cadence.jitter", format!("must be between 0 and 0.5, got {}", cadence.jitter));
         }
 
         let backoff = &self.backoff;
-        if backoff.transient_initial.is_zero() || backoff.transient_max < backoff.transient_initial
-        {
-            problem(
-                "backoff.transient_initial",
-                "must be longer than zero and not above backoff.transient_max".into(),
-            );
+        if backoff.transient_initial.is_zero() || backoff.transient_max < backoff.transient_initial {
+            problem("backoff.transient_initial", "must be longer than zero and not above backoff.transient_max".into());
         }
         if backoff.auth_initial.is_zero() || backoff.auth_max < backoff.auth_initial {
-            problem(
-                "backoff.auth_initial",
-                "must be longer than zero and not above backoff.auth_max".into(),
-            );
+            problem("backoff.auth_initial", "must be longer than zero and not above backoff.auth_max".into());
         }
         if backoff.circuit_after == 0 {
             problem("backoff.circuit_after", "must be at least 1".into());
@@ -556,11 +476,7 @@ impl Config {
                     "events.emit",
                     format!(
                         "unknown event type {name:?}; known types: {}",
-                        EventType::ALL
-                            .iter()
-                            .map(|t| t.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        EventType::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
                     ),
                 );
             }
@@ -568,10 +484,7 @@ impl Config {
         if LoggingConfig::parse_level(&self.logging.level).is_none() {
             problem(
                 "logging.level",
-                format!(
-                    "must be one of error, warn, info, debug, trace; got {:?}",
-                    self.logging.level
-                ),
+                format!("must be one of error, warn, info, debug, trace; got {:?}", self.logging.level),
             );
         }
         problems
@@ -590,33 +503,22 @@ impl Config {
             ));
         }
         if self.imaterialise.requests_per_second == 0.0 {
-            warnings.push(
-                "imaterialise.requests_per_second is 0: requests are limited only by concurrency"
-                    .into(),
-            );
+            warnings.push("imaterialise.requests_per_second is 0: requests are limited only by concurrency".into());
         }
         if !self.sinks.log.enabled {
-            warnings.push(
-                "sinks.log is disabled and no other sink is configured: events stay in the outbox"
-                    .into(),
-            );
+            warnings.push("sinks.log is disabled and no other sink is configured: events stay in the outbox".into());
         }
         warnings
     }
 
     /// The effective config as TOML, with secrets redacted.
     pub fn to_redacted_toml(&self) -> String {
-        toml::to_string_pretty(self)
-            .unwrap_or_else(|error| format!("# cannot render config: {error}\n"))
+        toml::to_string_pretty(self).unwrap_or_else(|error| format!("# cannot render config: {error}\n"))
     }
 
     /// The set of event types configured to be written.
     pub fn emitted_event_types(&self) -> BTreeSet<EventType> {
-        self.events
-            .emit
-            .iter()
-            .filter_map(|name| EventType::parse(name))
-            .collect()
+        self.events.emit.iter().filter_map(|name| EventType::parse(name)).collect()
     }
 }
 
@@ -639,9 +541,7 @@ impl LoggingConfig {
 pub(crate) fn check_base_url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|error| format!("not a valid URL ({error}): {text:?}"))?;
     if url.scheme() != "https" && url.scheme() != "http" {
-        return Err(format!(
-            "must start with https:// (or http:// for a local simulator), got {text:?}"
-        ));
+        return Err(format!("must start with https:// (or http:// for a local simulator), got {text:?}"));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(format!("has no host: {text:?}"));
@@ -666,18 +566,11 @@ pub(crate) fn is_loopback_host(url: &Url) -> bool {
 mod tests {
     use super::*;
 
-    fn load_text(
-        text: &str,
-        environment: &[(&str, &str)],
-        purpose: Purpose,
-    ) -> Result<Loaded, ConfigError> {
+    fn load_text(text: &str, environment: &[(&str, &str)], purpose: Purpose) -> Result<Loaded, ConfigError> {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("cartwatch.toml");
         std::fs::write(&path, text).unwrap();
-        let environment = environment
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let environment = environment.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         load(&path, true, environment, purpose)
     }
 
@@ -694,11 +587,7 @@ mod tests {
     fn embedded_defaults_are_valid_for_database_commands() {
         let config = Config::default();
         assert_eq!(config.imaterialise.batch_size, 10);
-        assert!(
-            config.problems(Purpose::Database).is_empty(),
-            "{:?}",
-            config.problems(Purpose::Database)
-        );
+        assert!(config.problems(Purpose::Database).is_empty(), "{:?}", config.problems(Purpose::Database));
     }
 
     #[test]
@@ -713,10 +602,7 @@ mod tests {
     fn file_then_environment_override_defaults() {
         let loaded = load_text(
             "[imaterialise]\nbatch_size = 5\nconcurrency = 2\n",
-            &[
-                ("CARTWATCH__IMATERIALISE__CONCURRENCY", "3"),
-                ("CARTWATCH__IMATERIALISE__API_CODE", API_CODE),
-            ],
+            &[("CARTWATCH__IMATERIALISE__CONCURRENCY", "3"), ("CARTWATCH__IMATERIALISE__API_CODE", API_CODE)],
             Purpose::Upstream,
         )
         .unwrap();
@@ -730,10 +616,7 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let secret_path = directory.path().join("api-code");
         std::fs::write(&secret_path, format!("{API_CODE}\n")).unwrap();
-        let text = format!(
-            "[imaterialise]\napi_code_file = {:?}\n",
-            secret_path.display().to_string()
-        );
+        let text = format!("[imaterialise]\napi_code_file = {:?}\n", secret_path.display().to_string());
         let loaded = load_text(&text, &[], Purpose::Upstream).unwrap();
         assert_eq!(loaded.config.imaterialise.api_code.expose(), API_CODE);
         assert!(!loaded.config.to_redacted_toml().contains(API_CODE));
@@ -762,28 +645,21 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_key() {
-        let error = load_text(
-            "[imaterialise]\nbatch_size = \"ten\"\n",
-            &[],
-            Purpose::Database,
-        )
-        .unwrap_err();
+        let error = load_text("[imaterialise]\nbatch_size = \"ten\"\n", &[], Purpose::Database).unwrap_err();
         let message = error.to_string();
         assert!(message.contains("batch_size"), "{message}");
     }
 
     #[test]
     fn broken_toml_is_reported_with_the_file() {
-        let error =
-            load_text("[imaterialise\nbatch_size = 1\n", &[], Purpose::Database).unwrap_err();
+        let error = load_text("[imaterialise\nbatch_size = 1\n", &[], Purpose::Database).unwrap_err();
         assert!(matches!(error, ConfigError::Syntax(_)), "{error:?}");
         assert!(error.to_string().contains("cartwatch.toml"), "{error}");
     }
 
     #[test]
     fn both_inline_and_file_secret_is_a_problem() {
-        let text =
-            format!("[imaterialise]\napi_code = {API_CODE:?}\napi_code_file = \"/nonexistent\"\n");
+        let text = format!("[imaterialise]\napi_code = {API_CODE:?}\napi_code_file = \"/nonexistent\"\n");
         let problems = problems_of(load_text(&text, &[], Purpose::Upstream));
         assert_eq!(problems[0].key, "imaterialise.api_code_file");
     }
@@ -791,10 +667,7 @@ mod tests {
     #[test]
     fn explicit_missing_file_is_an_error_but_default_path_is_optional() {
         let missing = Path::new("/nonexistent/cartwatch.toml");
-        assert!(matches!(
-            load(missing, true, HashMap::new(), Purpose::Database),
-            Err(ConfigError::Unreadable { .. })
-        ));
+        assert!(matches!(load(missing, true, HashMap::new(), Purpose::Database), Err(ConfigError::Unreadable { .. })));
         assert!(load(missing, false, HashMap::new(), Purpose::Database).is_ok());
     }
 
@@ -811,12 +684,7 @@ mod tests {
 
     #[test]
     fn plain_http_to_a_remote_host_is_a_warning() {
-        let loaded = load_text(
-            "[imaterialise]\nbase_url = \"http://example.com\"\n",
-            &[],
-            Purpose::Database,
-        )
-        .unwrap();
+        let loaded = load_text("[imaterialise]\nbase_url = \"http://example.com\"\n", &[], Purpose::Database).unwrap();
         assert!(loaded.warnings.iter().any(|w| w.contains("unencrypted")));
     }
 }

@@ -18,8 +18,8 @@ use crate::config::Config;
 use crate::delivery::delivery_loop;
 use crate::schedule::{Schedule, ScheduleError};
 use crate::sinks::{self, Sink};
-use crate::store::{Store, StoreError, SweepRecord};
-use crate::sweep::{Poller, SetupError};
+use crate::store::{Store, StoreError, SweepRecord, retrying};
+use crate::sweep::{Poller, STORE_RETRY_BUDGET, SetupError};
 
 /// Why the daemon could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -60,12 +60,7 @@ pub struct Hooks {
 
 impl Default for Hooks {
     fn default() -> Hooks {
-        Hooks {
-            ready: Box::new(|| {}),
-            alive: Arc::new(|| {}),
-            reloading: Box::new(|_| {}),
-            stopping: Box::new(|| {}),
-        }
+        Hooks { ready: Box::new(|| {}), alive: Arc::new(|| {}), reloading: Box::new(|_| {}), stopping: Box::new(|| {}) }
     }
 }
 
@@ -85,17 +80,9 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let config = Arc::new(config);
     let store = open_store(&config).await?;
-    let sinks: Vec<Arc<Sink>> = sinks::from_config(&config)
-        .into_iter()
-        .map(Arc::new)
-        .collect();
-    store
-        .sync_sinks(sinks.iter().map(|sink| sink.spec()).collect(), Utc::now())
-        .await?;
+    let sinks = start_sinks(&store, &config, &shutdown).await?;
     let alive = Arc::clone(&hooks.alive);
-    let poller = Poller::new(store.clone(), Arc::clone(&config))
-        .await?
-        .with_heartbeat(move || alive());
+    let poller = Poller::new(store.clone(), Arc::clone(&config)).await?.with_heartbeat(move || alive());
     let mut schedule = Schedule::start(&config.sweep.cron, &config.sweep.timezone).await?;
     info!(
         database = %store.path().display(),
@@ -109,12 +96,7 @@ pub async fn run(
     let delivery_shutdown = CancellationToken::new();
     let wake = Arc::new(Notify::new());
     for sink in &sinks {
-        tracker.spawn(delivery_loop(
-            store.clone(),
-            Arc::clone(sink),
-            Arc::clone(&wake),
-            delivery_shutdown.clone(),
-        ));
+        tracker.spawn(delivery_loop(store.clone(), Arc::clone(sink), Arc::clone(&wake), delivery_shutdown.clone()));
     }
     tracker.close();
 
@@ -132,7 +114,16 @@ pub async fn run(
             sweep_now = false;
         }
         (hooks.alive)();
+        // A paused upstream is probed when its delay ends, not at the next tick after.
+        let reopen = poller.reopens_at().and_then(|at| (at - Utc::now()).to_std().ok()).filter(|wait| !wait.is_zero());
+        let reopened = async move {
+            match reopen {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = reopened => sweep_now = true,
             () = shutdown.cancelled() => break,
             tick = schedule.next_tick() => {
                 if tick.is_none() {
@@ -161,38 +152,42 @@ pub async fn run(
     Ok(())
 }
 
+/// Builds the configured sinks and records them in the store, waiting out a lock held by
+/// another process.
+async fn start_sinks(
+    store: &Store,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<Vec<Arc<Sink>>, StoreError> {
+    let sinks: Vec<Arc<Sink>> = sinks::from_config(config).into_iter().map(Arc::new).collect();
+    let specs: Vec<_> = sinks.iter().map(|sink| sink.spec()).collect();
+    retrying("record the configured sinks", STORE_RETRY_BUDGET, shutdown, || {
+        store.sync_sinks(specs.clone(), Utc::now())
+    })
+    .await?;
+    Ok(sinks)
+}
+
 /// Runs one sweep, then delivers what is pending once, and returns the sweep's figures.
 ///
 /// Fails when the database cannot be opened or the poller cannot be set up.
-pub async fn poll_once(
-    config: Config,
-    shutdown: CancellationToken,
-) -> Result<SweepRecord, DaemonError> {
+pub async fn poll_once(config: Config, shutdown: CancellationToken) -> Result<SweepRecord, DaemonError> {
     let config = Arc::new(config);
     let store = open_store(&config).await?;
-    let sinks: Vec<Arc<Sink>> = sinks::from_config(&config)
-        .into_iter()
-        .map(Arc::new)
-        .collect();
-    store
-        .sync_sinks(sinks.iter().map(|sink| sink.spec()).collect(), Utc::now())
-        .await?;
+    let sinks = start_sinks(&store, &config, &shutdown).await?;
     let poller = Poller::new(store.clone(), Arc::clone(&config)).await?;
     let record = poller.sweep(&shutdown).await?;
     for sink in sinks {
-        drain_once(&store, &sink).await;
+        drain_once(&store, &sink, &shutdown).await;
     }
     Ok(record)
 }
 
 /// Delivers every delivery of `sink` that is due now, one pass, without waiting for retries.
-pub async fn drain_once(store: &Store, sink: &Sink) {
+pub async fn drain_once(store: &Store, sink: &Sink, shutdown: &CancellationToken) {
     loop {
         let now = Utc::now();
-        let pending = match store
-            .pending_deliveries(sink.name().to_owned(), now, sink.batch_limit())
-            .await
-        {
+        let pending = match store.pending_deliveries(sink.name().to_owned(), now, sink.batch_limit()).await {
             Ok(pending) if !pending.is_empty() => pending,
             Ok(_) => return,
             Err(error) => {
@@ -202,14 +197,12 @@ pub async fn drain_once(store: &Store, sink: &Sink) {
         };
         let count = pending.len();
         let results = sink.deliver(pending, now).await;
-        let delivered = results
-            .iter()
-            .filter(|r| matches!(r, crate::store::DeliveryResult::Delivered { .. }))
-            .count();
-        if let Err(error) = store
-            .record_deliveries(sink.name().to_owned(), results, Utc::now())
-            .await
-        {
+        let delivered = results.iter().filter(|r| matches!(r, crate::store::DeliveryResult::Delivered { .. })).count();
+        let recorded = retrying("record deliveries", STORE_RETRY_BUDGET, shutdown, || {
+            store.record_deliveries(sink.name().to_owned(), results.clone(), Utc::now())
+        })
+        .await;
+        if let Err(error) = recorded {
             warn!(sink = sink.name(), error = %error, "cannot record deliveries");
             return;
         }

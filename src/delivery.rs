@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::sinks::Sink;
-use crate::store::Store;
+use crate::store::{Store, retrying};
+use crate::sweep::STORE_RETRY_BUDGET;
 
 /// The longest the loop sleeps without looking for work, so events written by another
 /// process (the CLI, `sqlite3`) are picked up promptly.
@@ -18,12 +19,7 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Delivers events to `sink` until `shutdown`. A batch in progress when shutdown comes is
 /// finished and recorded first.
-pub async fn delivery_loop(
-    store: Store,
-    sink: Arc<Sink>,
-    wake: Arc<Notify>,
-    shutdown: CancellationToken,
-) {
+pub async fn delivery_loop(store: Store, sink: Arc<Sink>, wake: Arc<Notify>, shutdown: CancellationToken) {
     let name = sink.name().to_owned();
     loop {
         if shutdown.is_cancelled() {
@@ -31,16 +27,11 @@ pub async fn delivery_loop(
         }
         let woken = wake.notified();
         let now = Utc::now();
-        let pending = match store
-            .pending_deliveries(name.clone(), now, sink.batch_limit())
-            .await
-        {
+        let pending = match store.pending_deliveries(name.clone(), now, sink.batch_limit()).await {
             Ok(pending) => pending,
             Err(error) => {
                 warn!(sink = %name, error = %error, "cannot read pending deliveries; retrying");
-                shutdown
-                    .run_until_cancelled(tokio::time::sleep(IDLE_POLL))
-                    .await;
+                shutdown.run_until_cancelled(tokio::time::sleep(IDLE_POLL)).await;
                 continue;
             }
         };
@@ -53,24 +44,13 @@ pub async fn delivery_loop(
             continue;
         }
         let results = sink.deliver(pending, now).await;
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match store
-                .record_deliveries(name.clone(), results.clone(), Utc::now())
-                .await
-            {
-                Ok(()) => break,
-                Err(error) if error.is_retryable() && !shutdown.is_cancelled() => {
-                    warn!(sink = %name, error = %error, "cannot record deliveries yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(error) => {
-                    // Not recorded means attempted again later: a duplicate, never a loss.
-                    error!(sink = %name, error = %error, "cannot record deliveries; they will be attempted again");
-                    break;
-                }
-            }
+        let recorded = retrying("record deliveries", STORE_RETRY_BUDGET, &shutdown, || {
+            store.record_deliveries(name.clone(), results.clone(), Utc::now())
+        })
+        .await;
+        if let Err(error) = recorded {
+            // Not recorded means attempted again later: a duplicate, never a loss.
+            error!(sink = %name, error = %error, "cannot record deliveries; they will be attempted again");
         }
     }
 }

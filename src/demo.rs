@@ -31,10 +31,7 @@ pub fn simulator_config(base_url: &str, database: &Path) -> Config {
     config.imaterialise.requests_per_second = 0.0;
     config.imaterialise.request_timeout = Duration::from_secs(5);
     let second = Duration::from_secs(1);
-    config.cadence.tiers = vec![CadenceTier {
-        younger_than: Duration::from_secs(30 * 24 * 3600),
-        every: second,
-    }];
+    config.cadence.tiers = vec![CadenceTier { younger_than: Duration::from_secs(30 * 24 * 3600), every: second }];
     config.cadence.older_every = second;
     config.cadence.checked_out_every = second;
     config.cadence.jitter = 0.0;
@@ -54,19 +51,10 @@ pub fn simulator_config(base_url: &str, database: &Path) -> Config {
 pub async fn run(carts: usize, seed: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     let directory = tempfile::tempdir().context("while creating a temporary directory")?;
-    let settings = SimulatorSettings {
-        seed,
-        carts: carts.clamp(1, 10_000),
-        unknown_carts: 3,
-        ..SimulatorSettings::default()
-    };
-    let simulator = Simulator::start(settings, "127.0.0.1:0".parse()?)
-        .await
-        .context("while starting the simulator")?;
-    let mut config = simulator_config(
-        &simulator.base_url(),
-        &directory.path().join("cartwatch.db"),
-    );
+    let settings =
+        SimulatorSettings { seed, carts: carts.clamp(1, 10_000), unknown_carts: 3, ..SimulatorSettings::default() };
+    let simulator = Simulator::start(settings, "127.0.0.1:0".parse()?).await.context("while starting the simulator")?;
+    let mut config = simulator_config(&simulator.base_url(), &directory.path().join("cartwatch.db"));
     let events_file = directory.path().join("events.jsonl");
     config.sinks.log.path = events_file.clone();
     crate::logging::init(&config.logging);
@@ -80,10 +68,7 @@ pub async fn run(carts: usize, seed: u64) -> anyhow::Result<()> {
         .cart_ids()
         .into_iter()
         .enumerate()
-        .map(|(index, cart_id)| TrackRequest {
-            cart_id,
-            reference: Some(format!("demo-{:02}", index + 1)),
-        })
+        .map(|(index, cart_id)| TrackRequest { cart_id, reference: Some(format!("demo-{:02}", index + 1)) })
         .collect::<Vec<_>>();
     let tracked = requests.len();
     store.track(requests, Utc::now()).await?;
@@ -94,12 +79,7 @@ pub async fn run(carts: usize, seed: u64) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let (_reload_sender, reloads) = mpsc::channel(1);
-    let daemon_task = tokio::spawn(daemon::run(
-        config,
-        reloads,
-        Hooks::default(),
-        shutdown.clone(),
-    ));
+    let daemon_task = tokio::spawn(daemon::run(config, reloads, Hooks::default(), shutdown.clone()));
 
     let mut cursor = 0;
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
@@ -139,20 +119,10 @@ pub async fn run(carts: usize, seed: u64) -> anyhow::Result<()> {
         found("cart.checked_out"),
         true_count("CheckedOut")
     );
-    println!(
-        "  orders found           {} (the simulator made {})",
-        found("cart.ordered"),
-        true_count("Ordered")
-    );
+    println!("  orders found           {} (the simulator made {})", found("cart.ordered"), true_count("Ordered"));
     println!("  carts not found        {}", found("cart.not_found"));
-    println!(
-        "  requests sent          {} (at most 10 carts each)",
-        simulator.requests()
-    );
-    println!(
-        "  events written to      {} (deleted with the demo's temporary directory)",
-        events_file.display()
-    );
+    println!("  requests sent          {} (at most 10 carts each)", simulator.requests());
+    println!("  events written to      {} (deleted with the demo's temporary directory)", events_file.display());
     simulator.stop().await;
     Ok(())
 }

@@ -57,9 +57,7 @@ impl EventType {
 
     /// Reads a wire name; `None` for names cartwatch does not know.
     pub fn parse(name: &str) -> Option<EventType> {
-        EventType::ALL
-            .into_iter()
-            .find(|t| t.as_str() == name.trim())
+        EventType::ALL.into_iter().find(|t| t.as_str() == name.trim())
     }
 }
 
@@ -126,20 +124,12 @@ pub struct NewEvent {
 
 impl NewEvent {
     /// Builds a cart event detected at `detected_at`.
-    pub fn cart(
-        event_type: EventType,
-        data: &CartEventData,
-        detected_at: DateTime<Utc>,
-    ) -> NewEvent {
+    pub fn cart(event_type: EventType, data: &CartEventData, detected_at: DateTime<Utc>) -> NewEvent {
         NewEvent::build(event_type, Some(data.cart_id.clone()), data, detected_at)
     }
 
     /// Builds an upstream event detected at `detected_at`.
-    pub fn upstream(
-        event_type: EventType,
-        data: &UpstreamEventData,
-        detected_at: DateTime<Utc>,
-    ) -> NewEvent {
+    pub fn upstream(event_type: EventType, data: &UpstreamEventData, detected_at: DateTime<Utc>) -> NewEvent {
         NewEvent::build(event_type, None, data, detected_at)
     }
 

@@ -35,18 +35,12 @@ impl Exponential {
 
 /// The transient-failure backoff from config.
 pub fn transient_backoff(config: &BackoffConfig) -> Exponential {
-    Exponential {
-        initial: config.transient_initial,
-        max: config.transient_max,
-    }
+    Exponential { initial: config.transient_initial, max: config.transient_max }
 }
 
 /// The 401 probe backoff from config.
 pub fn auth_backoff(config: &BackoffConfig) -> Exponential {
-    Exponential {
-        initial: config.auth_initial,
-        max: config.auth_max,
-    }
+    Exponential { initial: config.auth_initial, max: config.auth_max }
 }
 
 /// What kind of failure an upstream error is, which decides what happens next.
@@ -69,17 +63,11 @@ pub fn classify(error: &UpstreamError, batch_len: usize) -> FailureKind {
     match error {
         UpstreamError::Unauthorized => FailureKind::Auth,
         UpstreamError::Throttled { retry_after, .. } => FailureKind::Throttled(*retry_after),
-        UpstreamError::Api {
-            code: Some(102), ..
-        } if batch_len > 1 => FailureKind::TooManyIds,
-        UpstreamError::Api {
-            code: Some(501), ..
-        } => FailureKind::WrongBody,
+        UpstreamError::Api { code: Some(102), .. } if batch_len > 1 => FailureKind::TooManyIds,
+        UpstreamError::Api { code: Some(501), .. } => FailureKind::WrongBody,
         // 101 is documented per cart; as a general error on a batch it can only mean one of
         // the carts is wrong, which splitting finds.
-        UpstreamError::Api {
-            code: Some(101), ..
-        } => FailureKind::WrongBody,
+        UpstreamError::Api { code: Some(101), .. } => FailureKind::WrongBody,
         UpstreamError::Http { .. }
         | UpstreamError::Timeout
         | UpstreamError::Connection(_)
@@ -90,28 +78,18 @@ pub fn classify(error: &UpstreamError, batch_len: usize) -> FailureKind {
 }
 
 /// How long to wait before polling a cart again, by its age and status, before jitter.
-pub fn poll_interval(
-    cadence: &CadenceConfig,
-    age: Duration,
-    status: Option<&CartStatus>,
-) -> Duration {
+pub fn poll_interval(cadence: &CadenceConfig, age: Duration, status: Option<&CartStatus>) -> Duration {
     if matches!(status, Some(CartStatus::CheckedOut)) {
         return cadence.checked_out_every;
     }
-    cadence
-        .tiers
-        .iter()
-        .find(|tier| age < tier.younger_than)
-        .map_or(cadence.older_every, |tier| tier.every)
+    cadence.tiers.iter().find(|tier| age < tier.younger_than).map_or(cadence.older_every, |tier| tier.every)
 }
 
 /// Spreads an interval by up to `fraction` either way; `unit` is uniform in `[0, 1)`.
 /// Never returns less than one second.
 pub fn spread(interval: Duration, fraction: f64, unit: f64) -> Duration {
     let factor = 1.0 + fraction * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
-    interval
-        .mul_f64(factor.max(0.0))
-        .max(Duration::from_secs(1))
+    interval.mul_f64(factor.max(0.0)).max(Duration::from_secs(1))
 }
 
 #[cfg(test)]
@@ -125,102 +103,46 @@ mod tests {
     fn transient_delays_double_up_to_the_cap() {
         let backoff = transient_backoff(&Config::default().backoff);
         let ceilings: Vec<Duration> = (0..10).map(|attempt| backoff.ceiling(attempt)).collect();
-        assert_eq!(
-            ceilings,
-            [
-                S(5),
-                S(10),
-                S(20),
-                S(40),
-                S(80),
-                S(160),
-                S(320),
-                S(640),
-                S(900),
-                S(900)
-            ]
-        );
+        assert_eq!(ceilings, [S(5), S(10), S(20), S(40), S(80), S(160), S(320), S(640), S(900), S(900)]);
         assert_eq!(backoff.ceiling(u32::MAX), S(900));
     }
 
     #[test]
     fn auth_delays_double_from_a_minute_to_an_hour() {
         let backoff = auth_backoff(&Config::default().backoff);
-        let ceilings: Vec<u64> = (0..8)
-            .map(|attempt| backoff.ceiling(attempt).as_secs())
-            .collect();
+        let ceilings: Vec<u64> = (0..8).map(|attempt| backoff.ceiling(attempt).as_secs()).collect();
         assert_eq!(ceilings, [60, 120, 240, 480, 960, 1920, 3600, 3600]);
     }
 
     #[test]
     fn full_jitter_stays_within_zero_and_the_ceiling() {
-        let backoff = Exponential {
-            initial: S(5),
-            max: S(900),
-        };
+        let backoff = Exponential { initial: S(5), max: S(900) };
         for attempt in 0..12 {
             assert_eq!(backoff.full_jitter(attempt, 0.0), Duration::ZERO);
             let high = backoff.full_jitter(attempt, 0.999_999);
-            assert!(
-                high <= backoff.ceiling(attempt) && high > backoff.ceiling(attempt).mul_f64(0.99)
-            );
-            assert_eq!(
-                backoff.full_jitter(attempt, 0.5),
-                backoff.ceiling(attempt) / 2
-            );
+            assert!(high <= backoff.ceiling(attempt) && high > backoff.ceiling(attempt).mul_f64(0.99));
+            assert_eq!(backoff.full_jitter(attempt, 0.5), backoff.ceiling(attempt) / 2);
         }
-        assert_eq!(
-            backoff.full_jitter(3, 7.0),
-            backoff.ceiling(3),
-            "out-of-range samples are clamped"
-        );
+        assert_eq!(backoff.full_jitter(3, 7.0), backoff.ceiling(3), "out-of-range samples are clamped");
     }
 
     #[test]
     fn classification_of_every_error_kind() {
-        let api = |code| UpstreamError::Api {
-            code: Some(code),
-            message: String::new(),
-        };
+        let api = |code| UpstreamError::Api { code: Some(code), message: String::new() };
+        assert_eq!(classify(&UpstreamError::Unauthorized, 10), FailureKind::Auth);
         assert_eq!(
-            classify(&UpstreamError::Unauthorized, 10),
-            FailureKind::Auth
-        );
-        assert_eq!(
-            classify(
-                &UpstreamError::Throttled {
-                    status: 429,
-                    retry_after: Some(S(7))
-                },
-                10
-            ),
+            classify(&UpstreamError::Throttled { status: 429, retry_after: Some(S(7)) }, 10),
             FailureKind::Throttled(Some(S(7)))
         );
         assert_eq!(classify(&api(1), 10), FailureKind::Transient);
         assert_eq!(classify(&api(102), 10), FailureKind::TooManyIds);
-        assert_eq!(
-            classify(&api(102), 1),
-            FailureKind::Transient,
-            "one id cannot be too many"
-        );
+        assert_eq!(classify(&api(102), 1), FailureKind::Transient, "one id cannot be too many");
         assert_eq!(classify(&api(501), 10), FailureKind::WrongBody);
         assert_eq!(classify(&api(101), 4), FailureKind::WrongBody);
-        assert_eq!(
-            classify(&UpstreamError::Http { status: 502 }, 10),
-            FailureKind::Transient
-        );
-        assert_eq!(
-            classify(&UpstreamError::Timeout, 10),
-            FailureKind::Transient
-        );
-        assert_eq!(
-            classify(&UpstreamError::Decode("x".into()), 10),
-            FailureKind::Transient
-        );
-        assert_eq!(
-            classify(&UpstreamError::TooLarge { limit: 1 }, 10),
-            FailureKind::Transient
-        );
+        assert_eq!(classify(&UpstreamError::Http { status: 502 }, 10), FailureKind::Transient);
+        assert_eq!(classify(&UpstreamError::Timeout, 10), FailureKind::Transient);
+        assert_eq!(classify(&UpstreamError::Decode("x".into()), 10), FailureKind::Transient);
+        assert_eq!(classify(&UpstreamError::TooLarge { limit: 1 }, 10), FailureKind::Transient);
     }
 
     #[test]
@@ -228,30 +150,11 @@ mod tests {
         let cadence = Config::default().cadence;
         let minutes = |m: u64| S(60 * m);
         assert_eq!(poll_interval(&cadence, minutes(0), None), minutes(1));
-        assert_eq!(
-            poll_interval(&cadence, minutes(59), Some(&CartStatus::Pending)),
-            minutes(1)
-        );
-        assert_eq!(
-            poll_interval(&cadence, minutes(60), Some(&CartStatus::Pending)),
-            minutes(5)
-        );
-        assert_eq!(
-            poll_interval(&cadence, minutes(60 * 30), Some(&CartStatus::Pending)),
-            minutes(30)
-        );
-        assert_eq!(
-            poll_interval(&cadence, minutes(60 * 24 * 8), Some(&CartStatus::Pending)),
-            minutes(360)
-        );
-        assert_eq!(
-            poll_interval(
-                &cadence,
-                minutes(60 * 24 * 8),
-                Some(&CartStatus::CheckedOut)
-            ),
-            minutes(1)
-        );
+        assert_eq!(poll_interval(&cadence, minutes(59), Some(&CartStatus::Pending)), minutes(1));
+        assert_eq!(poll_interval(&cadence, minutes(60), Some(&CartStatus::Pending)), minutes(5));
+        assert_eq!(poll_interval(&cadence, minutes(60 * 30), Some(&CartStatus::Pending)), minutes(30));
+        assert_eq!(poll_interval(&cadence, minutes(60 * 24 * 8), Some(&CartStatus::Pending)), minutes(360));
+        assert_eq!(poll_interval(&cadence, minutes(60 * 24 * 8), Some(&CartStatus::CheckedOut)), minutes(1));
     }
 
     #[test]

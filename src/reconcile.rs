@@ -58,9 +58,7 @@ impl CartState {
 
     /// Reads a stored name; `None` for anything a person may have typed by hand.
     pub fn parse(text: &str) -> Option<CartState> {
-        CartState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == text)
+        CartState::ALL.into_iter().find(|state| state.as_str() == text)
     }
 }
 
@@ -152,12 +150,7 @@ pub struct Decision {
 /// Decides what a poll outcome means for a cart. `unit` is a uniform sample in `[0, 1)` used
 /// to jitter the next poll time. Returns `None` when the cart is no longer tracked, in which
 /// case nothing must be written.
-pub fn decide(
-    row: &CartRow,
-    outcome: &PollOutcome,
-    context: &Context,
-    unit: f64,
-) -> Option<Decision> {
+pub fn decide(row: &CartRow, outcome: &PollOutcome, context: &Context, unit: f64) -> Option<Decision> {
     if CartState::parse(&row.state) != Some(CartState::Tracking) {
         return None;
     }
@@ -185,10 +178,7 @@ pub fn decide(
                 if let Some(event_type) = transition_event(previous.as_ref(), &reported.status) {
                     event_types.push(event_type);
                 }
-                transition = Some(Transition {
-                    from: row.status.clone(),
-                    to: status.clone(),
-                });
+                transition = Some(Transition { from: row.status.clone(), to: status.clone() });
                 next.status = Some(status);
                 next.status_changed_at = Some(format_ts(now));
             }
@@ -211,31 +201,14 @@ pub fn decide(
             }
         }
         PollOutcome::Report(CartReport::Error(error)) => {
-            let code = error
-                .code
-                .map_or("without a code".to_owned(), |code| code.to_string());
-            retry_later(
-                &mut next,
-                format!("partner error {code}: {}", error.message),
-                context,
-                unit,
-            );
+            let code = error.code.map_or("without a code".to_owned(), |code| code.to_string());
+            retry_later(&mut next, format!("partner error {code}: {}", error.message), context, unit);
         }
         PollOutcome::Report(CartReport::Malformed(reason)) => {
-            retry_later(
-                &mut next,
-                format!("unreadable entry: {reason}"),
-                context,
-                unit,
-            );
+            retry_later(&mut next, format!("unreadable entry: {reason}"), context, unit);
         }
         PollOutcome::Report(CartReport::Missing) => {
-            retry_later(
-                &mut next,
-                "the partner's answer did not mention this cart".into(),
-                context,
-                unit,
-            );
+            retry_later(&mut next, "the partner's answer did not mention this cart".into(), context, unit);
         }
         PollOutcome::Failed(message) => retry_later(&mut next, message.clone(), context, unit),
     }
@@ -245,12 +218,7 @@ pub fn decide(
         .filter(|event_type| context.emit.contains(event_type))
         .map(|event_type| (event_type, data.clone()))
         .collect();
-    Some(Decision {
-        row: next,
-        transition,
-        events,
-        unknown_status,
-    })
+    Some(Decision { row: next, transition, events, unknown_status })
 }
 
 /// The event a status change announces, if any.
@@ -292,21 +260,12 @@ fn finish(row: &mut CartRow, state: CartState, now: DateTime<Utc>) {
 /// The age of a cart: from the partner's creation date (read as UTC, since the partner does
 /// not say), else from registration.
 pub fn cart_age(row: &CartRow, now: DateTime<Utc>) -> Duration {
-    let created = row
-        .cart_created_at
-        .as_deref()
-        .and_then(parse_ts)
-        .or_else(|| parse_ts(&row.registered_at))
-        .unwrap_or(now);
+    let created =
+        row.cart_created_at.as_deref().and_then(parse_ts).or_else(|| parse_ts(&row.registered_at)).unwrap_or(now);
     (now - created).to_std().unwrap_or(Duration::ZERO)
 }
 
-fn schedule_or_expire(
-    row: &mut CartRow,
-    context: &Context,
-    unit: f64,
-    event_types: &mut Vec<EventType>,
-) {
+fn schedule_or_expire(row: &mut CartRow, context: &Context, unit: f64, event_types: &mut Vec<EventType>) {
     let age = cart_age(row, context.now);
     if age >= context.cadence.max_age {
         finish(row, CartState::Expired, context.now);
@@ -323,10 +282,7 @@ fn retry_later(row: &mut CartRow, message: String, context: &Context, unit: f64)
     let attempt = row.consecutive_errors;
     row.consecutive_errors = row.consecutive_errors.saturating_add(1);
     row.last_error = Some(message);
-    let delay = context
-        .retry
-        .full_jitter(attempt, unit)
-        .max(Duration::from_secs(1));
+    let delay = context.retry.full_jitter(attempt, unit).max(Duration::from_secs(1));
     row.next_poll_at = Some(format_ts(add(context.now, delay)));
 }
 
@@ -380,36 +336,19 @@ mod tests {
     }
 
     fn event_types(decision: &Decision) -> Vec<EventType> {
-        decision
-            .events
-            .iter()
-            .map(|(event_type, _)| *event_type)
-            .collect()
+        decision.events.iter().map(|(event_type, _)| *event_type).collect()
     }
 
     #[test]
     fn first_sighting_as_ordered_still_announces_the_order() {
-        let decision = decide(
-            &row(None),
-            &reported("Ordered", Some("7cf9f78f-6631-44be-905a-94cee7a2cd9c")),
-            &context(),
-            0.5,
-        )
-        .unwrap();
+        let decision =
+            decide(&row(None), &reported("Ordered", Some("7cf9f78f-6631-44be-905a-94cee7a2cd9c")), &context(), 0.5)
+                .unwrap();
         assert_eq!(event_types(&decision), [EventType::CartOrdered]);
-        assert_eq!(
-            decision.transition,
-            Some(Transition {
-                from: None,
-                to: "Ordered".into()
-            })
-        );
+        assert_eq!(decision.transition, Some(Transition { from: None, to: "Ordered".into() }));
         assert_eq!(decision.row.state, "ordered");
         assert_eq!(decision.row.next_poll_at, None);
-        assert_eq!(
-            decision.row.order_id.as_deref(),
-            Some("7cf9f78f-6631-44be-905a-94cee7a2cd9c")
-        );
+        assert_eq!(decision.row.order_id.as_deref(), Some("7cf9f78f-6631-44be-905a-94cee7a2cd9c"));
         let data = &decision.events[0].1;
         assert_eq!(data.reference.as_deref(), Some("order-form-17"));
         assert_eq!(data.cart_created_at.as_deref(), Some("2026-11-25T07:00:00"));
@@ -417,65 +356,32 @@ mod tests {
 
     #[test]
     fn checked_out_is_announced_and_polled_at_the_fastest_tier() {
-        let decision = decide(
-            &row(Some("Pending")),
-            &reported("Checked Out", None),
-            &context(),
-            0.5,
-        )
-        .unwrap();
+        let decision = decide(&row(Some("Pending")), &reported("Checked Out", None), &context(), 0.5).unwrap();
         assert_eq!(event_types(&decision), [EventType::CartCheckedOut]);
-        assert_eq!(
-            decision.row.next_poll_at.as_deref(),
-            Some("2026-11-25T08:01:00.000Z")
-        );
+        assert_eq!(decision.row.next_poll_at.as_deref(), Some("2026-11-25T08:01:00.000Z"));
     }
 
     #[test]
     fn unchanged_status_records_nothing() {
-        let decision = decide(
-            &row(Some("Pending")),
-            &reported("pending", None),
-            &context(),
-            0.5,
-        )
-        .unwrap();
+        let decision = decide(&row(Some("Pending")), &reported("pending", None), &context(), 0.5).unwrap();
         assert_eq!(decision.transition, None);
         assert!(decision.events.is_empty());
     }
 
     #[test]
     fn pending_and_reopened_are_recorded_but_not_emitted_by_default() {
-        let decision = decide(
-            &row(Some("CheckedOut")),
-            &reported("Pending", None),
-            &context(),
-            0.5,
-        )
-        .unwrap();
+        let decision = decide(&row(Some("CheckedOut")), &reported("Pending", None), &context(), 0.5).unwrap();
         assert!(decision.transition.is_some());
         assert!(decision.events.is_empty());
         let mut context = context();
         context.emit.insert(EventType::CartReopened);
-        let decision = decide(
-            &row(Some("CheckedOut")),
-            &reported("Pending", None),
-            &context,
-            0.5,
-        )
-        .unwrap();
+        let decision = decide(&row(Some("CheckedOut")), &reported("Pending", None), &context, 0.5).unwrap();
         assert_eq!(event_types(&decision), [EventType::CartReopened]);
     }
 
     #[test]
     fn unknown_status_is_kept_verbatim_and_flagged() {
-        let decision = decide(
-            &row(Some("Pending")),
-            &reported("On Hold", None),
-            &context(),
-            0.5,
-        )
-        .unwrap();
+        let decision = decide(&row(Some("Pending")), &reported("On Hold", None), &context(), 0.5).unwrap();
         assert_eq!(decision.row.status.as_deref(), Some("On Hold"));
         assert_eq!(decision.unknown_status.as_deref(), Some("On Hold"));
         assert_eq!(decision.row.state, "tracking");
@@ -499,9 +405,7 @@ mod tests {
         // A status in between resets the count.
         let mut current = row(None);
         current.consecutive_not_found = 2;
-        current = decide(&current, &reported("Pending", None), &context, 0.5)
-            .unwrap()
-            .row;
+        current = decide(&current, &reported("Pending", None), &context, 0.5).unwrap().row;
         assert_eq!(current.consecutive_not_found, 0);
     }
 
@@ -510,23 +414,11 @@ mod tests {
         let context = context();
         let mut current = row(Some("Pending"));
         current.consecutive_errors = 3;
-        let decision = decide(
-            &current,
-            &PollOutcome::Failed("the request timed out".into()),
-            &context,
-            0.5,
-        )
-        .unwrap();
+        let decision = decide(&current, &PollOutcome::Failed("the request timed out".into()), &context, 0.5).unwrap();
         assert_eq!(decision.row.consecutive_errors, 4);
         // attempt 3: ceiling 40 s, half of it with unit 0.5
-        assert_eq!(
-            decision.row.next_poll_at.as_deref(),
-            Some("2026-11-25T08:00:20.000Z")
-        );
-        assert_eq!(
-            decision.row.last_error.as_deref(),
-            Some("the request timed out")
-        );
+        assert_eq!(decision.row.next_poll_at.as_deref(), Some("2026-11-25T08:00:20.000Z"));
+        assert_eq!(decision.row.last_error.as_deref(), Some("the request timed out"));
         assert!(decision.events.is_empty());
     }
 
@@ -548,9 +440,6 @@ mod tests {
     fn carts_no_longer_tracked_are_left_alone() {
         let mut current = row(Some("Pending"));
         current.state = "untracked".into();
-        assert_eq!(
-            decide(&current, &reported("Ordered", None), &context(), 0.5),
-            None
-        );
+        assert_eq!(decide(&current, &reported("Ordered", None), &context(), 0.5), None);
     }
 }

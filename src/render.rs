@@ -14,13 +14,7 @@ pub fn render_summary(summary: &Summary) -> String {
     } else {
         let _ = writeln!(out, "  {:<11} {:<14} {:>9}", "state", "status", "carts");
         for (state, status, count) in &summary.carts {
-            let _ = writeln!(
-                out,
-                "  {:<11} {:<14} {:>9}",
-                state,
-                status.as_deref().unwrap_or("(not seen)"),
-                count
-            );
+            let _ = writeln!(out, "  {:<11} {:<14} {:>9}", state, status.as_deref().unwrap_or("(not seen)"), count);
         }
     }
     let _ = writeln!(out, "  due now: {}", summary.due_now);
@@ -48,11 +42,7 @@ pub fn render_summary(summary: &Summary) -> String {
         }
         let _ = write!(line, ", batch size {}", snapshot.batch_size);
         if snapshot.consecutive_failures > 0 {
-            let _ = write!(
-                line,
-                ", {} failure(s) in a row",
-                snapshot.consecutive_failures
-            );
+            let _ = write!(line, ", {} failure(s) in a row", snapshot.consecutive_failures);
         }
         let _ = writeln!(out, "{line}");
         if let Some(error) = &record.last_error {
@@ -65,10 +55,7 @@ pub fn render_summary(summary: &Summary) -> String {
         let _ = writeln!(out, "  none configured");
     }
     for (sink, pending, delivered, dead, disabled) in &summary.sinks {
-        let _ = write!(
-            out,
-            "  {sink:<20} pending {pending:>7}  delivered {delivered:>9}  dead {dead:>6}"
-        );
+        let _ = write!(out, "  {sink:<20} pending {pending:>7}  delivered {delivered:>9}  dead {dead:>6}");
         if let Some(reason) = disabled {
             let _ = write!(out, "  DISABLED: {reason}");
         }
@@ -86,11 +73,7 @@ pub fn render_summary(summary: &Summary) -> String {
                 sweep.failures,
                 sweep.transitions,
                 sweep.events,
-                sweep
-                    .stopped_early
-                    .as_deref()
-                    .map(|reason| format!("; stopped early: {reason}"))
-                    .unwrap_or_default()
+                sweep.stopped_early.as_deref().map(|reason| format!("; stopped early: {reason}")).unwrap_or_default()
             );
         }
         None => {
@@ -113,11 +96,7 @@ pub fn render_cart_detail(detail: &CartDetail) -> String {
     field(&mut out, "state", Some(&cart.state));
     field(&mut out, "status", cart.status.as_deref());
     field(&mut out, "order id", cart.order_id.as_deref());
-    field(
-        &mut out,
-        "created (partner)",
-        cart.cart_created_at_raw.as_deref(),
-    );
+    field(&mut out, "created (partner)", cart.cart_created_at_raw.as_deref());
     field(&mut out, "registered", Some(&cart.registered_at));
     field(&mut out, "last polled", cart.last_polled_at.as_deref());
     field(&mut out, "next poll", cart.next_poll_at.as_deref());
@@ -135,16 +114,8 @@ pub fn render_cart_detail(detail: &CartDetail) -> String {
             transition.detected_at,
             transition.from_status.as_deref().unwrap_or("(unknown)"),
             transition.to_status,
-            transition
-                .order_id
-                .as_deref()
-                .map(|id| format!("  order {id}"))
-                .unwrap_or_default(),
-            transition
-                .event_id
-                .as_deref()
-                .map(|id| format!("  event {id}"))
-                .unwrap_or_default(),
+            transition.order_id.as_deref().map(|id| format!("  order {id}")).unwrap_or_default(),
+            transition.event_id.as_deref().map(|id| format!("  event {id}")).unwrap_or_default(),
         );
     }
     out

@@ -14,10 +14,7 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 /// Checks a cron expression exactly as the scheduler will read it (six fields, seconds
 /// first). Returns a message naming the problem.
 pub fn parse_cron(expression: &str) -> Result<(), String> {
-    let parser = CronParser::builder()
-        .seconds(Seconds::Required)
-        .dom_and_dow(true)
-        .build();
+    let parser = CronParser::builder().seconds(Seconds::Required).dom_and_dow(true).build();
     match parser.parse(expression.trim()) {
         Ok(_) => Ok(()),
         Err(error) => {
@@ -27,9 +24,7 @@ pub fn parse_cron(expression: &str) -> Result<(), String> {
             } else {
                 "; expected six fields: sec min hour day-of-month month day-of-week"
             };
-            Err(format!(
-                "unparsable cron expression {expression:?}: {error}{hint}"
-            ))
+            Err(format!("unparsable cron expression {expression:?}: {error}{hint}"))
         }
     }
 }
@@ -58,9 +53,7 @@ impl Schedule {
     ///
     /// Fails when the expression or zone is invalid or the scheduler cannot start.
     pub async fn start(cron: &str, timezone: &str) -> Result<Schedule, ScheduleError> {
-        let zone: chrono_tz::Tz = timezone
-            .parse()
-            .map_err(|_| ScheduleError::TimeZone(timezone.to_owned()))?;
+        let zone: chrono_tz::Tz = timezone.parse().map_err(|_| ScheduleError::TimeZone(timezone.to_owned()))?;
         let (sender, ticks) = mpsc::channel(1);
         let busy = Arc::new(AtomicBool::new(false));
         let skipped = Arc::new(AtomicU64::new(0));
@@ -72,10 +65,7 @@ impl Schedule {
                 let queued = !running && sender.try_send(()).is_ok();
                 if !queued {
                     let total = skipped.fetch_add(1, Ordering::Relaxed) + 1;
-                    tracing::info!(
-                        skipped_ticks = total,
-                        "a sweep is still running; this tick is skipped"
-                    );
+                    tracing::info!(skipped_ticks = total, "a sweep is still running; this tick is skipped");
                 }
                 Box::pin(async {})
             })?
@@ -83,12 +73,7 @@ impl Schedule {
         let scheduler = JobScheduler::new().await?;
         scheduler.add(job).await?;
         scheduler.start().await?;
-        Ok(Schedule {
-            scheduler,
-            ticks,
-            busy,
-            skipped,
-        })
+        Ok(Schedule { scheduler, ticks, busy, skipped })
     }
 
     /// Waits for the next tick. Returns `None` if the scheduler stopped.
@@ -131,10 +116,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ticks_arrive_and_are_skipped_while_busy() {
         let mut schedule = Schedule::start("* * * * * *", "UTC").await.unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(3), schedule.next_tick())
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(3), schedule.next_tick()).await.unwrap().unwrap();
         schedule.set_busy(true);
         tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
         assert!(schedule.skipped() >= 1, "ticks during a sweep are skipped");

@@ -47,11 +47,7 @@ impl fmt::Display for Secret {
 
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if self.is_empty() {
-            serializer.serialize_str("")
-        } else {
-            serializer.serialize_str(REDACTED)
-        }
+        if self.is_empty() { serializer.serialize_str("") } else { serializer.serialize_str(REDACTED) }
     }
 }
 

@@ -22,11 +22,8 @@ impl CartStatus {
     /// Reads a status in any documented spelling ("CheckedOut", "Checked Out", any case).
     /// Anything else becomes [`CartStatus::Other`] with the text unchanged.
     pub fn parse(raw: &str) -> CartStatus {
-        let squeezed: String = raw
-            .chars()
-            .filter(|c| !c.is_whitespace() && *c != '_' && *c != '-')
-            .flat_map(char::to_lowercase)
-            .collect();
+        let squeezed: String =
+            raw.chars().filter(|c| !c.is_whitespace() && *c != '_' && *c != '-').flat_map(char::to_lowercase).collect();
         match squeezed.as_str() {
             "notordered" => CartStatus::NotOrdered,
             "pending" => CartStatus::Pending,

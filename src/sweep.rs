@@ -25,7 +25,7 @@ use crate::policy::{FailureKind, classify};
 use crate::provider::UpstreamError;
 use crate::provider::imaterialise::{self, BatchReply, CartReport, StatusClient};
 use crate::reconcile::{Context, PollOutcome};
-use crate::store::{AppliedBatch, DueCart, Store, StoreError, SweepRecord};
+use crate::store::{AppliedBatch, DueCart, Store, StoreError, SweepRecord, retrying};
 use crate::time::format_ts;
 use crate::upstream::{Change, Gate, UpstreamHealth};
 
@@ -35,7 +35,7 @@ const MAX_IN_SWEEP_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a failed write of a batch's outcome is retried before the outcome is dropped
 /// (its carts stay due and are polled again: nothing is lost).
-const APPLY_RETRY_BUDGET: Duration = Duration::from_secs(60);
+pub const STORE_RETRY_BUDGET: Duration = Duration::from_secs(60);
 
 /// Why a poller could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -69,10 +69,7 @@ impl SweepRun {
     fn stop(&self, reason: String) {
         if !self.stop.swap(true, Ordering::SeqCst) {
             info!(reason = %reason, "sweep stops early; the remaining carts stay due");
-            *self
-                .stop_reason
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(reason);
+            *self.stop_reason.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
         }
     }
 
@@ -95,9 +92,7 @@ pub struct Poller {
 
 impl std::fmt::Debug for Poller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Poller")
-            .field("client", &self.client)
-            .finish_non_exhaustive()
+        f.debug_struct("Poller").field("client", &self.client).finish_non_exhaustive()
     }
 }
 
@@ -116,10 +111,7 @@ impl Poller {
             settings.batch_size as usize,
         );
         let records = store.upstream_records().await?;
-        if let Some(record) = records
-            .iter()
-            .find(|record| record.provider == imaterialise::PROVIDER)
-        {
+        if let Some(record) = records.iter().find(|record| record.provider == imaterialise::PROVIDER) {
             health.resume(&record.snapshot, Utc::now());
             if health.mode() != crate::upstream::Mode::Healthy {
                 warn!(
@@ -150,13 +142,18 @@ impl Poller {
 
     /// Applies a reloaded config's apiCode and probes a paused upstream at once.
     pub fn reload(&self, config: &Config) {
-        self.client
-            .set_api_code(config.imaterialise.api_code.clone());
+        self.client.set_api_code(config.imaterialise.api_code.clone());
         self.lock_health().probe_now(Utc::now());
     }
 
     fn lock_health(&self) -> std::sync::MutexGuard<'_, UpstreamHealth> {
         self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// When a paused or throttled upstream may next be asked, if it is closed now: the daemon
+    /// sweeps again at that moment instead of waiting for the next tick.
+    pub fn reopens_at(&self) -> Option<chrono::DateTime<Utc>> {
+        self.lock_health().reopens_at(Utc::now())
     }
 
     /// The upstream's current health.
@@ -180,15 +177,21 @@ impl Poller {
         shutdown: &CancellationToken,
         started: chrono::DateTime<Utc>,
     ) -> Result<SweepRecord, StoreError> {
-        let hand_inserted = self.store.check_hand_inserted(started, 10_000).await?;
-        if !hand_inserted.accepted.is_empty() {
-            info!(
-                count = hand_inserted.accepted.len(),
-                "accepted carts inserted directly into the database"
-            );
-        }
-        for (found, reason) in &hand_inserted.flagged {
-            warn!(cart_id = %shorten(found, 60), reason = %reason, "flagged a hand-inserted cart as invalid; it will not be polled");
+        // Rows inserted by hand are checked first; when the database is locked this waits for
+        // a later sweep rather than holding this one up.
+        match self.store.check_hand_inserted(started, 10_000).await {
+            Ok(hand_inserted) => {
+                if !hand_inserted.accepted.is_empty() {
+                    info!(count = hand_inserted.accepted.len(), "accepted carts inserted directly into the database");
+                }
+                for (found, reason) in &hand_inserted.flagged {
+                    warn!(cart_id = %shorten(found, 60), reason = %reason, "flagged a hand-inserted cart as invalid; it will not be polled");
+                }
+            }
+            Err(error) if error.is_retryable() => {
+                warn!(error = %error, "cannot check hand-inserted carts now; the next sweep will")
+            }
+            Err(error) => return Err(error),
         }
 
         let run = Arc::new(SweepRun {
@@ -207,14 +210,8 @@ impl Poller {
                 match self.store.due_page(started, after, page_size).await {
                     Ok(page) if page.is_empty() => None,
                     Ok(page) => {
-                        let last = page
-                            .last()
-                            .map(|cart| (cart.next_poll_at.clone(), cart.key));
-                        let next_cursor = if page.len() < page_size as usize {
-                            None
-                        } else {
-                            Some(last)
-                        };
+                        let last = page.last().map(|cart| (cart.next_poll_at.clone(), cart.key));
+                        let next_cursor = if page.len() < page_size as usize { None } else { Some(last) };
                         Some((self.batches_of(page).await, next_cursor))
                     }
                     Err(error) => {
@@ -276,11 +273,7 @@ impl Poller {
                 carts.push((due.key, id));
                 continue;
             }
-            match self
-                .store
-                .repair_due_cart(due.key, due.cart_id.clone(), Utc::now())
-                .await
-            {
+            match self.store.repair_due_cart(due.key, due.cart_id.clone(), Utc::now()).await {
                 Ok(Ok(canonical)) => {
                     info!(cart_id = %canonical, "normalised a hand-edited cart id");
                     if let Some(id) = CartId::from_canonical(&canonical) {
@@ -295,10 +288,7 @@ impl Poller {
                 }
             }
         }
-        let batch_size = self
-            .lock_health()
-            .batch_size()
-            .clamp(1, imaterialise::MAX_BATCH);
+        let batch_size = self.lock_health().batch_size().clamp(1, imaterialise::MAX_BATCH);
         let mut batches = Vec::with_capacity(carts.len().div_ceil(batch_size));
         let mut carts = carts.into_iter().peekable();
         while carts.peek().is_some() {
@@ -308,22 +298,22 @@ impl Poller {
     }
 
     /// Sends one batch, splitting it when the upstream asks for that, and applies the outcome.
-    async fn run_batch(
-        &self,
-        batch: Vec<(i64, CartId)>,
-        run: &SweepRun,
-        shutdown: &CancellationToken,
-    ) {
+    async fn run_batch(&self, batch: Vec<(i64, CartId)>, run: &SweepRun, shutdown: &CancellationToken) {
         let mut work = VecDeque::from([batch]);
         while let Some(part) = work.pop_front() {
+            // A batch formed before the batch size was halved is cut down before it goes.
+            let batch_size = self.lock_health().batch_size();
+            if part.len() > batch_size {
+                for chunk in part.chunks(batch_size).rev() {
+                    work.push_front(chunk.to_vec());
+                }
+                continue;
+            }
             let Some(probe) = self.wait_for_gate(run, shutdown).await else {
                 return;
             };
             if let Some(limiter) = &self.limiter
-                && shutdown
-                    .run_until_cancelled(limiter.until_ready())
-                    .await
-                    .is_none()
+                && shutdown.run_until_cancelled(limiter.until_ready()).await.is_none()
             {
                 self.abandon_probe(probe);
                 return;
@@ -348,7 +338,14 @@ impl Poller {
                 Err(upstream_error) => {
                     run.counters.failures.fetch_add(1, Ordering::Relaxed);
                     let kind = classify(&upstream_error, part.len());
-                    let change = self.lock_health().on_failure(kind, probe, Utc::now());
+                    let change = {
+                        let mut health = self.lock_health();
+                        let change = health.on_failure(kind, probe, Utc::now());
+                        match kind {
+                            FailureKind::TooManyIds => health.on_too_many_ids(part.len()),
+                            _ => change,
+                        }
+                    };
                     self.after_probe(probe);
                     warn!(error = %upstream_error, carts = part.len(), probe, "batch request failed");
                     if let Some(change) = change {
@@ -361,18 +358,11 @@ impl Poller {
                         FailureKind::Transient => {
                             let outcomes = part
                                 .iter()
-                                .map(|(key, _)| {
-                                    (*key, PollOutcome::Failed(upstream_error.to_string()))
-                                })
+                                .map(|(key, _)| (*key, PollOutcome::Failed(upstream_error.to_string())))
                                 .collect();
                             self.apply_outcomes(outcomes, run, shutdown).await;
                         }
-                        FailureKind::TooManyIds => {
-                            let size = self.lock_health().batch_size();
-                            for chunk in part.chunks(size).rev() {
-                                work.push_front(chunk.to_vec());
-                            }
-                        }
+                        FailureKind::TooManyIds => work.push_front(part),
                         FailureKind::WrongBody if part.len() > 1 => {
                             let (left, right) = part.split_at(part.len() / 2);
                             work.push_front(right.to_vec());
@@ -381,11 +371,8 @@ impl Poller {
                         FailureKind::WrongBody => {
                             let (key, id) = &part[0];
                             warn!(cart_id = %id, error = %upstream_error, "the partner rejects requests containing this cart");
-                            let outcome = PollOutcome::Failed(format!(
-                                "{upstream_error} (isolated to this cart)"
-                            ));
-                            self.apply_outcomes(vec![(*key, outcome)], run, shutdown)
-                                .await;
+                            let outcome = PollOutcome::Failed(format!("{upstream_error} (isolated to this cart)"));
+                            self.apply_outcomes(vec![(*key, outcome)], run, shutdown).await;
                         }
                     }
                 }
@@ -409,14 +396,8 @@ impl Poller {
                     info!("sending a probe request to the paused upstream");
                     return Some(true);
                 }
-                Gate::Wait {
-                    probe_in_flight: true,
-                    ..
-                } => {
-                    let wait = tokio::time::timeout(
-                        self.config.imaterialise.request_timeout * 2,
-                        probe_finished,
-                    );
+                Gate::Wait { probe_in_flight: true, .. } => {
+                    let wait = tokio::time::timeout(self.config.imaterialise.request_timeout * 2, probe_finished);
                     shutdown.run_until_cancelled(wait).await?.ok();
                 }
                 Gate::Wait { until, .. } => {
@@ -425,9 +406,7 @@ impl Poller {
                         run.stop(format!("upstream paused until {}", format_ts(until)));
                         return None;
                     }
-                    shutdown
-                        .run_until_cancelled(tokio::time::sleep(wait))
-                        .await?;
+                    shutdown.run_until_cancelled(tokio::time::sleep(wait)).await?;
                 }
             }
         }
@@ -477,51 +456,25 @@ impl Poller {
 
     /// Writes a batch's outcomes, retrying while the database is locked or unwritable. When
     /// the budget runs out the outcome is dropped: the carts stay due and are fetched again.
-    async fn apply_outcomes(
-        &self,
-        outcomes: Vec<(i64, PollOutcome)>,
-        run: &SweepRun,
-        shutdown: &CancellationToken,
-    ) {
-        let outcomes: Vec<(i64, PollOutcome, f64)> = outcomes
-            .into_iter()
-            .map(|(key, outcome)| (key, outcome, rand::random::<f64>()))
-            .collect();
+    async fn apply_outcomes(&self, outcomes: Vec<(i64, PollOutcome)>, run: &SweepRun, shutdown: &CancellationToken) {
+        let outcomes: Vec<(i64, PollOutcome, f64)> =
+            outcomes.into_iter().map(|(key, outcome)| (key, outcome, rand::random::<f64>())).collect();
         let count = outcomes.len();
-        let mut delay = Duration::from_millis(100);
-        let deadline = tokio::time::Instant::now() + APPLY_RETRY_BUDGET;
-        let applied = loop {
-            match self
-                .store
-                .apply(outcomes.clone(), Arc::new(self.context()))
-                .await
-            {
-                Ok(applied) => break applied,
-                Err(error)
-                    if error.is_retryable()
-                        && tokio::time::Instant::now() < deadline
-                        && !shutdown.is_cancelled() =>
-                {
-                    warn!(error = %error, retry_in = ?delay, "cannot record a batch's outcome yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(error) => {
-                    error!(error = %error, carts = count, "cannot record a batch's outcome; its carts stay due and will be polled again");
-                    run.counters.failures.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
+        let applied = retrying("record a batch's outcome", STORE_RETRY_BUDGET, shutdown, || {
+            self.store.apply(outcomes.clone(), Arc::new(self.context()))
+        })
+        .await;
+        let applied = match applied {
+            Ok(applied) => applied,
+            Err(error) => {
+                error!(error = %error, carts = count, "cannot record a batch's outcome; its carts stay due and will be polled again");
+                run.counters.failures.fetch_add(1, Ordering::Relaxed);
+                return;
             }
         };
-        run.counters
-            .carts_polled
-            .fetch_add((count - applied.skipped) as u64, Ordering::Relaxed);
-        run.counters
-            .transitions
-            .fetch_add(applied.transitions.len() as u64, Ordering::Relaxed);
-        run.counters
-            .events
-            .fetch_add(applied.events.len() as u64, Ordering::Relaxed);
+        run.counters.carts_polled.fetch_add((count - applied.skipped) as u64, Ordering::Relaxed);
+        run.counters.transitions.fetch_add(applied.transitions.len() as u64, Ordering::Relaxed);
+        run.counters.events.fetch_add(applied.events.len() as u64, Ordering::Relaxed);
         self.log_applied(&applied);
     }
 
@@ -536,11 +489,7 @@ impl Poller {
             info!(cart_id = %cart_id, state = %state, "polling ended");
         }
         for (cart_id, raw) in &applied.unknown_statuses {
-            let first_time = self
-                .unknown_statuses
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(raw.clone());
+            let first_time = self.unknown_statuses.lock().unwrap_or_else(PoisonError::into_inner).insert(raw.clone());
             if first_time {
                 warn!(cart_id = %cart_id, status = %shorten(raw, 60), "the partner sent a status the documentation does not list; kept verbatim");
             }
@@ -584,10 +533,7 @@ impl Poller {
                     Some(format_ts(*since)),
                 ));
             }
-            Change::CircuitOpened {
-                failures,
-                next_probe_at,
-            } => warn!(
+            Change::CircuitOpened { failures, next_probe_at } => warn!(
                 provider,
                 failures,
                 next_probe_at = %format_ts(*next_probe_at),
@@ -603,35 +549,20 @@ impl Poller {
                 warn!(provider, until = %format_ts(*until), "the partner asked us to slow down; waiting")
             }
             Change::BatchSizeReduced { batch_size } => {
-                warn!(
-                    provider,
-                    batch_size, "the partner refused the batch size (code 102); halved it"
-                )
+                warn!(provider, batch_size, "the partner refused the batch size (code 102); halved it")
             }
         }
         if let Some((event_type, message, since)) = event
             && self.config.emitted_event_types().contains(&event_type)
         {
-            let data = UpstreamEventData {
-                provider: provider.to_owned(),
-                message,
-                since,
-            };
-            if let Err(error) = self
-                .store
-                .write_events(vec![NewEvent::upstream(event_type, &data, now)])
-                .await
-            {
+            let data = UpstreamEventData { provider: provider.to_owned(), message, since };
+            if let Err(error) = self.store.write_events(vec![NewEvent::upstream(event_type, &data, now)]).await {
                 error!(error = %error, event_type = %event_type, "cannot write an upstream event");
             }
         }
         let snapshot = self.health();
         let last_error = cause.map(ToString::to_string);
-        if let Err(error) = self
-            .store
-            .save_upstream(provider.to_owned(), snapshot, last_error, now)
-            .await
-        {
+        if let Err(error) = self.store.save_upstream(provider.to_owned(), snapshot, last_error, now).await {
             warn!(error = %error, "cannot persist the upstream state");
         }
     }

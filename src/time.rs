@@ -51,9 +51,7 @@ pub fn to_chrono(duration: std::time::Duration) -> chrono::Duration {
 
 /// Adds a duration to an instant, saturating at the far future.
 pub fn add(instant: DateTime<Utc>, duration: std::time::Duration) -> DateTime<Utc> {
-    instant
-        .checked_add_signed(to_chrono(duration))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    instant.checked_add_signed(to_chrono(duration)).unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 #[cfg(test)]
@@ -79,10 +77,7 @@ mod tests {
         check("2017-06-14T16:46:55.473", Some("2017-06-14T16:46:55.473"));
         check("2017-06-13T14:12:42.9", Some("2017-06-13T14:12:42.900"));
         check("2016-03-03 11:39:45", Some("2016-03-03T11:39:45.000"));
-        check(
-            "2017-06-13T14:12:42.1234567",
-            Some("2017-06-13T14:12:42.123"),
-        );
+        check("2017-06-13T14:12:42.1234567", Some("2017-06-13T14:12:42.123"));
         check("13/06/2017", None);
         check("", None);
     }

@@ -33,9 +33,7 @@ impl Mode {
 
     /// Reads a stored name.
     pub fn parse(text: &str) -> Option<Mode> {
-        [Mode::Healthy, Mode::CircuitOpen, Mode::AuthPaused]
-            .into_iter()
-            .find(|mode| mode.as_str() == text)
+        [Mode::Healthy, Mode::CircuitOpen, Mode::AuthPaused].into_iter().find(|mode| mode.as_str() == text)
     }
 }
 
@@ -134,12 +132,7 @@ pub struct UpstreamHealth {
 
 impl UpstreamHealth {
     /// A healthy upstream with the configured batch size.
-    pub fn new(
-        transient: Exponential,
-        auth: Exponential,
-        circuit_after: u32,
-        batch_size: usize,
-    ) -> UpstreamHealth {
+    pub fn new(transient: Exponential, auth: Exponential, circuit_after: u32, batch_size: usize) -> UpstreamHealth {
         UpstreamHealth {
             transient,
             auth,
@@ -183,10 +176,7 @@ impl UpstreamHealth {
     pub fn gate(&mut self, now: DateTime<Utc>) -> Gate {
         if let Some(until) = self.throttled_until {
             if until > now {
-                return Gate::Wait {
-                    until,
-                    probe_in_flight: false,
-                };
+                return Gate::Wait { until, probe_in_flight: false };
             }
             self.throttled_until = None;
         }
@@ -195,18 +185,12 @@ impl UpstreamHealth {
             Mode::CircuitOpen | Mode::AuthPaused => {
                 let next_probe_at = self.next_probe_at.unwrap_or(now);
                 if self.probe_in_flight {
-                    Gate::Wait {
-                        until: next_probe_at.max(now),
-                        probe_in_flight: true,
-                    }
+                    Gate::Wait { until: next_probe_at.max(now), probe_in_flight: true }
                 } else if now >= next_probe_at {
                     self.probe_in_flight = true;
                     Gate::Probe
                 } else {
-                    Gate::Wait {
-                        until: next_probe_at,
-                        probe_in_flight: false,
-                    }
+                    Gate::Wait { until: next_probe_at, probe_in_flight: false }
                 }
             }
         }
@@ -230,12 +214,7 @@ impl UpstreamHealth {
     /// Records a failed request. `probe` says whether it was the probe granted by
     /// [`gate`](Self::gate); failures of requests sent before a pause began do not step the
     /// delay further.
-    pub fn on_failure(
-        &mut self,
-        kind: FailureKind,
-        probe: bool,
-        now: DateTime<Utc>,
-    ) -> Option<Change> {
+    pub fn on_failure(&mut self, kind: FailureKind, probe: bool, now: DateTime<Utc>) -> Option<Change> {
         if probe {
             self.probe_in_flight = false;
         }
@@ -253,13 +232,9 @@ impl UpstreamHealth {
                 Some(Change::AuthFailed { next_probe_at })
             }
             FailureKind::Throttled(retry_after) => {
-                let delay = retry_after
-                    .unwrap_or_else(|| self.transient.ceiling(self.consecutive_failures));
+                let delay = retry_after.unwrap_or_else(|| self.transient.ceiling(self.consecutive_failures));
                 let until = crate::time::add(now, delay);
-                self.throttled_until = Some(
-                    self.throttled_until
-                        .map_or(until, |current| current.max(until)),
-                );
+                self.throttled_until = Some(self.throttled_until.map_or(until, |current| current.max(until)));
                 Some(Change::Throttled { until })
             }
             FailureKind::Transient => {
@@ -273,24 +248,38 @@ impl UpstreamHealth {
                         self.step = 0;
                         let next_probe_at = crate::time::add(now, self.transient.ceiling(0));
                         self.next_probe_at = Some(next_probe_at);
-                        Some(Change::CircuitOpened {
-                            failures: self.consecutive_failures,
-                            next_probe_at,
-                        })
+                        Some(Change::CircuitOpened { failures: self.consecutive_failures, next_probe_at })
                     }
                     Mode::Healthy => None,
                 }
             }
-            FailureKind::TooManyIds => {
-                if self.batch_size <= 1 {
-                    return None;
-                }
-                self.batch_size = (self.batch_size / 2).max(1);
-                Some(Change::BatchSizeReduced {
-                    batch_size: self.batch_size,
-                })
-            }
+            // Halving needs the refused batch's length: see `on_too_many_ids`.
+            FailureKind::TooManyIds => None,
             FailureKind::WrongBody => None,
+        }
+    }
+
+    /// Records a code 102 for a batch of `batch_len` ids: the batch size becomes at most half
+    /// of that, so a refusal of a batch formed before an earlier halving halves nothing twice.
+    pub fn on_too_many_ids(&mut self, batch_len: usize) -> Option<Change> {
+        let halved = (batch_len / 2).max(1);
+        if halved >= self.batch_size {
+            return None;
+        }
+        self.batch_size = halved;
+        Some(Change::BatchSizeReduced { batch_size: halved })
+    }
+
+    /// When a paused or throttled upstream next accepts a request, if it is closed now.
+    pub fn reopens_at(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let throttled = self.throttled_until.filter(|until| *until > now);
+        let probe = match self.mode {
+            Mode::Healthy => None,
+            Mode::CircuitOpen | Mode::AuthPaused => self.next_probe_at,
+        };
+        match (throttled, probe) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -331,14 +320,8 @@ mod tests {
 
     fn health() -> UpstreamHealth {
         UpstreamHealth::new(
-            Exponential {
-                initial: Duration::from_secs(5),
-                max: Duration::from_secs(900),
-            },
-            Exponential {
-                initial: Duration::from_secs(60),
-                max: Duration::from_secs(3600),
-            },
+            Exponential { initial: Duration::from_secs(5), max: Duration::from_secs(900) },
+            Exponential { initial: Duration::from_secs(60), max: Duration::from_secs(3600) },
             3,
             10,
         )
@@ -358,80 +341,43 @@ mod tests {
         assert_eq!(health.gate(at(0)), Gate::Send);
         assert_eq!(
             health.on_failure(FailureKind::Auth, false, at(0)),
-            Some(Change::AuthFailed {
-                next_probe_at: at(60)
-            })
+            Some(Change::AuthFailed { next_probe_at: at(60) })
         );
         // Requests sent before the pause that fail later change nothing and announce nothing.
         assert_eq!(health.on_failure(FailureKind::Auth, false, at(1)), None);
-        assert_eq!(
-            health.gate(at(30)),
-            Gate::Wait {
-                until: at(60),
-                probe_in_flight: false
-            }
-        );
+        assert_eq!(health.gate(at(30)), Gate::Wait { until: at(60), probe_in_flight: false });
         let mut probes = Vec::new();
         let mut now = 0;
         while now <= 3 * 3600 {
             if health.gate(at(now)) == Gate::Probe {
                 probes.push(now);
-                assert!(matches!(
-                    health.gate(at(now)),
-                    Gate::Wait {
-                        probe_in_flight: true,
-                        ..
-                    }
-                ));
+                assert!(matches!(health.gate(at(now)), Gate::Wait { probe_in_flight: true, .. }));
                 health.on_failure(FailureKind::Auth, true, at(now));
             }
             now += 1;
         }
         assert_eq!(probes, [60, 180, 420, 900, 1860, 3780, 7380]);
-        assert_eq!(
-            health.on_success(),
-            Some(Change::AuthRecovered { since: at(0) })
-        );
+        assert_eq!(health.on_success(), Some(Change::AuthRecovered { since: at(0) }));
         assert_eq!(health.gate(at(10981)), Gate::Send);
     }
 
     #[test]
     fn circuit_opens_after_repeated_failures_and_closes_on_a_probe_success() {
         let mut health = health();
+        assert_eq!(health.on_failure(FailureKind::Transient, false, at(0)), None);
+        assert_eq!(health.on_failure(FailureKind::Transient, false, at(0)), None);
         assert_eq!(
             health.on_failure(FailureKind::Transient, false, at(0)),
-            None
+            Some(Change::CircuitOpened { failures: 3, next_probe_at: at(5) })
         );
-        assert_eq!(
-            health.on_failure(FailureKind::Transient, false, at(0)),
-            None
-        );
-        assert_eq!(
-            health.on_failure(FailureKind::Transient, false, at(0)),
-            Some(Change::CircuitOpened {
-                failures: 3,
-                next_probe_at: at(5)
-            })
-        );
-        assert_eq!(
-            health.gate(at(4)),
-            Gate::Wait {
-                until: at(5),
-                probe_in_flight: false
-            }
-        );
+        assert_eq!(health.gate(at(4)), Gate::Wait { until: at(5), probe_in_flight: false });
         assert_eq!(health.gate(at(5)), Gate::Probe);
         assert_eq!(
             health.on_failure(FailureKind::Transient, true, at(5)),
-            Some(Change::ProbeFailed {
-                next_probe_at: at(15)
-            })
+            Some(Change::ProbeFailed { next_probe_at: at(15) })
         );
         assert_eq!(health.gate(at(15)), Gate::Probe);
-        assert_eq!(
-            health.on_success(),
-            Some(Change::CircuitClosed { since: at(0) })
-        );
+        assert_eq!(health.on_success(), Some(Change::CircuitClosed { since: at(0) }));
         assert_eq!(health.snapshot().consecutive_failures, 0);
     }
 
@@ -441,31 +387,17 @@ mod tests {
         health.on_failure(FailureKind::Transient, false, at(0));
         health.on_failure(FailureKind::Transient, false, at(0));
         assert_eq!(health.on_success(), None);
-        assert_eq!(
-            health.on_failure(FailureKind::Transient, false, at(0)),
-            None,
-            "the count restarted"
-        );
+        assert_eq!(health.on_failure(FailureKind::Transient, false, at(0)), None, "the count restarted");
     }
 
     #[test]
     fn throttling_waits_at_least_retry_after() {
         let mut health = health();
         assert_eq!(
-            health.on_failure(
-                FailureKind::Throttled(Some(Duration::from_secs(30))),
-                false,
-                at(0)
-            ),
+            health.on_failure(FailureKind::Throttled(Some(Duration::from_secs(30))), false, at(0)),
             Some(Change::Throttled { until: at(30) })
         );
-        assert_eq!(
-            health.gate(at(29)),
-            Gate::Wait {
-                until: at(30),
-                probe_in_flight: false
-            }
-        );
+        assert_eq!(health.gate(at(29)), Gate::Wait { until: at(30), probe_in_flight: false });
         assert_eq!(health.gate(at(30)), Gate::Send);
     }
 
@@ -474,11 +406,31 @@ mod tests {
         let mut health = health();
         let sizes: Vec<usize> = (0..5)
             .map(|_| {
-                health.on_failure(FailureKind::TooManyIds, false, at(0));
+                health.on_too_many_ids(health.batch_size());
                 health.batch_size()
             })
             .collect();
         assert_eq!(sizes, [5, 2, 1, 1, 1]);
+    }
+
+    #[test]
+    fn a_stale_large_batch_does_not_halve_twice() {
+        let mut health = health();
+        assert_eq!(health.on_too_many_ids(10), Some(Change::BatchSizeReduced { batch_size: 5 }));
+        // Another batch of 10, formed before the first answer, is refused too.
+        assert_eq!(health.on_too_many_ids(10), None);
+        assert_eq!(health.batch_size(), 5);
+        assert_eq!(health.on_too_many_ids(5), Some(Change::BatchSizeReduced { batch_size: 2 }));
+    }
+
+    #[test]
+    fn reopening_time_of_a_closed_upstream() {
+        let mut health = health();
+        assert_eq!(health.reopens_at(at(0)), None);
+        health.on_failure(FailureKind::Auth, false, at(0));
+        assert_eq!(health.reopens_at(at(0)), Some(at(60)));
+        health.on_failure(FailureKind::Throttled(Some(Duration::from_secs(120))), false, at(0));
+        assert_eq!(health.reopens_at(at(0)), Some(at(120)));
     }
 
     #[test]
@@ -497,9 +449,6 @@ mod tests {
         after.resume(&before.snapshot(), at(100));
         assert_eq!(after.mode(), Mode::AuthPaused);
         assert_eq!(after.gate(at(100)), Gate::Probe);
-        assert!(matches!(
-            after.on_failure(FailureKind::Auth, true, at(100)),
-            Some(Change::ProbeFailed { .. })
-        ));
+        assert!(matches!(after.on_failure(FailureKind::Auth, true, at(100)), Some(Change::ProbeFailed { .. })));
     }
 }

@@ -50,9 +50,7 @@ pub fn parse(body: &[u8]) -> Result<Node, String> {
     let mut root: Option<Node> = None;
     let mut elements = 0usize;
     loop {
-        let event = reader
-            .read_event()
-            .map_err(|error| format!("at byte {}: {error}", reader.buffer_position()))?;
+        let event = reader.read_event().map_err(|error| format!("at byte {}: {error}", reader.buffer_position()))?;
         match event {
             Event::Start(start) | Event::Empty(start) if root.is_some() => {
                 let _ = start;
@@ -63,20 +61,14 @@ pub fn parse(body: &[u8]) -> Result<Node, String> {
                 if stack.len() >= MAX_DEPTH || elements > MAX_ELEMENTS {
                     return Err("document too deep or too large".into());
                 }
-                stack.push(Node {
-                    name: local_name(start.local_name().as_ref()),
-                    ..Node::default()
-                });
+                stack.push(Node { name: local_name(start.local_name().as_ref()), ..Node::default() });
             }
             Event::Empty(start) => {
                 elements += 1;
                 if elements > MAX_ELEMENTS {
                     return Err("document too large".into());
                 }
-                let node = Node {
-                    name: local_name(start.local_name().as_ref()),
-                    ..Node::default()
-                };
+                let node = Node { name: local_name(start.local_name().as_ref()), ..Node::default() };
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(node),
                     None => root = Some(node),

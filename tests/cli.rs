@@ -11,13 +11,7 @@ use cartwatch::simulator::{DEMO_API_CODE, SimulatorSettings};
 use common::*;
 
 fn cartwatch(config: &Path, arguments: &[&str]) -> Output {
-    Command::new(BINARY)
-        .arg("--config")
-        .arg(config)
-        .args(arguments)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
+    Command::new(BINARY).arg("--config").arg(config).args(arguments).env_remove("RUST_LOG").output().unwrap()
 }
 
 fn write_config(directory: &Path, extra: &str) -> std::path::PathBuf {
@@ -40,49 +34,27 @@ fn cart_count(directory: &Path) -> i64 {
     if !path.exists() {
         return 0;
     }
-    rusqlite::Connection::open(path)
-        .unwrap()
-        .query_row("SELECT count(*) FROM carts", [], |row| row.get(0))
-        .unwrap()
+    rusqlite::Connection::open(path).unwrap().query_row("SELECT count(*) FROM carts", [], |row| row.get(0)).unwrap()
 }
 
 #[test]
 fn track_rejects_malformed_ids_and_inserts_nothing() {
     let directory = tempfile::tempdir().unwrap();
     let config = write_config(directory.path(), "");
-    let output = cartwatch(
-        &config,
-        &[
-            "track",
-            "921A2046-66A5-4C5F-B9A6-4BC646FA5E5A",
-            "not-a-cart",
-            "12345",
-        ],
-    );
+    let output = cartwatch(&config, &["track", "921A2046-66A5-4C5F-B9A6-4BC646FA5E5A", "not-a-cart", "12345"]);
     assert_eq!(output.status.code(), Some(5));
     let stderr = text(&output.stderr);
-    assert!(
-        stderr.contains("malformed cart id \"not-a-cart\""),
-        "{stderr}"
-    );
+    assert!(stderr.contains("malformed cart id \"not-a-cart\""), "{stderr}");
     assert!(stderr.contains("malformed cart id \"12345\""), "{stderr}");
     assert!(stderr.contains("nothing was registered"), "{stderr}");
     assert_eq!(cart_count(directory.path()), 0);
 
     // From a file, with line numbers.
     let list = directory.path().join("carts.txt");
-    std::fs::write(
-        &list,
-        "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a\nbee2c269-1dbd-4f67-b9f1\n",
-    )
-    .unwrap();
+    std::fs::write(&list, "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a\nbee2c269-1dbd-4f67-b9f1\n").unwrap();
     let output = cartwatch(&config, &["track", "--file", list.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(5));
-    assert!(
-        text(&output.stderr).contains("line 2: malformed cart id"),
-        "{}",
-        text(&output.stderr)
-    );
+    assert!(text(&output.stderr).contains("line 2: malformed cart id"), "{}", text(&output.stderr));
     assert_eq!(cart_count(directory.path()), 0);
 }
 
@@ -90,15 +62,7 @@ fn track_rejects_malformed_ids_and_inserts_nothing() {
 fn track_normalises_and_status_shows_the_cart() {
     let directory = tempfile::tempdir().unwrap();
     let config = write_config(directory.path(), "");
-    let output = cartwatch(
-        &config,
-        &[
-            "track",
-            "--reference",
-            "order-17",
-            "921A2046-66A5-4C5F-B9A6-4BC646FA5E5A",
-        ],
-    );
+    let output = cartwatch(&config, &["track", "--reference", "order-17", "921A2046-66A5-4C5F-B9A6-4BC646FA5E5A"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(text(&output.stdout).contains("1 cart(s) added"));
 
@@ -111,7 +75,14 @@ fn track_normalises_and_status_shows_the_cart() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"# from the shop\nBEE2C269-1DBD-4F67-B9F1-2EA2D3B4917B,order-18\n921a2046-66a5-4c5f-b9a6-4bc646fa5e5a\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"# from the shop\nBEE2C269-1DBD-4F67-B9F1-2EA2D3B4917B,order-18\n921a2046-66a5-4c5f-b9a6-4bc646fa5e5a\n",
+        )
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success());
     assert!(text(&output.stdout).contains("already tracked"));
@@ -119,24 +90,13 @@ fn track_normalises_and_status_shows_the_cart() {
 
     let output = cartwatch(&config, &["status", "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a"]);
     let stdout = text(&output.stdout);
-    assert!(
-        stdout.contains("order-17") && stdout.contains("tracking"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("order-17") && stdout.contains("tracking"), "{stdout}");
     let output = cartwatch(&config, &["status"]);
-    assert!(
-        text(&output.stdout).contains("due now: 2"),
-        "{}",
-        text(&output.stdout)
-    );
+    assert!(text(&output.stdout).contains("due now: 2"), "{}", text(&output.stdout));
 
     let output = cartwatch(
         &config,
-        &[
-            "untrack",
-            "bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b",
-            "59dcca18-05e7-4f5c-8b4e-89e987ea1e51",
-        ],
+        &["untrack", "bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b", "59dcca18-05e7-4f5c-8b4e-89e987ea1e51"],
     );
     assert_eq!(output.status.code(), Some(5), "one of them is unknown");
     assert!(text(&output.stdout).contains("bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b: untracked"));
@@ -163,20 +123,13 @@ fn a_broken_config_names_each_key_and_problem() {
         "sweep.cron: unparsable cron expression",
         "imaterialise.api_code: missing apiCode",
     ] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
     }
 
     std::fs::write(&config, "[imaterialise\nbatch_size = 3\n").unwrap();
     let output = cartwatch(&config, &["check-config"]);
     assert_eq!(output.status.code(), Some(3));
-    assert!(
-        text(&output.stderr).contains("cartwatch.toml"),
-        "{}",
-        text(&output.stderr)
-    );
+    assert!(text(&output.stderr).contains("cartwatch.toml"), "{}", text(&output.stderr));
 
     let output = cartwatch(&directory.path().join("missing.toml"), &["status"]);
     assert_eq!(output.status.code(), Some(3));
@@ -190,10 +143,7 @@ fn check_config_redacts_the_api_code_from_any_source() {
     std::fs::write(&secret_file, format!("{DEMO_API_CODE}\n")).unwrap();
     let config = write_config(
         directory.path(),
-        &format!(
-            "[imaterialise]\napi_code_file = {:?}\n",
-            secret_file.display().to_string()
-        ),
+        &format!("[imaterialise]\napi_code_file = {:?}\n", secret_file.display().to_string()),
     );
     let output = cartwatch(&config, &["check-config"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
@@ -219,13 +169,8 @@ fn check_config_redacts_the_api_code_from_any_source() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_daemon_cleanly_and_nothing_secret_is_logged() {
     let directory = tempfile::tempdir().unwrap();
-    let simulator = simulator(SimulatorSettings {
-        seed: 9,
-        carts: 20,
-        unknown_carts: 0,
-        ..SimulatorSettings::default()
-    })
-    .await;
+    let simulator =
+        simulator(SimulatorSettings { seed: 9, carts: 20, unknown_carts: 0, ..SimulatorSettings::default() }).await;
     let config = write_config(
         directory.path(),
         &format!(
@@ -233,11 +178,7 @@ async fn sigterm_stops_the_daemon_cleanly_and_nothing_secret_is_logged() {
             simulator.base_url()
         ),
     );
-    let ids: Vec<String> = simulator
-        .cart_ids()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let ids: Vec<String> = simulator.cart_ids().iter().map(ToString::to_string).collect();
     let mut arguments = vec!["track"];
     arguments.extend(ids.iter().map(String::as_str));
     assert!(cartwatch(&config, &arguments).status.success());
@@ -256,24 +197,14 @@ async fn sigterm_stops_the_daemon_cleanly_and_nothing_secret_is_logged() {
     let requested = wait_until(Duration::from_secs(15), async || simulator.requests() >= 2).await;
     assert!(requested, "the daemon polled");
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
-    assert!(
-        stderr.contains("SIGTERM received") && stderr.contains("cartwatch stopped"),
-        "{stderr}"
-    );
-    assert!(
-        !stderr.contains(DEMO_API_CODE),
-        "the apiCode must never be logged"
-    );
+    assert!(stderr.contains("SIGTERM received") && stderr.contains("cartwatch stopped"), "{stderr}");
+    assert!(!stderr.contains(DEMO_API_CODE), "the apiCode must never be logged");
     // Every line is JSON, as configured, and lines about a cart carry its id.
     for line in stderr.lines() {
-        let value: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
         if value["message"] == "status changed" {
             assert!(value["cart_id"].is_string(), "{line}");
         }

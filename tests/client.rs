@@ -29,30 +29,18 @@ fn settings(server: &MockServer, format: WireFormat) -> ImaterialiseConfig {
 }
 
 fn ids(texts: &[&str]) -> Vec<CartId> {
-    texts
-        .iter()
-        .map(|text| CartId::parse(text).unwrap())
-        .collect()
+    texts.iter().map(|text| CartId::parse(text).unwrap()).collect()
 }
 
-async fn fetch_json(
-    body: &str,
-    status: u16,
-    requested: &[&str],
-) -> Result<Vec<(CartId, CartReport)>, UpstreamError> {
+async fn fetch_json(body: &str, status: u16, requested: &[&str]) -> Result<Vec<(CartId, CartReport)>, UpstreamError> {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/web-api/cartstatus/statuses"))
-        .respond_with(
-            ResponseTemplate::new(status).set_body_raw(body.to_owned(), "application/json"),
-        )
+        .respond_with(ResponseTemplate::new(status).set_body_raw(body.to_owned(), "application/json"))
         .mount(&server)
         .await;
     let client = StatusClient::new(&settings(&server, WireFormat::Json)).unwrap();
-    client
-        .fetch(&ids(requested))
-        .await
-        .map(|reply| reply.reports)
+    client.fetch(&ids(requested)).await.map(|reply| reply.reports)
 }
 
 fn status_of(report: &CartReport) -> &CartStatus {
@@ -88,14 +76,9 @@ async fn documents_example_response_decodes_with_order_id_and_dates() {
         r#"{{ "carts":[ {{ "cartID":"{A}", "cartCreationDateTime":"2017-06-13T16:28:47", "orderID":"7cf9f78f-6631-44be-905a-94cee7a2cd9c", "cartStatus":"Ordered" }}, {{ "cartID":"{B}", "cartCreationDateTime":"2017-06-14T16:46:55.473", "cartStatus":"CheckedOut" }}, {{ "cartID":"{C}", "cartCreationDateTime":"2017-06-13T14:12:42.933", "cartStatus":"Pending" }} ] }}"#
     );
     let reports = fetch_json(&body, 200, &[A, B, C]).await.unwrap();
-    let CartReport::Status(first) = &reports[0].1 else {
-        panic!()
-    };
+    let CartReport::Status(first) = &reports[0].1 else { panic!() };
     assert_eq!(first.status, CartStatus::Ordered);
-    assert_eq!(
-        first.order_id.as_deref(),
-        Some("7cf9f78f-6631-44be-905a-94cee7a2cd9c")
-    );
+    assert_eq!(first.order_id.as_deref(), Some("7cf9f78f-6631-44be-905a-94cee7a2cd9c"));
     assert_eq!(first.created_at_raw.as_deref(), Some("2017-06-13T16:28:47"));
     assert_eq!(status_of(&reports[1].1), &CartStatus::CheckedOut);
     assert_eq!(status_of(&reports[2].1), &CartStatus::Pending);
@@ -103,10 +86,7 @@ async fn documents_example_response_decodes_with_order_id_and_dates() {
 
 #[tokio::test]
 async fn upper_case_ids_in_the_response_match_lower_case_requests() {
-    let body = format!(
-        r#"{{"CARTS":[{{"CartId":"{}","CartStatus":"Pending"}}]}}"#,
-        A.to_uppercase()
-    );
+    let body = format!(r#"{{"CARTS":[{{"CartId":"{}","CartStatus":"Pending"}}]}}"#, A.to_uppercase());
     let reports = fetch_json(&body, 200, &[A]).await.unwrap();
     assert_eq!(reports[0].0.as_str(), A);
     assert_eq!(status_of(&reports[0].1), &CartStatus::Pending);
@@ -151,40 +131,16 @@ async fn per_cart_error_101_is_reported_for_that_cart_only() {
 async fn general_errors_1_501_and_102() {
     for (code, message) in [
         (1, "Unknown error"),
-        (
-            501,
-            "Wrong request body. Check if all parameters are set correctly.",
-        ),
-        (
-            102,
-            "You can check no more than 10 CartIDs per one request.",
-        ),
+        (501, "Wrong request body. Check if all parameters are set correctly."),
+        (102, "You can check no more than 10 CartIDs per one request."),
     ] {
         let body = format!(r#"{{"error":{{"code":{code},"message":"{message}"}}}}"#);
         let error = fetch_json(&body, 200, &[A, B]).await.unwrap_err();
-        assert_eq!(
-            error,
-            UpstreamError::Api {
-                code: Some(code),
-                message: message.into()
-            }
-        );
+        assert_eq!(error, UpstreamError::Api { code: Some(code), message: message.into() });
     }
     // The same error object with a failure status keeps its code.
-    let error = fetch_json(
-        r#"{"Error":{"Code":501,"Message":"Wrong request body."}}"#,
-        400,
-        &[A],
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(
-        error,
-        UpstreamError::Api {
-            code: Some(501),
-            message: "Wrong request body.".into()
-        }
-    );
+    let error = fetch_json(r#"{"Error":{"Code":501,"Message":"Wrong request body."}}"#, 400, &[A]).await.unwrap_err();
+    assert_eq!(error, UpstreamError::Api { code: Some(501), message: "Wrong request body.".into() });
 }
 
 #[tokio::test]
@@ -196,12 +152,7 @@ async fn http_401_is_an_authentication_failure() {
 
 #[tokio::test]
 async fn http_5xx_and_throttling() {
-    assert_eq!(
-        fetch_json("<html>oops</html>", 502, &[A])
-            .await
-            .unwrap_err(),
-        UpstreamError::Http { status: 502 }
-    );
+    assert_eq!(fetch_json("<html>oops</html>", 502, &[A]).await.unwrap_err(), UpstreamError::Http { status: 502 });
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "42"))
@@ -210,38 +161,23 @@ async fn http_5xx_and_throttling() {
     let client = StatusClient::new(&settings(&server, WireFormat::Json)).unwrap();
     assert_eq!(
         client.fetch(&ids(&[A])).await.unwrap_err(),
-        UpstreamError::Throttled {
-            status: 429,
-            retry_after: Some(Duration::from_secs(42))
-        }
+        UpstreamError::Throttled { status: 429, retry_after: Some(Duration::from_secs(42)) }
     );
 }
 
 #[tokio::test]
 async fn malformed_bodies_are_decode_errors() {
-    for body in [
-        "{\"carts\":[{\"cartID\":",
-        "<html><body>Service Unavailable</body></html>",
-        "{\"hello\":1}",
-        "",
-    ] {
+    for body in ["{\"carts\":[{\"cartID\":", "<html><body>Service Unavailable</body></html>", "{\"hello\":1}", ""] {
         let error = fetch_json(body, 200, &[A]).await.unwrap_err();
-        assert!(
-            matches!(error, UpstreamError::Decode(_)),
-            "body {body:?} gave {error:?}"
-        );
+        assert!(matches!(error, UpstreamError::Decode(_)), "body {body:?} gave {error:?}");
     }
 }
 
 #[tokio::test]
 async fn oversized_bodies_are_refused() {
     let padding = "x".repeat(10_000);
-    let body =
-        format!(r#"{{"carts":[{{"cartID":"{A}","cartStatus":"Pending","padding":"{padding}"}}]}}"#);
-    assert_eq!(
-        fetch_json(&body, 200, &[A]).await.unwrap_err(),
-        UpstreamError::TooLarge { limit: 4096 }
-    );
+    let body = format!(r#"{{"carts":[{{"cartID":"{A}","cartStatus":"Pending","padding":"{padding}"}}]}}"#);
+    assert_eq!(fetch_json(&body, 200, &[A]).await.unwrap_err(), UpstreamError::TooLarge { limit: 4096 });
 }
 
 #[tokio::test]
@@ -252,28 +188,24 @@ async fn slow_answers_time_out() {
         .mount(&server)
         .await;
     let client = StatusClient::new(&settings(&server, WireFormat::Json)).unwrap();
-    assert_eq!(
-        client.fetch(&ids(&[A])).await.unwrap_err(),
-        UpstreamError::Timeout
-    );
+    assert_eq!(client.fetch(&ids(&[A])).await.unwrap_err(), UpstreamError::Timeout);
 }
 
 #[tokio::test]
 async fn missing_and_unrequested_carts_are_reported_not_fatal() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(
-            format!(r#"{{"carts":[{{"cartID":"{C}","cartStatus":"Pending"}}]}}"#),
-            "application/json",
-        ))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw(
+                format!(r#"{{"carts":[{{"cartID":"{C}","cartStatus":"Pending"}}]}}"#),
+                "application/json",
+            ),
+        )
         .mount(&server)
         .await;
     let client = StatusClient::new(&settings(&server, WireFormat::Json)).unwrap();
     let reply = client.fetch(&ids(&[A])).await.unwrap();
-    assert_eq!(
-        reply.reports,
-        vec![(CartId::parse(A).unwrap(), CartReport::Missing)]
-    );
+    assert_eq!(reply.reports, vec![(CartId::parse(A).unwrap(), CartReport::Missing)]);
     assert_eq!(reply.unexpected, vec![C.to_owned()]);
 }
 
@@ -300,14 +232,9 @@ async fn xml_request_and_response() {
         .await;
     let client = StatusClient::new(&settings(&server, WireFormat::Xml)).unwrap();
     let reply = client.fetch(&ids(&[A, B, C])).await.unwrap();
-    let CartReport::Status(first) = &reply.reports[0].1 else {
-        panic!()
-    };
+    let CartReport::Status(first) = &reply.reports[0].1 else { panic!() };
     assert_eq!(first.status, CartStatus::Ordered);
-    assert_eq!(
-        first.order_id.as_deref(),
-        Some("7cf9f78f-6631-44be-905a-94cee7a2cd9c")
-    );
+    assert_eq!(first.order_id.as_deref(), Some("7cf9f78f-6631-44be-905a-94cee7a2cd9c"));
     assert_eq!(
         reply.reports[1].1,
         CartReport::Error(ApiError {
@@ -319,10 +246,7 @@ async fn xml_request_and_response() {
 
     let requests = server.received_requests().await.unwrap();
     let sent = String::from_utf8(requests[0].body.clone()).unwrap();
-    assert!(
-        sent.contains(&format!("<Cart><CartID>{A}</CartID></Cart>")),
-        "{sent}"
-    );
+    assert!(sent.contains(&format!("<Cart><CartID>{A}</CartID></Cart>")), "{sent}");
     assert!(sent.starts_with("<?xml"));
 }
 
@@ -335,10 +259,7 @@ async fn xml_general_error_and_malformed_xml() {
         .mount(&server)
         .await;
     Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_raw("<CartStatusResponse><Carts><Cart>", "text/xml"),
-        )
+        .respond_with(ResponseTemplate::new(200).set_body_raw("<CartStatusResponse><Carts><Cart>", "text/xml"))
         .mount(&server)
         .await;
     let client = StatusClient::new(&settings(&server, WireFormat::Xml)).unwrap();
@@ -349,8 +270,5 @@ async fn xml_general_error_and_malformed_xml() {
             message: "You can check no more than 10 CartIDs per one request.".into()
         }
     );
-    assert!(matches!(
-        client.fetch(&ids(&[A])).await.unwrap_err(),
-        UpstreamError::Decode(_)
-    ));
+    assert!(matches!(client.fetch(&ids(&[A])).await.unwrap_err(), UpstreamError::Decode(_)));
 }

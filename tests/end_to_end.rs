@@ -15,13 +15,8 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_true_checkout_and_order_is_announced_exactly_once() {
     let directory = tempfile::tempdir().unwrap();
-    let simulator = simulator(SimulatorSettings {
-        seed: 11,
-        carts: 40,
-        unknown_carts: 3,
-        ..SimulatorSettings::default()
-    })
-    .await;
+    let simulator =
+        simulator(SimulatorSettings { seed: 11, carts: 40, unknown_carts: 3, ..SimulatorSettings::default() }).await;
     let config = config_for(&simulator, directory.path());
     let store = store_for(&config).await;
     let tracked = track_all(&store, &simulator).await;
@@ -47,8 +42,7 @@ async fn every_true_checkout_and_order_is_announced_exactly_once() {
 
     let settled = wait_until(Duration::from_secs(60), async || {
         simulator.settled()
-            && checkouts_and_orders(&logged_events(directory.path()))
-                == true_checkouts_and_orders(&simulator)
+            && checkouts_and_orders(&logged_events(directory.path())) == true_checkouts_and_orders(&simulator)
     })
     .await;
     assert!(reader.await.unwrap() > 50);
@@ -65,10 +59,7 @@ async fn every_true_checkout_and_order_is_announced_exactly_once() {
     );
 
     // Each event id once, each unknown cart given up on once.
-    let mut ids: Vec<&str> = events
-        .iter()
-        .map(|event| event["id"].as_str().unwrap())
-        .collect();
+    let mut ids: Vec<&str> = events.iter().map(|event| event["id"].as_str().unwrap()).collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), events.len());
@@ -78,27 +69,15 @@ async fn every_true_checkout_and_order_is_announced_exactly_once() {
         .map(|e| e["data"]["cartId"].as_str().unwrap())
         .collect();
     not_found.sort();
-    let mut unknown: Vec<String> = simulator
-        .unknown_cart_ids()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let mut unknown: Vec<String> = simulator.unknown_cart_ids().iter().map(ToString::to_string).collect();
     unknown.sort();
     assert_eq!(not_found, unknown);
 
     // The right OrderIDs in SQLite, and the carts no longer polled.
     let mut orders = 0;
     for transition in simulator.truth().into_iter().filter(|t| t.to == "Ordered") {
-        let cart = store
-            .cart(transition.cart_id.clone())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            cart.order_id, transition.order_id,
-            "cart {}",
-            transition.cart_id
-        );
+        let cart = store.cart(transition.cart_id.clone()).await.unwrap().unwrap();
+        assert_eq!(cart.order_id, transition.order_id, "cart {}", transition.cart_id);
         assert_eq!(cart.state, "ordered");
         assert_eq!(cart.next_poll_at, None);
         orders += 1;
@@ -106,35 +85,21 @@ async fn every_true_checkout_and_order_is_announced_exactly_once() {
     assert!(orders > 10);
 
     // The order events carry the order id and the previous status.
-    let ordered: Vec<&serde_json::Value> = events
-        .iter()
-        .filter(|e| e["type"] == "cart.ordered")
-        .collect();
-    assert!(
-        ordered
-            .iter()
-            .all(|e| e["data"]["orderId"].is_string() && e["data"]["provider"] == "imaterialise")
-    );
+    let ordered: Vec<&serde_json::Value> = events.iter().filter(|e| e["type"] == "cart.ordered").collect();
+    assert!(ordered.iter().all(|e| e["data"]["orderId"].is_string() && e["data"]["provider"] == "imaterialise"));
     simulator.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_once_sends_the_fewest_requests_for_the_due_carts() {
     let directory = tempfile::tempdir().unwrap();
-    let simulator = simulator(SimulatorSettings {
-        seed: 3,
-        carts: 93,
-        unknown_carts: 0,
-        ..SimulatorSettings::default()
-    })
-    .await;
+    let simulator =
+        simulator(SimulatorSettings { seed: 3, carts: 93, unknown_carts: 0, ..SimulatorSettings::default() }).await;
     let config = config_for(&simulator, directory.path());
     let store = store_for(&config).await;
     assert_eq!(track_all(&store, &simulator).await, 93);
 
-    let record = daemon::poll_once(config.clone(), CancellationToken::new())
-        .await
-        .unwrap();
+    let record = daemon::poll_once(config.clone(), CancellationToken::new()).await.unwrap();
     assert_eq!(simulator.requests(), 10, "ceil(93 / 10) requests");
     assert_eq!(simulator.batch_sizes().iter().sum::<usize>(), 93);
     assert!(simulator.batch_sizes().iter().all(|size| *size <= 10));
@@ -142,18 +107,11 @@ async fn poll_once_sends_the_fewest_requests_for_the_due_carts() {
     assert_eq!(record.requests, 10);
 
     // Nothing is due right after: a second run sends nothing.
-    daemon::poll_once(config, CancellationToken::new())
-        .await
-        .unwrap();
+    daemon::poll_once(config, CancellationToken::new()).await.unwrap();
     assert_eq!(simulator.requests(), 10);
     // Every cart got a status, and the events of this sweep reached the log sink.
     let summary = store.summary(chrono::Utc::now()).await.unwrap();
-    let seen: u64 = summary
-        .carts
-        .iter()
-        .filter(|(_, status, _)| status.is_some())
-        .map(|(_, _, count)| count)
-        .sum();
+    let seen: u64 = summary.carts.iter().filter(|(_, status, _)| status.is_some()).map(|(_, _, count)| count).sum();
     assert_eq!(seen, 93);
     let logged = logged_events(directory.path()).len() as u64;
     assert_eq!(logged, summary.events);
@@ -163,21 +121,14 @@ async fn poll_once_sends_the_fewest_requests_for_the_due_carts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_size_and_xml_are_honoured_end_to_end() {
     let directory = tempfile::tempdir().unwrap();
-    let simulator = simulator(SimulatorSettings {
-        seed: 5,
-        carts: 12,
-        unknown_carts: 1,
-        ..SimulatorSettings::default()
-    })
-    .await;
+    let simulator =
+        simulator(SimulatorSettings { seed: 5, carts: 12, unknown_carts: 1, ..SimulatorSettings::default() }).await;
     let mut config = config_for(&simulator, directory.path());
     config.imaterialise.batch_size = 4;
     config.imaterialise.format = cartwatch::config::WireFormat::Xml;
     let store = store_for(&config).await;
     track_all(&store, &simulator).await;
-    daemon::poll_once(config, CancellationToken::new())
-        .await
-        .unwrap();
+    daemon::poll_once(config, CancellationToken::new()).await.unwrap();
     let mut sizes = simulator.batch_sizes();
     sizes.sort();
     assert_eq!(sizes, [1, 4, 4, 4]);
@@ -190,10 +141,6 @@ async fn batch_size_and_xml_are_honoured_end_to_end() {
             *map.entry(status).or_default() += count;
             map
         });
-    assert_eq!(
-        by_status.get(&None),
-        Some(&1),
-        "only the unknown cart has no status: {by_status:?}"
-    );
+    assert_eq!(by_status.get(&None), Some(&1), "only the unknown cart has no status: {by_status:?}");
     simulator.stop().await;
 }

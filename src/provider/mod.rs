@@ -83,19 +83,14 @@ impl UpstreamError {
 /// Builds the HTTP client every provider uses: rustls, no redirects, bounded timeouts.
 ///
 /// Fails only when the TLS backend cannot be initialised.
-pub fn http_client(
-    request_timeout: Duration,
-    connect_timeout: Duration,
-) -> Result<reqwest::Client, UpstreamError> {
+pub fn http_client(request_timeout: Duration, connect_timeout: Duration) -> Result<reqwest::Client, UpstreamError> {
     reqwest::Client::builder()
         .timeout(request_timeout)
         .connect_timeout(connect_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("cartwatch/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|error| {
-            UpstreamError::Connection(format!("cannot build the HTTP client: {error}"))
-        })
+        .map_err(|error| UpstreamError::Connection(format!("cannot build the HTTP client: {error}")))
 }
 
 /// Maps a transport error to an [`UpstreamError`], without the URL (which is not secret, but
@@ -121,10 +116,7 @@ pub fn transport_error(error: reqwest::Error) -> UpstreamError {
 /// Fails with [`UpstreamError::TooLarge`] as soon as the body (declared or actual) exceeds the
 /// limit, so a hostile or broken server cannot make the daemon buffer without bound.
 pub async fn read_limited(mut response: Response, limit: u64) -> Result<Vec<u8>, UpstreamError> {
-    if response
-        .content_length()
-        .is_some_and(|length| length > limit)
-    {
+    if response.content_length().is_some_and(|length| length > limit) {
         return Err(UpstreamError::TooLarge { limit });
     }
     let mut body = Vec::new();
@@ -143,17 +135,11 @@ pub fn status_error(response: &Response) -> UpstreamError {
     let retry_after = parse_retry_after(response.headers().get(reqwest::header::RETRY_AFTER));
     match status {
         StatusCode::UNAUTHORIZED => UpstreamError::Unauthorized,
-        StatusCode::TOO_MANY_REQUESTS => UpstreamError::Throttled {
-            status: status.as_u16(),
-            retry_after,
-        },
-        StatusCode::SERVICE_UNAVAILABLE if retry_after.is_some() => UpstreamError::Throttled {
-            status: status.as_u16(),
-            retry_after,
-        },
-        other => UpstreamError::Http {
-            status: other.as_u16(),
-        },
+        StatusCode::TOO_MANY_REQUESTS => UpstreamError::Throttled { status: status.as_u16(), retry_after },
+        StatusCode::SERVICE_UNAVAILABLE if retry_after.is_some() => {
+            UpstreamError::Throttled { status: status.as_u16(), retry_after }
+        }
+        other => UpstreamError::Http { status: other.as_u16() },
     }
 }
 
@@ -165,8 +151,7 @@ pub fn parse_retry_after(value: Option<&reqwest::header::HeaderValue>) -> Option
         Duration::from_secs(seconds)
     } else {
         let when = httpdate::parse_http_date(text).ok()?;
-        when.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO)
+        when.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO)
     };
     Some(delay.min(Duration::from_secs(24 * 3600)))
 }
@@ -178,24 +163,13 @@ mod tests {
 
     #[test]
     fn retry_after_in_seconds_or_as_a_date() {
+        assert_eq!(parse_retry_after(Some(&HeaderValue::from_static("120"))), Some(Duration::from_secs(120)));
         assert_eq!(
-            parse_retry_after(Some(&HeaderValue::from_static("120"))),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            parse_retry_after(Some(&HeaderValue::from_static(
-                "Wed, 21 Oct 2015 07:28:00 GMT"
-            ))),
+            parse_retry_after(Some(&HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"))),
             Some(Duration::ZERO)
         );
-        assert_eq!(
-            parse_retry_after(Some(&HeaderValue::from_static("99999999"))),
-            Some(Duration::from_secs(86400))
-        );
-        assert_eq!(
-            parse_retry_after(Some(&HeaderValue::from_static("soon"))),
-            None
-        );
+        assert_eq!(parse_retry_after(Some(&HeaderValue::from_static("99999999"))), Some(Duration::from_secs(86400)));
+        assert_eq!(parse_retry_after(Some(&HeaderValue::from_static("soon"))), None);
         assert_eq!(parse_retry_after(None), None);
     }
 }

@@ -18,6 +18,18 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// How the simulator's request log names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Fault::Unauthorized => "fault:401",
+            Fault::Code1 => "fault:code1",
+            Fault::Http500 => "fault:5xx",
+            Fault::Throttled(_) => "fault:503",
+            Fault::Timeout => "fault:timeout",
+            Fault::Malformed => "fault:malformed",
+        }
+    }
+
     fn parse(name: &str) -> Option<Fault> {
         Some(match name {
             "401" | "auth" => Fault::Unauthorized,
@@ -68,25 +80,17 @@ impl FaultSpec {
     /// Fails with a message naming the part that is not understood.
     pub fn parse(text: &str) -> Result<FaultSpec, String> {
         let mut spec = FaultSpec::default();
-        for part in text
-            .split(',')
-            .map(str::trim)
-            .filter(|part| !part.is_empty() && *part != "none")
-        {
-            let (name, probability) = part
-                .split_once(':')
-                .ok_or_else(|| format!("fault {part:?} needs a probability, like 5xx:0.1"))?;
-            let fault = Fault::parse(name.trim()).ok_or_else(|| {
-                format!("unknown fault {name:?}; known: 401, code1, 5xx, 503, timeout, malformed")
-            })?;
+        for part in text.split(',').map(str::trim).filter(|part| !part.is_empty() && *part != "none") {
+            let (name, probability) =
+                part.split_once(':').ok_or_else(|| format!("fault {part:?} needs a probability, like 5xx:0.1"))?;
+            let fault = Fault::parse(name.trim())
+                .ok_or_else(|| format!("unknown fault {name:?}; known: 401, code1, 5xx, 503, timeout, malformed"))?;
             let probability: f64 = probability
                 .trim()
                 .parse()
                 .ok()
                 .filter(|p: &f64| (0.0..=1.0).contains(p))
-                .ok_or_else(|| {
-                    format!("probability of {name} must be between 0 and 1, got {probability:?}")
-                })?;
+                .ok_or_else(|| format!("probability of {name} must be between 0 and 1, got {probability:?}"))?;
             spec.random.push((fault, probability));
         }
         Ok(spec)
@@ -114,23 +118,14 @@ mod tests {
 
     #[test]
     fn parses_the_text_form() {
-        let spec =
-            FaultSpec::parse("401:0.1, code1:0.2,5xx:0.05,timeout:0.01,malformed:0.05").unwrap();
+        let spec = FaultSpec::parse("401:0.1, code1:0.2,5xx:0.05,timeout:0.01,malformed:0.05").unwrap();
         assert_eq!(spec.random.len(), 5);
         assert_eq!(spec.choose(0.05), Some(Fault::Unauthorized));
         assert_eq!(spec.choose(0.25), Some(Fault::Code1));
         assert_eq!(spec.choose(0.9), None);
         assert!(FaultSpec::parse("none").unwrap().random.is_empty());
-        assert!(
-            FaultSpec::parse("bogus:0.1")
-                .unwrap_err()
-                .contains("unknown fault")
-        );
-        assert!(
-            FaultSpec::parse("5xx:2")
-                .unwrap_err()
-                .contains("between 0 and 1")
-        );
+        assert!(FaultSpec::parse("bogus:0.1").unwrap_err().contains("unknown fault"));
+        assert!(FaultSpec::parse("5xx:2").unwrap_err().contains("between 0 and 1"));
         assert!(FaultSpec::parse("5xx").is_err());
     }
 }

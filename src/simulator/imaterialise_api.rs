@@ -12,118 +12,77 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 
-use super::{Fault, SimState, lock};
+use super::{Fault, RequestRecord, SimState, lock};
 use crate::provider::imaterialise::wire::{get_ci, json_text};
 use crate::status::CartStatus;
 
 pub(super) fn router(state: Arc<SimState>) -> Router {
-    Router::new()
-        .route("/web-api/cartstatus/statuses", post(statuses))
-        .with_state(state)
+    Router::new().route("/web-api/cartstatus/statuses", post(statuses)).with_state(state)
 }
 
 async fn statuses(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let response = answer(&state, &headers, &body).await;
-    state
-        .stats
-        .busy_micros
-        .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    let mut record = RequestRecord { at: started, cart_ids: 0, outcome: "ok" };
+    let response = answer(&state, &headers, &body, &mut record).await;
+    lock(&state.request_log).push(record);
+    state.stats.busy_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     response
 }
 
-async fn answer(state: &SimState, headers: &HeaderMap, body: &[u8]) -> Response {
+async fn answer(state: &SimState, headers: &HeaderMap, body: &[u8], record: &mut RequestRecord) -> Response {
     if !state.settings.latency.is_zero()
-        && state
-            .shutdown
-            .run_until_cancelled(tokio::time::sleep(state.settings.latency))
-            .await
-            .is_none()
+        && state.shutdown.run_until_cancelled(tokio::time::sleep(state.settings.latency)).await.is_none()
     {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     let xml = wants_xml(headers);
-    let api_code = headers
-        .get("apicode")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default();
-    if !api_code
-        .trim()
-        .eq_ignore_ascii_case(lock(&state.api_code).as_str())
-    {
+    let api_code = headers.get("apicode").and_then(|value| value.to_str().ok()).unwrap_or_default();
+    if !api_code.trim().eq_ignore_ascii_case(lock(&state.api_code).as_str()) {
+        record.outcome = "unauthorized";
         return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
     }
     let fault = lock(&state.faults).choose(state.draw());
     if let Some(fault) = fault {
         state.stats.faults.fetch_add(1, Ordering::Relaxed);
+        record.outcome = fault.label();
         return match fault {
             Fault::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized").into_response(),
             Fault::Code1 => general_error(xml, 1, "Unknown error"),
-            Fault::Http500 => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "<html><body>Internal Server Error</body></html>",
-            )
-                .into_response(),
-            Fault::Throttled(seconds) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, seconds.to_string())],
-                "busy",
-            )
-                .into_response(),
+            Fault::Http500 => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "<html><body>Internal Server Error</body></html>").into_response()
+            }
+            Fault::Throttled(seconds) => {
+                (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, seconds.to_string())], "busy").into_response()
+            }
             Fault::Timeout => {
-                state
-                    .shutdown
-                    .run_until_cancelled(tokio::time::sleep(state.settings.hang_for))
-                    .await;
+                state.shutdown.run_until_cancelled(tokio::time::sleep(state.settings.hang_for)).await;
                 StatusCode::GATEWAY_TIMEOUT.into_response()
             }
-            Fault::Malformed => (
-                StatusCode::OK,
-                [(header::CONTENT_TYPE, "application/json")],
-                "{\"carts\":[{\"cartID\":",
-            )
-                .into_response(),
+            Fault::Malformed => {
+                (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], "{\"carts\":[{\"cartID\":")
+                    .into_response()
+            }
         };
     }
     let Some(cart_ids) = requested_ids(body, xml) else {
-        return general_error(
-            xml,
-            501,
-            "Wrong request body. Check if all parameters are set correctly.",
-        );
+        record.outcome = "code501";
+        return general_error(xml, 501, "Wrong request body. Check if all parameters are set correctly.");
     };
-    lock(&state.batch_log).push(cart_ids.len());
+    record.cart_ids = cart_ids.len();
     let faults = lock(&state.faults).clone();
     if cart_ids.len() > faults.max_ids {
-        return general_error(
-            xml,
-            102,
-            "You can check no more than 10 CartIDs per one request.",
-        );
+        record.outcome = "code102";
+        return general_error(xml, 102, "You can check no more than 10 CartIDs per one request.");
     }
-    if faults
-        .poison_cart
-        .as_ref()
-        .is_some_and(|poison| cart_ids.iter().any(|id| id.eq_ignore_ascii_case(poison)))
-    {
-        return general_error(
-            xml,
-            501,
-            "Wrong request body. Check if all parameters are set correctly.",
-        );
+    if faults.poison_cart.as_ref().is_some_and(|poison| cart_ids.iter().any(|id| id.eq_ignore_ascii_case(poison))) {
+        record.outcome = "code501";
+        return general_error(xml, 501, "Wrong request body. Check if all parameters are set correctly.");
     }
-    state
-        .stats
-        .cart_lookups
-        .fetch_add(cart_ids.len() as u64, Ordering::Relaxed);
+    state.stats.cart_lookups.fetch_add(cart_ids.len() as u64, Ordering::Relaxed);
     let mut entries = Vec::with_capacity(cart_ids.len());
     for requested in &cart_ids {
-        if faults
-            .omit_cart
-            .as_ref()
-            .is_some_and(|omit| requested.eq_ignore_ascii_case(omit))
-        {
+        if faults.omit_cart.as_ref().is_some_and(|omit| requested.eq_ignore_ascii_case(omit)) {
             continue;
         }
         let entry = match state.serve(&requested.trim().to_ascii_lowercase()) {
@@ -133,9 +92,7 @@ async fn answer(state: &SimState, headers: &HeaderMap, body: &[u8]) -> Response 
                 order_id,
                 created_raw,
             },
-            None => Entry::NotFound {
-                cart_id: requested.clone(),
-            },
+            None => Entry::NotFound { cart_id: requested.clone() },
         };
         entries.push(entry);
     }
@@ -147,23 +104,12 @@ async fn answer(state: &SimState, headers: &HeaderMap, body: &[u8]) -> Response 
             created_raw: "2017-06-13T16:28:47".into(),
         });
     }
-    if xml {
-        xml_response(&entries)
-    } else {
-        json_response(&entries)
-    }
+    if xml { xml_response(&entries) } else { json_response(&entries) }
 }
 
 enum Entry {
-    Status {
-        cart_id: String,
-        status: String,
-        order_id: Option<String>,
-        created_raw: String,
-    },
-    NotFound {
-        cart_id: String,
-    },
+    Status { cart_id: String, status: String, order_id: Option<String>, created_raw: String },
+    NotFound { cart_id: String },
 }
 
 /// The document spells statuses both ways; so does the simulator.
@@ -176,12 +122,9 @@ fn spelling(status: &CartStatus, sample: f64) -> String {
 }
 
 fn wants_xml(headers: &HeaderMap) -> bool {
-    [header::ACCEPT, header::CONTENT_TYPE].iter().any(|name| {
-        headers
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(|value| value.contains("xml"))
-    })
+    [header::ACCEPT, header::CONTENT_TYPE]
+        .iter()
+        .any(|name| headers.get(name).and_then(|value| value.to_str().ok()).is_some_and(|value| value.contains("xml")))
 }
 
 fn requested_ids(body: &[u8], xml: bool) -> Option<Vec<String>> {
@@ -216,12 +159,7 @@ fn general_error(xml: bool, code: i64, message: &str) -> Response {
             "<?xml version=\"1.0\" encoding=\"utf-8\"?><CartStatusResponse><Error><Code>{code}</Code><Message>{}</Message></Error></CartStatusResponse>",
             quick_xml::escape::escape(message)
         );
-        return (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
-            body,
-        )
-            .into_response();
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response();
     }
     (
         StatusCode::OK,
@@ -248,11 +186,7 @@ fn json_response(entries: &[Entry]) -> Response {
             }),
         })
         .collect();
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
-        json!({ "carts": carts }).to_string(),
-    )
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json; charset=utf-8")], json!({ "carts": carts }).to_string())
         .into_response()
 }
 
@@ -277,10 +211,5 @@ fn xml_response(entries: &[Entry]) -> Response {
         }
     }
     body.push_str("</Carts></CartStatusResponse>");
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
-        body,
-    )
-        .into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
 }

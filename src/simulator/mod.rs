@@ -99,6 +99,17 @@ impl SimCart {
     }
 }
 
+/// One request the simulator received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// When it arrived.
+    pub at: std::time::Instant,
+    /// How many cart ids it asked about (0 when the body was not read).
+    pub cart_ids: usize,
+    /// How it was answered: `ok`, `unauthorized`, `fault:<kind>`, `code102`, `code501`.
+    pub outcome: &'static str,
+}
+
 /// Request figures.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -120,7 +131,7 @@ pub(crate) struct SimState {
     rng: Mutex<ChaCha8Rng>,
     faults: Mutex<FaultSpec>,
     api_code: Mutex<String>,
-    batch_log: Mutex<Vec<usize>>,
+    request_log: Mutex<Vec<RequestRecord>>,
     stats: Stats,
     shutdown: CancellationToken,
 }
@@ -137,11 +148,7 @@ impl SimState {
         let mut truth = Vec::new();
         for _ in 0..settings.carts {
             let id = random_guid(&mut rng);
-            let script = random_script(
-                &mut rng,
-                settings.min_dwell,
-                settings.max_dwell.max(settings.min_dwell),
-            );
+            let script = random_script(&mut rng, settings.min_dwell, settings.max_dwell.max(settings.min_dwell));
             let created = now - chrono::Duration::seconds(rng.random_range(60..3600));
             // The partner writes zone-less dates with a varying number of fraction digits.
             let created_raw = match rng.random_range(0..3) {
@@ -158,18 +165,10 @@ impl SimState {
             });
             carts.insert(
                 id,
-                SimCart {
-                    created_raw,
-                    script,
-                    position: 0,
-                    served_here: 0,
-                    order_id: random_guid(&mut rng),
-                },
+                SimCart { created_raw, script, position: 0, served_here: 0, order_id: random_guid(&mut rng) },
             );
         }
-        let unknown = (0..settings.unknown_carts)
-            .map(|_| random_guid(&mut rng))
-            .collect();
+        let unknown = (0..settings.unknown_carts).map(|_| random_guid(&mut rng)).collect();
         SimState {
             api_code: Mutex::new(settings.api_code.clone()),
             faults: Mutex::new(settings.faults.clone()),
@@ -178,7 +177,7 @@ impl SimState {
             unknown,
             truth: Mutex::new(truth),
             rng: Mutex::new(rng),
-            batch_log: Mutex::new(Vec::new()),
+            request_log: Mutex::new(Vec::new()),
             stats: Stats::default(),
             shutdown,
         }
@@ -189,11 +188,8 @@ impl SimState {
         let mut carts = lock(&self.carts);
         let cart = carts.get_mut(cart_id)?;
         let status = cart.status().clone();
-        let answer = (
-            status.clone(),
-            (status == CartStatus::Ordered).then(|| cart.order_id.clone()),
-            cart.created_raw.clone(),
-        );
+        let answer =
+            (status.clone(), (status == CartStatus::Ordered).then(|| cart.order_id.clone()), cart.created_raw.clone());
         cart.served_here += 1;
         let dwell = cart.script[cart.position].1;
         if cart.served_here >= dwell && cart.position + 1 < cart.script.len() {
@@ -218,10 +214,7 @@ impl SimState {
 
 fn random_guid(rng: &mut ChaCha8Rng) -> String {
     let bytes: [u8; 16] = rng.random();
-    uuid::Builder::from_random_bytes(bytes)
-        .into_uuid()
-        .hyphenated()
-        .to_string()
+    uuid::Builder::from_random_bytes(bytes).into_uuid().hyphenated().to_string()
 }
 
 /// A script: the statuses a cart goes through, each with how many times it is served.
@@ -234,14 +227,7 @@ fn random_script(rng: &mut ChaCha8Rng, min_dwell: u32, max_dwell: u32) -> Vec<(C
         80..90 => &[Pending, CheckedOut],
         _ => &[Pending, Ordered],
     };
-    path.iter()
-        .map(|status| {
-            (
-                status.clone(),
-                rng.random_range(min_dwell.max(1)..=max_dwell.max(1)),
-            )
-        })
-        .collect()
+    path.iter().map(|status| (status.clone(), rng.random_range(min_dwell.max(1)..=max_dwell.max(1)))).collect()
 }
 
 /// A running simulator. Dropping it does not stop it; call [`Simulator::stop`].
@@ -255,27 +241,19 @@ impl Simulator {
     /// Starts the simulator on `listen` (use port 0 for any free port).
     ///
     /// Fails when the address cannot be bound.
-    pub async fn start(
-        settings: SimulatorSettings,
-        listen: SocketAddr,
-    ) -> std::io::Result<Simulator> {
+    pub async fn start(settings: SimulatorSettings, listen: SocketAddr) -> std::io::Result<Simulator> {
         let shutdown = CancellationToken::new();
         let state = Arc::new(SimState::new(settings, shutdown.clone()));
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let address = listener.local_addr()?;
         let app = imaterialise_api::router(Arc::clone(&state));
         let server = tokio::spawn(async move {
-            let serve =
-                axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
+            let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
             if let Err(error) = serve.await {
                 tracing::error!(error = %error, "simulator stopped with an error");
             }
         });
-        Ok(Simulator {
-            address,
-            state,
-            server,
-        })
+        Ok(Simulator { address, state, server })
     }
 
     /// The base URL to configure as `imaterialise.base_url`.
@@ -292,20 +270,12 @@ impl Simulator {
     pub fn cart_ids(&self) -> Vec<CartId> {
         let mut known: Vec<String> = lock(&self.state.carts).keys().cloned().collect();
         known.sort();
-        known
-            .iter()
-            .chain(self.state.unknown.iter())
-            .filter_map(|id| CartId::parse(id).ok())
-            .collect()
+        known.iter().chain(self.state.unknown.iter()).filter_map(|id| CartId::parse(id).ok()).collect()
     }
 
     /// The ids it answers with error 101.
     pub fn unknown_cart_ids(&self) -> Vec<CartId> {
-        self.state
-            .unknown
-            .iter()
-            .filter_map(|id| CartId::parse(id).ok())
-            .collect()
+        self.state.unknown.iter().filter_map(|id| CartId::parse(id).ok()).collect()
     }
 
     /// Every status every cart entered, in order.
@@ -320,10 +290,7 @@ impl Simulator {
 
     /// How many carts have not settled yet.
     pub fn unsettled(&self) -> usize {
-        lock(&self.state.carts)
-            .values()
-            .filter(|cart| !cart.settled())
-            .count()
+        lock(&self.state.carts).values().filter(|cart| !cart.settled()).count()
     }
 
     /// Replaces the faults it injects.
@@ -346,9 +313,14 @@ impl Simulator {
         self.state.stats.requests.load(Ordering::Relaxed)
     }
 
-    /// The number of cart ids in each request received, in arrival order.
+    /// The number of cart ids in each request answered with statuses, in arrival order.
     pub fn batch_sizes(&self) -> Vec<usize> {
-        lock(&self.state.batch_log).clone()
+        lock(&self.state.request_log).iter().filter(|r| r.outcome == "ok").map(|r| r.cart_ids).collect()
+    }
+
+    /// Every request received, in arrival order.
+    pub fn request_log(&self) -> Vec<RequestRecord> {
+        lock(&self.state.request_log).clone()
     }
 
     /// Stops serving and waits for the server task.

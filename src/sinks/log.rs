@@ -42,34 +42,19 @@ impl LogSink {
     /// Writes a batch of events, in order, and flushes. Either every line is written and the
     /// batch is delivered, or the write failed and the whole batch is retried (some lines may
     /// then appear twice: delivery is at least once, and the event id tells duplicates apart).
-    pub async fn deliver(
-        &self,
-        batch: Vec<PendingDelivery>,
-        now: DateTime<Utc>,
-    ) -> Vec<DeliveryResult> {
+    pub async fn deliver(&self, batch: Vec<PendingDelivery>, now: DateTime<Utc>) -> Vec<DeliveryResult> {
         let target = self.target.clone();
         let seqs: Vec<i64> = batch.iter().map(|delivery| delivery.event.seq).collect();
         let written = tokio::task::spawn_blocking(move || write_lines(&target, &batch))
             .await
             .unwrap_or_else(|error| Err(std::io::Error::other(error.to_string())));
         match written {
-            Ok(()) => seqs
-                .into_iter()
-                .map(|event_seq| DeliveryResult::Delivered {
-                    event_seq,
-                    status: None,
-                })
-                .collect(),
+            Ok(()) => seqs.into_iter().map(|event_seq| DeliveryResult::Delivered { event_seq, status: None }).collect(),
             Err(error) => {
                 tracing::error!(error = %error, "cannot write events to the log sink; retrying");
                 let at = crate::time::add(now, RETRY_AFTER);
                 seqs.into_iter()
-                    .map(|event_seq| DeliveryResult::Retry {
-                        event_seq,
-                        at,
-                        status: None,
-                        error: error.to_string(),
-                    })
+                    .map(|event_seq| DeliveryResult::Retry { event_seq, at, status: None, error: error.to_string() })
                     .collect()
             }
         }
@@ -89,10 +74,7 @@ fn write_lines(target: &LogTarget, batch: &[PendingDelivery]) -> std::io::Result
             stdout.flush()
         }
         LogTarget::File(path) => {
-            let mut file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)?;
+            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
             file.write_all(&buffer)?;
             file.flush()
         }
@@ -106,16 +88,11 @@ pub fn event_line(event: &StoredEvent) -> String {
     match payload.strip_prefix('{') {
         // The payload was written by cartwatch as a JSON object; splice rather than re-parse.
         Some(rest) if serde_json::from_str::<serde::de::IgnoredAny>(payload).is_ok() => {
-            let separator = if rest.trim_start().starts_with('}') {
-                ""
-            } else {
-                ","
-            };
+            let separator = if rest.trim_start().starts_with('}') { "" } else { "," };
             format!("{{\"id\":{id},\"seq\":{}{separator}{rest}", event.seq)
         }
         // A payload edited by hand into something else is still logged, as a string.
-        _ => serde_json::json!({ "id": event.event_id, "seq": event.seq, "payload": payload })
-            .to_string(),
+        _ => serde_json::json!({ "id": event.event_id, "seq": event.seq, "payload": payload }).to_string(),
     }
 }
 
@@ -136,13 +113,8 @@ mod tests {
 
     #[test]
     fn lines_carry_id_and_seq_and_stay_valid_json() {
-        let line = event_line(&event(
-            r#"{"type":"cart.ordered","timestamp":"t","data":{}}"#,
-        ));
-        assert_eq!(
-            line,
-            r#"{"id":"evt_1","seq":7,"type":"cart.ordered","timestamp":"t","data":{}}"#
-        );
+        let line = event_line(&event(r#"{"type":"cart.ordered","timestamp":"t","data":{}}"#));
+        assert_eq!(line, r#"{"id":"evt_1","seq":7,"type":"cart.ordered","timestamp":"t","data":{}}"#);
         assert_eq!(event_line(&event("{}")), r#"{"id":"evt_1","seq":7}"#);
         let odd = event_line(&event("not json"));
         let value: serde_json::Value = serde_json::from_str(&odd).unwrap();

@@ -44,11 +44,7 @@ impl Sink {
     }
 
     /// Attempts a batch; one result per delivery.
-    pub async fn deliver(
-        &self,
-        batch: Vec<PendingDelivery>,
-        now: DateTime<Utc>,
-    ) -> Vec<DeliveryResult> {
+    pub async fn deliver(&self, batch: Vec<PendingDelivery>, now: DateTime<Utc>) -> Vec<DeliveryResult> {
         match self {
             Sink::Log(sink) => sink.deliver(batch, now).await,
         }
@@ -60,11 +56,8 @@ pub fn from_config(config: &Config) -> Vec<Sink> {
     let mut sinks = Vec::new();
     let log = &config.sinks.log;
     if log.enabled {
-        let target = if log.path.as_os_str().is_empty() {
-            LogTarget::Stdout
-        } else {
-            LogTarget::File(log.path.clone())
-        };
+        let target =
+            if log.path.as_os_str().is_empty() { LogTarget::Stdout } else { LogTarget::File(log.path.clone()) };
         sinks.push(Sink::Log(LogSink::new(target)));
     }
     sinks

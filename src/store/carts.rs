@@ -39,8 +39,7 @@ pub(super) fn read_cart_row(row: &Row<'_>) -> rusqlite::Result<CartRow> {
         consecutive_not_found: lenient_count(row, 13)?,
         last_error: lenient_text(row, 14)?,
         finished_at: lenient_text(row, 15)?,
-        provider: lenient_text(row, 16)?
-            .unwrap_or_else(|| crate::provider::imaterialise::PROVIDER.to_owned()),
+        provider: lenient_text(row, 16)?.unwrap_or_else(|| crate::provider::imaterialise::PROVIDER.to_owned()),
     })
 }
 
@@ -173,11 +172,7 @@ impl Store {
                     UntrackOutcome::Untracked
                 } else {
                     let state: Option<String> = transaction
-                        .query_row(
-                            "SELECT state FROM carts WHERE cart_id = ?1",
-                            [cart_id.as_str()],
-                            |row| row.get(0),
-                        )
+                        .query_row("SELECT state FROM carts WHERE cart_id = ?1", [cart_id.as_str()], |row| row.get(0))
                         .optional()?;
                     state.map_or(UntrackOutcome::Unknown, UntrackOutcome::NotTracking)
                 };
@@ -192,18 +187,15 @@ impl Store {
     /// Checks rows inserted by hand (tracking, with no `next_poll_at`): a valid id is
     /// normalised and made due; a malformed one is flagged `invalid` with the reason in
     /// `last_error`, so it never reaches the API.
-    pub async fn check_hand_inserted(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<HandInsertReport, StoreError> {
+    pub async fn check_hand_inserted(&self, now: DateTime<Utc>, limit: u32) -> Result<HandInsertReport, StoreError> {
         self.write(move |connection| {
             let transaction = connection.transaction()?;
             let rows: Vec<(i64, String)> = {
                 let mut statement = transaction.prepare_cached(
                     "SELECT cart_key, cart_id FROM carts WHERE state = 'tracking' AND next_poll_at IS NULL LIMIT ?1",
                 )?;
-                let rows = statement.query_map([limit], |row| Ok((row.get(0)?, lenient_text(row, 1)?.unwrap_or_default())))?;
+                let rows =
+                    statement.query_map([limit], |row| Ok((row.get(0)?, lenient_text(row, 1)?.unwrap_or_default())))?;
                 rows.collect::<Result<_, _>>()?
             };
             let mut report = HandInsertReport::default();
@@ -248,16 +240,13 @@ impl Store {
         self.read(move |connection| {
             let (after_time, after_key) = after.unwrap_or_default();
             let mut statement = connection.prepare_cached(DUE_PAGE_SQL)?;
-            let rows = statement.query_map(
-                params![format_ts(now), after_time, after_key, limit],
-                |row| {
-                    Ok(DueCart {
-                        key: row.get(0)?,
-                        cart_id: lenient_text(row, 1)?.unwrap_or_default(),
-                        next_poll_at: lenient_text(row, 2)?.unwrap_or_default(),
-                    })
-                },
-            )?;
+            let rows = statement.query_map(params![format_ts(now), after_time, after_key, limit], |row| {
+                Ok(DueCart {
+                    key: row.get(0)?,
+                    cart_id: lenient_text(row, 1)?.unwrap_or_default(),
+                    next_poll_at: lenient_text(row, 2)?.unwrap_or_default(),
+                })
+            })?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
@@ -266,8 +255,7 @@ impl Store {
     /// The query plan of the due-cart query, for benchmarks and operators.
     pub async fn explain_due_page(&self) -> Result<Vec<String>, StoreError> {
         self.read(|connection| {
-            let mut statement =
-                connection.prepare(&format!("EXPLAIN QUERY PLAN {DUE_PAGE_SQL}"))?;
+            let mut statement = connection.prepare(&format!("EXPLAIN QUERY PLAN {DUE_PAGE_SQL}"))?;
             let rows = statement.query_map(params!["", "", 0, 1], |row| row.get::<_, String>(3))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
@@ -307,11 +295,7 @@ impl Store {
     pub async fn cart(&self, cart_id: String) -> Result<Option<CartRow>, StoreError> {
         self.read(move |connection| {
             Ok(connection
-                .query_row(
-                    &format!("SELECT {CART_COLUMNS} FROM carts WHERE cart_id = ?1"),
-                    [cart_id],
-                    read_cart_row,
-                )
+                .query_row(&format!("SELECT {CART_COLUMNS} FROM carts WHERE cart_id = ?1"), [cart_id], read_cart_row)
                 .optional()?)
         })
         .await
@@ -322,11 +306,7 @@ const DUE_PAGE_SQL: &str = "SELECT cart_key, cart_id, next_poll_at FROM carts \
      WHERE state = 'tracking' AND next_poll_at <= ?1 AND (next_poll_at, cart_key) > (?2, ?3) \
      ORDER BY next_poll_at, cart_key LIMIT ?4";
 
-fn track_one(
-    transaction: &Transaction<'_>,
-    request: &TrackRequest,
-    now: &str,
-) -> Result<TrackOutcome, StoreError> {
+fn track_one(transaction: &Transaction<'_>, request: &TrackRequest, now: &str) -> Result<TrackOutcome, StoreError> {
     let inserted = transaction.execute(
         "INSERT INTO carts (cart_id, reference, state, registered_at, next_poll_at) VALUES (?1, ?2, 'tracking', ?3, ?3) \
          ON CONFLICT (cart_id) DO NOTHING",
@@ -335,11 +315,10 @@ fn track_one(
     if inserted > 0 {
         return Ok(TrackOutcome::Added);
     }
-    let state: String = transaction.query_row(
-        "SELECT state FROM carts WHERE cart_id = ?1",
-        [request.cart_id.as_str()],
-        |row| Ok(lenient_text(row, 0)?.unwrap_or_default()),
-    )?;
+    let state: String =
+        transaction.query_row("SELECT state FROM carts WHERE cart_id = ?1", [request.cart_id.as_str()], |row| {
+            Ok(lenient_text(row, 0)?.unwrap_or_default())
+        })?;
     match state.as_str() {
         "tracking" => {
             transaction.execute(
@@ -387,9 +366,7 @@ fn repair_cart_id(
             )
             .optional()?;
         if duplicate.is_some() {
-            return flag(format!(
-                "duplicate of cart {canonical}, which is already registered"
-            ));
+            return flag(format!("duplicate of cart {canonical}, which is already registered"));
         }
     }
     transaction.execute(
@@ -405,9 +382,7 @@ fn apply_in(
     context: &Context,
 ) -> Result<AppliedBatch, StoreError> {
     let mut applied = AppliedBatch::default();
-    let mut select = transaction.prepare_cached(&format!(
-        "SELECT {CART_COLUMNS} FROM carts WHERE cart_key = ?1"
-    ))?;
+    let mut select = transaction.prepare_cached(&format!("SELECT {CART_COLUMNS} FROM carts WHERE cart_key = ?1"))?;
     let mut update = transaction.prepare_cached(
         "UPDATE carts SET status = ?2, order_id = ?3, cart_created_at = ?4, cart_created_at_raw = ?5, state = ?6, \
          next_poll_at = ?7, last_polled_at = ?8, status_changed_at = ?9, consecutive_errors = ?10, \
@@ -447,9 +422,7 @@ fn apply_in(
         for (event_type, data) in &decision.events {
             let event = NewEvent::cart(*event_type, data, context.now);
             insert_event(transaction, &event)?;
-            applied
-                .events
-                .push((*event_type, row.cart_id.clone(), event.event_id.clone()));
+            applied.events.push((*event_type, row.cart_id.clone(), event.event_id.clone()));
             first_event_id.get_or_insert(event.event_id);
         }
         if let Some(transition) = &decision.transition {
@@ -462,19 +435,13 @@ fn apply_in(
                 detected_at,
                 first_event_id
             ])?;
-            applied.transitions.push((
-                row.cart_id.clone(),
-                transition.from.clone(),
-                transition.to.clone(),
-            ));
+            applied.transitions.push((row.cart_id.clone(), transition.from.clone(), transition.to.clone()));
         }
         if let Some(raw) = decision.unknown_status {
             applied.unknown_statuses.push((row.cart_id.clone(), raw));
         }
         if row.state != current.state {
-            applied
-                .finished
-                .push((row.cart_id.clone(), row.state.clone()));
+            applied.finished.push((row.cart_id.clone(), row.state.clone()));
         }
     }
     Ok(applied)

@@ -20,9 +20,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-pub use carts::{
-    AppliedBatch, DueCart, HandInsertReport, TrackOutcome, TrackRequest, UntrackOutcome,
-};
+pub use carts::{AppliedBatch, DueCart, HandInsertReport, TrackOutcome, TrackRequest, UntrackOutcome};
 pub use outbox::{DeliveryResult, PendingDelivery, SinkSpec, StoredEvent};
 pub use reports::{CartDetail, StoredTransition, Summary, SweepRecord, UpstreamRecord};
 
@@ -36,9 +34,7 @@ pub enum StoreError {
     #[error("the database cannot be written: {0}")]
     Unwritable(String),
     /// The file could not be opened.
-    #[error(
-        "cannot open the database {path}: {source} (does the directory exist and is it writable?)"
-    )]
+    #[error("cannot open the database {path}: {source} (does the directory exist and is it writable?)")]
     Open {
         /// The file.
         path: PathBuf,
@@ -75,10 +71,7 @@ impl StoreError {
     /// Whether trying again later may succeed: locks and write failures are; schema problems
     /// are not.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Busy | StoreError::Unwritable(_) | StoreError::Task(_)
-        )
+        matches!(self, StoreError::Busy | StoreError::Unwritable(_) | StoreError::Task(_))
     }
 }
 
@@ -112,9 +105,7 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("path", &self.inner.path)
-            .finish()
+        f.debug_struct("Store").field("path", &self.inner.path).finish()
     }
 }
 
@@ -125,19 +116,13 @@ impl Store {
     /// or a migration fails.
     pub fn open(path: &Path, busy_timeout: Duration) -> Result<Store, StoreError> {
         let open = |flags: OpenFlags| -> Result<Connection, StoreError> {
-            let connection =
-                Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
-                    path: path.to_owned(),
-                    source,
-                })?;
+            let connection = Connection::open_with_flags(path, flags)
+                .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
             connection.busy_timeout(busy_timeout)?;
             Ok(connection)
         };
-        let mut writer = open(
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+        let mut writer =
+            open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         // WAL lets `sqlite3` and the HTTP API read while the daemon writes. NORMAL sync is
         // durable across process crashes, which is what at-least-once delivery needs.
         let mode: String = writer.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
@@ -148,11 +133,7 @@ impl Store {
         schema::migrate(&mut writer)?;
         let reader = open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         Ok(Store {
-            inner: Arc::new(Inner {
-                writer: Mutex::new(writer),
-                reader: Mutex::new(reader),
-                path: path.to_owned(),
-            }),
+            inner: Arc::new(Inner { writer: Mutex::new(writer), reader: Mutex::new(reader), path: path.to_owned() }),
         })
     }
 
@@ -193,8 +174,35 @@ impl Store {
 
     /// Checks that the database answers a trivial query, for readiness probes.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|connection| Ok(connection.query_row("SELECT 1", [], |_| Ok(()))?))
-            .await
+        self.read(|connection| Ok(connection.query_row("SELECT 1", [], |_| Ok(()))?)).await
+    }
+}
+
+/// Runs a store operation, retrying while it fails for a reason that may pass (another
+/// process holding a lock, a full disk), with a doubling pause up to 5 s, until `budget` is
+/// spent or `shutdown` is cancelled. Returns the last error otherwise.
+pub async fn retrying<T, Fut>(
+    what: &str,
+    budget: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut operation: impl FnMut() -> Fut,
+) -> Result<T, StoreError>
+where
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + budget;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match operation().await {
+            Err(error)
+                if error.is_retryable() && tokio::time::Instant::now() < deadline && !shutdown.is_cancelled() =>
+            {
+                tracing::warn!(error = %error, retry_in = ?delay, "cannot {what} yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            result => return result,
+        }
     }
 }
 
@@ -205,11 +213,7 @@ pub(crate) mod test_support {
     /// A store in a fresh temporary directory, kept alive by the returned guard.
     pub fn temp_store() -> (Store, tempfile::TempDir) {
         let directory = tempfile::tempdir().unwrap();
-        let store = Store::open(
-            &directory.path().join("cartwatch.db"),
-            Duration::from_secs(5),
-        )
-        .unwrap();
+        let store = Store::open(&directory.path().join("cartwatch.db"), Duration::from_secs(5)).unwrap();
         (store, directory)
     }
 }
@@ -234,11 +238,7 @@ mod tests {
         assert_eq!(version, schema::latest_version());
         // Re-opening applies nothing and keeps the version.
         drop(store);
-        let store = Store::open(
-            &_directory.path().join("cartwatch.db"),
-            Duration::from_secs(1),
-        )
-        .unwrap();
+        let store = Store::open(&_directory.path().join("cartwatch.db"), Duration::from_secs(1)).unwrap();
         store.ping().await.unwrap();
     }
 
@@ -246,27 +246,14 @@ mod tests {
     async fn refuses_a_newer_schema() {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("cartwatch.db");
-        Connection::open(&path)
-            .unwrap()
-            .pragma_update(None, "user_version", 999)
-            .unwrap();
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", 999).unwrap();
         let error = Store::open(&path, Duration::from_secs(1)).unwrap_err();
-        assert!(
-            matches!(error, StoreError::TooNew { found: 999, .. }),
-            "{error}"
-        );
+        assert!(matches!(error, StoreError::TooNew { found: 999, .. }), "{error}");
     }
 
     #[test]
     fn a_missing_directory_is_a_clear_error() {
-        let error = Store::open(
-            Path::new("/nonexistent/dir/cartwatch.db"),
-            Duration::from_secs(1),
-        )
-        .unwrap_err();
-        assert!(
-            error.to_string().contains("/nonexistent/dir/cartwatch.db"),
-            "{error}"
-        );
+        let error = Store::open(Path::new("/nonexistent/dir/cartwatch.db"), Duration::from_secs(1)).unwrap_err();
+        assert!(error.to_string().contains("/nonexistent/dir/cartwatch.db"), "{error}");
     }
 }

@@ -84,12 +84,11 @@ pub enum DeliveryResult {
 }
 
 /// Writes an event and one pending delivery per active sink that wants its type.
-pub(super) fn insert_event(
-    transaction: &Transaction<'_>,
-    event: &NewEvent,
-) -> Result<i64, StoreError> {
+pub(super) fn insert_event(transaction: &Transaction<'_>, event: &NewEvent) -> Result<i64, StoreError> {
     transaction
-        .prepare_cached("INSERT INTO events (event_id, event_type, cart_id, created_at, payload) VALUES (?1, ?2, ?3, ?4, ?5)")?
+        .prepare_cached(
+            "INSERT INTO events (event_id, event_type, cart_id, created_at, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
         .execute(params![event.event_id, event.event_type.as_str(), event.cart_id, event.created_at, event.payload])?;
     let seq = transaction.last_insert_rowid();
     transaction
@@ -130,11 +129,7 @@ impl Store {
 
     /// Makes the `sinks` table match the config: listed sinks active, others inactive. A sink
     /// disabled by its receiver stays disabled unless its target changed.
-    pub async fn sync_sinks(
-        &self,
-        specs: Vec<SinkSpec>,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    pub async fn sync_sinks(&self, specs: Vec<SinkSpec>, now: DateTime<Utc>) -> Result<(), StoreError> {
         self.write(move |connection| {
             let transaction = connection.transaction()?;
             transaction.execute("UPDATE sinks SET active = 0", [])?;
@@ -156,12 +151,7 @@ impl Store {
     }
 
     /// Disables a sink, as when its receiver answers `410 Gone`. Its pending deliveries stay.
-    pub async fn disable_sink(
-        &self,
-        sink: String,
-        reason: String,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    pub async fn disable_sink(&self, sink: String, reason: String, now: DateTime<Utc>) -> Result<(), StoreError> {
         self.write(move |connection| {
             connection.execute(
                 "UPDATE sinks SET disabled_at = ?2, disabled_reason = ?3 WHERE sink = ?1",
@@ -263,11 +253,7 @@ impl Store {
     }
 
     /// Events after the cursor `after` (a `seq`), oldest first, at most `limit`.
-    pub async fn events_after(
-        &self,
-        after: i64,
-        limit: u32,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+    pub async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
         self.read(move |connection| {
             let mut statement = connection.prepare_cached(
                 "SELECT seq, event_id, event_type, cart_id, created_at, payload FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",

@@ -126,17 +126,12 @@ pub fn latest_version() -> i64 {
 pub fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     let current: i64 = connection.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if current > latest_version() {
-        return Err(StoreError::TooNew {
-            found: current,
-            supported: latest_version(),
-        });
+        return Err(StoreError::TooNew { found: current, supported: latest_version() });
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = index as i64 + 1;
         let transaction = connection.transaction()?;
-        transaction
-            .execute_batch(sql)
-            .map_err(|source| StoreError::Migration { version, source })?;
+        transaction.execute_batch(sql).map_err(|source| StoreError::Migration { version, source })?;
         transaction.pragma_update(None, "user_version", version)?;
         transaction.commit()?;
         tracing::info!(version, "database schema migrated");

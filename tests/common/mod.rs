@@ -17,15 +17,12 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_cartwatch");
 
 /// A simulator on a free loopback port.
 pub async fn simulator(settings: SimulatorSettings) -> Simulator {
-    Simulator::start(settings, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
+    Simulator::start(settings, "127.0.0.1:0".parse().unwrap()).await.unwrap()
 }
 
 /// A fast-polling config for `simulator`, its database and log sink file in `directory`.
 pub fn config_for(simulator: &Simulator, directory: &Path) -> Config {
-    let mut config =
-        cartwatch::demo::simulator_config(&simulator.base_url(), &directory.join("cartwatch.db"));
+    let mut config = cartwatch::demo::simulator_config(&simulator.base_url(), &directory.join("cartwatch.db"));
     config.sinks.log.path = events_file(directory);
     config
 }
@@ -40,9 +37,7 @@ pub fn logged_events(directory: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(events_file(directory))
         .unwrap_or_default()
         .lines()
-        .map(|line| {
-            serde_json::from_str(line).unwrap_or_else(|error| panic!("bad line {line:?}: {error}"))
-        })
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("bad line {line:?}: {error}")))
         .collect()
 }
 
@@ -53,14 +48,8 @@ pub async fn store_for(config: &Config) -> Store {
 
 /// Registers every cart the simulator knows (and the unknown ones).
 pub async fn track_all(store: &Store, simulator: &Simulator) -> usize {
-    let requests: Vec<TrackRequest> = simulator
-        .cart_ids()
-        .into_iter()
-        .map(|cart_id| TrackRequest {
-            cart_id,
-            reference: None,
-        })
-        .collect();
+    let requests: Vec<TrackRequest> =
+        simulator.cart_ids().into_iter().map(|cart_id| TrackRequest { cart_id, reference: None }).collect();
     let count = requests.len();
     store.track(requests, chrono::Utc::now()).await.unwrap();
     count
@@ -77,26 +66,13 @@ impl RunningDaemon {
     pub fn start(config: Config) -> RunningDaemon {
         let shutdown = CancellationToken::new();
         let (reload_sender, reloads) = mpsc::channel(1);
-        let task = tokio::spawn(daemon::run(
-            config,
-            reloads,
-            Hooks::default(),
-            shutdown.clone(),
-        ));
-        RunningDaemon {
-            shutdown,
-            reloads: reload_sender,
-            task,
-        }
+        let task = tokio::spawn(daemon::run(config, reloads, Hooks::default(), shutdown.clone()));
+        RunningDaemon { shutdown, reloads: reload_sender, task }
     }
 
     pub async fn stop(self) {
         self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(20), self.task)
-            .await
-            .expect("daemon stops")
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(20), self.task).await.expect("daemon stops").unwrap().unwrap();
     }
 }
 
@@ -132,18 +108,8 @@ pub fn true_checkouts_and_orders(simulator: &Simulator) -> Vec<(String, String)>
 pub fn checkouts_and_orders(events: &[serde_json::Value]) -> Vec<(String, String)> {
     let mut found: Vec<(String, String)> = events
         .iter()
-        .filter(|event| {
-            matches!(
-                event["type"].as_str(),
-                Some("cart.checked_out" | "cart.ordered")
-            )
-        })
-        .map(|event| {
-            (
-                event["data"]["cartId"].as_str().unwrap().to_owned(),
-                event["type"].as_str().unwrap().to_owned(),
-            )
-        })
+        .filter(|event| matches!(event["type"].as_str(), Some("cart.checked_out" | "cart.ordered")))
+        .map(|event| (event["data"]["cartId"].as_str().unwrap().to_owned(), event["type"].as_str().unwrap().to_owned()))
         .collect();
     found.sort();
     found

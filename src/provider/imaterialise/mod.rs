@@ -92,18 +92,11 @@ impl StatusClient {
     pub async fn fetch(&self, cart_ids: &[CartId]) -> Result<BatchReply, UpstreamError> {
         let (body, content_type) = match self.format {
             WireFormat::Json => (wire::encode_json_request(cart_ids), "application/json"),
-            WireFormat::Xml => (
-                wire::encode_xml_request(cart_ids),
-                "text/xml; charset=utf-8",
-            ),
+            WireFormat::Xml => (wire::encode_xml_request(cart_ids), "text/xml; charset=utf-8"),
         };
-        let api_code = self
-            .api_code
-            .read()
-            .map(|code| code.clone())
-            .unwrap_or_else(|p| p.into_inner().clone());
-        let mut api_code_header = HeaderValue::from_str(api_code.expose().trim())
-            .map_err(|_| UpstreamError::Unauthorized)?;
+        let api_code = self.api_code.read().map(|code| code.clone()).unwrap_or_else(|p| p.into_inner().clone());
+        let mut api_code_header =
+            HeaderValue::from_str(api_code.expose().trim()).map_err(|_| UpstreamError::Unauthorized)?;
         api_code_header.set_sensitive(true);
         let response = self
             .http
@@ -119,13 +112,9 @@ impl StatusClient {
         if status.is_success() {
             let response_type = response_content_type(&response);
             let body = read_limited(response, self.max_response_bytes).await?;
-            let reply = decode(&body, self.format, &response_type)
-                .map_err(|e| UpstreamError::Decode(e.to_string()))?;
+            let reply = decode(&body, self.format, &response_type).map_err(|e| UpstreamError::Decode(e.to_string()))?;
             if let Some(error) = reply.general_error {
-                return Err(UpstreamError::Api {
-                    code: error.code,
-                    message: error.message,
-                });
+                return Err(UpstreamError::Api { code: error.code, message: error.message });
             }
             return Ok(match_reply(cart_ids, reply));
         }
@@ -135,15 +124,10 @@ impl StatusClient {
             // code it carries, since the policy for 501 and 102 differs from plain HTTP errors.
             let response_type = response_content_type(&response);
             if let Ok(body) = read_limited(response, self.max_response_bytes).await
-                && let Ok(StatusReply {
-                    general_error: Some(api_error),
-                    ..
-                }) = decode(&body, self.format, &response_type)
+                && let Ok(StatusReply { general_error: Some(api_error), .. }) =
+                    decode(&body, self.format, &response_type)
             {
-                return Err(UpstreamError::Api {
-                    code: api_error.code,
-                    message: api_error.message,
-                });
+                return Err(UpstreamError::Api { code: api_error.code, message: api_error.message });
             }
         }
         Err(error)
@@ -169,25 +153,13 @@ pub(crate) fn api_url(base_url: &str, segments: &[&str]) -> Result<Url, Upstream
 }
 
 pub(crate) fn response_content_type(response: &reqwest::Response) -> String {
-    response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase()
+    response.headers().get(CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default().to_ascii_lowercase()
 }
 
 /// Decodes by the response's content type, falling back to the body's first character and
 /// then to the requested format, since servers are not always honest about content types.
-pub fn decode(
-    body: &[u8],
-    requested: WireFormat,
-    content_type: &str,
-) -> Result<StatusReply, DecodeError> {
-    let first = body
-        .iter()
-        .find(|byte| !byte.is_ascii_whitespace())
-        .copied();
+pub fn decode(body: &[u8], requested: WireFormat, content_type: &str) -> Result<StatusReply, DecodeError> {
+    let first = body.iter().find(|byte| !byte.is_ascii_whitespace()).copied();
     let is_xml = if content_type.contains("xml") {
         true
     } else if content_type.contains("json") {
@@ -199,21 +171,13 @@ pub fn decode(
             _ => requested == WireFormat::Xml,
         }
     };
-    if is_xml {
-        wire::decode_xml(body)
-    } else {
-        wire::decode_json(body)
-    }
+    if is_xml { wire::decode_xml(body) } else { wire::decode_json(body) }
 }
 
 /// Matches response entries to requested ids, case-insensitively and tolerating any GUID
 /// spelling. Every requested cart gets exactly one report.
 pub fn match_reply(requested: &[CartId], reply: StatusReply) -> BatchReply {
-    let index: HashMap<&str, usize> = requested
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (id.as_str(), i))
-        .collect();
+    let index: HashMap<&str, usize> = requested.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
     let mut reports: Vec<Option<CartReport>> = vec![None; requested.len()];
     let mut unexpected = Vec::new();
     for entry in reply.entries {
@@ -237,11 +201,7 @@ pub fn match_reply(requested: &[CartId], reply: StatusReply) -> BatchReply {
         reports: requested
             .iter()
             .cloned()
-            .zip(
-                reports
-                    .into_iter()
-                    .map(|report| report.unwrap_or(CartReport::Missing)),
-            )
+            .zip(reports.into_iter().map(|report| report.unwrap_or(CartReport::Missing)))
             .collect(),
         unexpected,
         unidentified: reply.unidentified_entries,
@@ -255,21 +215,11 @@ mod tests {
     #[test]
     fn api_url_keeps_a_base_path() {
         assert_eq!(
-            api_url(
-                "https://i.materialise.com",
-                &["web-api", "cartstatus", "statuses"]
-            )
-            .unwrap()
-            .as_str(),
+            api_url("https://i.materialise.com", &["web-api", "cartstatus", "statuses"]).unwrap().as_str(),
             "https://i.materialise.com/web-api/cartstatus/statuses"
         );
         assert_eq!(
-            api_url(
-                "http://127.0.0.1:8080/prefix/",
-                &["web-api", "cartstatus", "statuses"]
-            )
-            .unwrap()
-            .as_str(),
+            api_url("http://127.0.0.1:8080/prefix/", &["web-api", "cartstatus", "statuses"]).unwrap().as_str(),
             "http://127.0.0.1:8080/prefix/web-api/cartstatus/statuses"
         );
     }

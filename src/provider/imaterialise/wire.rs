@@ -81,10 +81,7 @@ pub enum DecodeError {
 
 /// Encodes a JSON request: `{"Carts":[{"CartID":"..."}]}`.
 pub fn encode_json_request(cart_ids: &[CartId]) -> String {
-    let carts: Vec<Value> = cart_ids
-        .iter()
-        .map(|id| serde_json::json!({ "CartID": id.as_str() }))
-        .collect();
+    let carts: Vec<Value> = cart_ids.iter().map(|id| serde_json::json!({ "CartID": id.as_str() })).collect();
     serde_json::json!({ "Carts": carts }).to_string()
 }
 
@@ -109,22 +106,16 @@ pub fn encode_xml_request(cart_ids: &[CartId]) -> String {
 ///
 /// Fails when the body is not JSON or has neither `carts` nor an error object.
 pub fn decode_json(body: &[u8]) -> Result<StatusReply, DecodeError> {
-    let root: Value =
-        serde_json::from_slice(body).map_err(|error| DecodeError::Json(error.to_string()))?;
+    let root: Value = serde_json::from_slice(body).map_err(|error| DecodeError::Json(error.to_string()))?;
     let (carts, general_error) = match &root {
         Value::Object(_) => (
             get_ci(&root, "carts"),
-            get_ci(&root, "error")
-                .or_else(|| get_ci(&root, "errors"))
-                .and_then(json_api_error),
+            get_ci(&root, "error").or_else(|| get_ci(&root, "errors")).and_then(json_api_error),
         ),
         Value::Array(_) => (Some(&root), None),
         _ => (None, None),
     };
-    let mut reply = StatusReply {
-        general_error,
-        ..StatusReply::default()
-    };
+    let mut reply = StatusReply { general_error, ..StatusReply::default() };
     match carts {
         Some(Value::Array(items)) => {
             for item in items {
@@ -140,10 +131,7 @@ pub fn decode_json(body: &[u8]) -> Result<StatusReply, DecodeError> {
             }
         }
         Some(other) => {
-            return Err(DecodeError::Shape(format!(
-                "`carts` is not a list: {}",
-                shorten(&other.to_string(), 80)
-            )));
+            return Err(DecodeError::Shape(format!("`carts` is not a list: {}", shorten(&other.to_string(), 80))));
         }
     }
     Ok(reply)
@@ -152,12 +140,7 @@ pub fn decode_json(body: &[u8]) -> Result<StatusReply, DecodeError> {
 /// Looks up a key case-insensitively.
 pub(crate) fn get_ci<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
     let object = value.as_object()?;
-    object.get(key).or_else(|| {
-        object
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v)
-    })
+    object.get(key).or_else(|| object.iter().find(|(name, _)| name.eq_ignore_ascii_case(key)).map(|(_, v)| v))
 }
 
 /// Reads a value as text: strings as they are, numbers and booleans in their JSON spelling.
@@ -185,35 +168,19 @@ fn json_api_error(value: &Value) -> Option<ApiError> {
         other => other,
     };
     if !value.is_object() {
-        return json_text(value).map(|message| ApiError {
-            code: None,
-            message,
-        });
+        return json_text(value).map(|message| ApiError { code: None, message });
     }
     let code = get_ci(value, "code").and_then(json_code);
-    let message = get_ci(value, "message")
-        .and_then(json_text)
-        .unwrap_or_default();
+    let message = get_ci(value, "message").and_then(json_text).unwrap_or_default();
     Some(ApiError { code, message })
 }
 
 fn json_entry(item: &Value) -> Option<Entry> {
     let cart_id = get_ci(item, "cartid").and_then(json_text)?;
-    let error = get_ci(item, "carterror")
-        .or_else(|| get_ci(item, "error"))
-        .and_then(json_api_error);
+    let error = get_ci(item, "carterror").or_else(|| get_ci(item, "error")).and_then(json_api_error);
     let status = get_ci(item, "cartstatus").and_then(json_text);
-    let field = |name: &str| {
-        get_ci(item, name)
-            .and_then(json_text)
-            .filter(|text| !text.trim().is_empty())
-    };
-    let outcome = entry_outcome(
-        status,
-        error,
-        field("orderid"),
-        field("cartcreationdatetime"),
-    );
+    let field = |name: &str| get_ci(item, name).and_then(json_text).filter(|text| !text.trim().is_empty());
+    let outcome = entry_outcome(status, error, field("orderid"), field("cartcreationdatetime"));
     Some(Entry { cart_id, outcome })
 }
 
@@ -231,9 +198,7 @@ fn entry_outcome(
             created_at: created_at_raw.as_deref().and_then(crate::time::parse_naive),
             created_at_raw,
         }),
-        (None, None) => {
-            EntryOutcome::Malformed("entry has neither cartStatus nor cartError".into())
-        }
+        (None, None) => EntryOutcome::Malformed("entry has neither cartStatus nor cartError".into()),
     }
 }
 
@@ -248,22 +213,10 @@ pub fn decode_xml(body: &[u8]) -> Result<StatusReply, DecodeError> {
     collect_cart_records(&root, &mut records, &mut reply);
     for record in records {
         let cart_id = record.child_text("cartid").unwrap_or_default();
-        let error = record
-            .child("carterror")
-            .or_else(|| record.child("error"))
-            .map(xml_api_error);
+        let error = record.child("carterror").or_else(|| record.child("error")).map(xml_api_error);
         let status = record.child_text("cartstatus");
-        let field = |name: &str| {
-            record
-                .child_text(name)
-                .filter(|text| !text.trim().is_empty())
-        };
-        let outcome = entry_outcome(
-            status,
-            error,
-            field("orderid"),
-            field("cartcreationdatetime"),
-        );
+        let field = |name: &str| record.child_text(name).filter(|text| !text.trim().is_empty());
+        let outcome = entry_outcome(status, error, field("orderid"), field("cartcreationdatetime"));
         reply.entries.push(Entry { cart_id, outcome });
     }
     if reply.entries.is_empty() && reply.general_error.is_none() && !has_carts_list(&root) {
@@ -278,8 +231,7 @@ fn collect_cart_records<'a>(node: &'a Node, records: &mut Vec<&'a Node>, reply: 
     for child in &node.children {
         if child.child("cartid").is_some() {
             records.push(child);
-        } else if (child.name == "error" || child.name == "errors") && reply.general_error.is_none()
-        {
+        } else if (child.name == "error" || child.name == "errors") && reply.general_error.is_none() {
             let error = child.child("error").unwrap_or(child);
             reply.general_error = Some(xml_api_error(error));
         } else {
@@ -297,16 +249,10 @@ fn has_carts_list(node: &Node) -> bool {
 }
 
 fn xml_api_error(node: &Node) -> ApiError {
-    let code = node
-        .child_text("code")
-        .and_then(|text| text.trim().parse().ok());
-    let message = node.child_text("message").unwrap_or_else(|| {
-        if node.children.is_empty() {
-            node.text.trim().to_owned()
-        } else {
-            String::new()
-        }
-    });
+    let code = node.child_text("code").and_then(|text| text.trim().parse().ok());
+    let message = node
+        .child_text("message")
+        .unwrap_or_else(|| if node.children.is_empty() { node.text.trim().to_owned() } else { String::new() });
     ApiError { code, message }
 }
 
@@ -336,10 +282,7 @@ mod tests {
         let tree = xml_tree::parse(body.as_bytes()).unwrap();
         assert_eq!(tree.name, "cartstatusrequest");
         let cart = tree.child("carts").unwrap().child("cart").unwrap();
-        assert_eq!(
-            cart.child_text("cartid").as_deref(),
-            Some("921a2046-66a5-4c5f-b9a6-4bc646fa5e5a")
-        );
+        assert_eq!(cart.child_text("cartid").as_deref(), Some("921a2046-66a5-4c5f-b9a6-4bc646fa5e5a"));
     }
 
     #[test]
@@ -347,19 +290,12 @@ mod tests {
         let body = br#"{ "carts":[ { "cartID":"921a2046-66a5-4c5f-b9a6-4bc646fa5e5a", "cartCreationDateTime":"2017-06-13T16:28:47", "orderID":"7cf9f78f-6631-44be-905a-94cee7a2cd9c", "cartStatus":"Ordered" }, { "cartID":"bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b", "cartCreationDateTime":"2017-06-14T16:46:55.473", "cartStatus":"CheckedOut" }, { "cartID":"59dcca18-05e7-4f5c-8b4e-89e987ea1e51", "cartCreationDateTime":"2017-06-13T14:12:42.933", "cartStatus":"Pending" } ] }"#;
         let reply = decode_json(body).unwrap();
         assert_eq!(reply.entries.len(), 3);
-        let EntryOutcome::Status(first) = &reply.entries[0].outcome else {
-            panic!()
-        };
+        let EntryOutcome::Status(first) = &reply.entries[0].outcome else { panic!() };
         assert_eq!(first.status, CartStatus::Ordered);
-        assert_eq!(
-            first.order_id.as_deref(),
-            Some("7cf9f78f-6631-44be-905a-94cee7a2cd9c")
-        );
+        assert_eq!(first.order_id.as_deref(), Some("7cf9f78f-6631-44be-905a-94cee7a2cd9c"));
         assert_eq!(first.created_at_raw.as_deref(), Some("2017-06-13T16:28:47"));
         assert!(first.created_at.is_some());
-        let EntryOutcome::Status(second) = &reply.entries[1].outcome else {
-            panic!()
-        };
+        let EntryOutcome::Status(second) = &reply.entries[1].outcome else { panic!() };
         assert_eq!(second.status, CartStatus::CheckedOut);
         assert_eq!(second.order_id, None);
     }
@@ -375,25 +311,19 @@ mod tests {
                 message: "Specified Cart was not found or wrong format.".into()
             })
         );
-        let reply = decode_json(br#"{"Error":{"Code":"102","Message":"You can check no more than 10 CartIDs per one request."}}"#).unwrap();
+        let reply = decode_json(
+            br#"{"Error":{"Code":"102","Message":"You can check no more than 10 CartIDs per one request."}}"#,
+        )
+        .unwrap();
         assert_eq!(reply.general_error.unwrap().code, Some(102));
         assert!(reply.entries.is_empty());
     }
 
     #[test]
     fn json_shape_errors() {
-        assert!(matches!(
-            decode_json(b"<html>oops</html>"),
-            Err(DecodeError::Json(_))
-        ));
-        assert!(matches!(
-            decode_json(b"{\"status\":\"ok\"}"),
-            Err(DecodeError::Shape(_))
-        ));
-        assert!(matches!(
-            decode_json(b"{\"carts\":42}"),
-            Err(DecodeError::Shape(_))
-        ));
+        assert!(matches!(decode_json(b"<html>oops</html>"), Err(DecodeError::Json(_))));
+        assert!(matches!(decode_json(b"{\"status\":\"ok\"}"), Err(DecodeError::Shape(_))));
+        assert!(matches!(decode_json(b"{\"carts\":42}"), Err(DecodeError::Shape(_))));
         let reply = decode_json(b"{\"carts\":[{\"cartStatus\":\"Pending\"}, 7]}").unwrap();
         assert_eq!(reply.unidentified_entries, 2);
     }
@@ -416,14 +346,9 @@ mod tests {
 </CartStatusResponse>"#;
         let reply = decode_xml(body).unwrap();
         assert_eq!(reply.entries.len(), 2);
-        let EntryOutcome::Status(first) = &reply.entries[0].outcome else {
-            panic!()
-        };
+        let EntryOutcome::Status(first) = &reply.entries[0].outcome else { panic!() };
         assert_eq!(first.status, CartStatus::Ordered);
-        assert_eq!(
-            reply.entries[1].cart_id,
-            "34ad83cc-d418-4fcd-81f5-b7f38026865f"
-        );
+        assert_eq!(reply.entries[1].cart_id, "34ad83cc-d418-4fcd-81f5-b7f38026865f");
         assert_eq!(
             reply.entries[1].outcome,
             EntryOutcome::Error(ApiError {
@@ -435,23 +360,14 @@ mod tests {
 
     #[test]
     fn xml_general_error_and_empty_list() {
-        let reply = decode_xml(b"<CartStatusResponse><Error><Code>1</Code><Message>Unknown error</Message></Error></CartStatusResponse>").unwrap();
-        assert_eq!(
-            reply.general_error,
-            Some(ApiError {
-                code: Some(1),
-                message: "Unknown error".into()
-            })
-        );
+        let reply = decode_xml(
+            b"<CartStatusResponse><Error><Code>1</Code><Message>Unknown error</Message></Error></CartStatusResponse>",
+        )
+        .unwrap();
+        assert_eq!(reply.general_error, Some(ApiError { code: Some(1), message: "Unknown error".into() }));
         let reply = decode_xml(b"<CartStatusResponse><Carts/></CartStatusResponse>").unwrap();
         assert!(reply.entries.is_empty());
-        assert!(matches!(
-            decode_xml(b"<html><body>502</body></html>"),
-            Err(DecodeError::Shape(_))
-        ));
-        assert!(matches!(
-            decode_xml(b"<a><b></a>"),
-            Err(DecodeError::Xml(_))
-        ));
+        assert!(matches!(decode_xml(b"<html><body>502</body></html>"), Err(DecodeError::Shape(_))));
+        assert!(matches!(decode_xml(b"<a><b></a>"), Err(DecodeError::Xml(_))));
     }
 }
