@@ -75,14 +75,25 @@ pub enum Command {
         #[arg(value_name = "CART_ID")]
         cart_id: Option<String>,
     },
-    /// Print events from the outbox as JSON lines, oldest first.
+    /// List events from the outbox, oldest first, with each sink's delivery state; or
+    /// manage dead letters.
     Events {
+        /// `dead` or `redeliver`; without one, events are listed.
+        #[command(subcommand)]
+        action: Option<EventsAction>,
         /// Only events after this sequence number (a cursor: pass the last `seq` you saw).
         #[arg(long, value_name = "SEQ", default_value_t = 0)]
         after: i64,
         /// At most this many events.
         #[arg(long, value_name = "N", default_value_t = 100)]
         limit: u32,
+        /// Keep printing new events as they are written, like `tail -f`.
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per line (the event as the log sink writes it, plus
+        /// `deliveries`), instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Validate the config and print the effective values, secrets redacted.
     CheckConfig,
@@ -95,6 +106,33 @@ pub enum Command {
         /// Seed of the simulated timeline.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+    },
+}
+
+/// What `cartwatch events` can do besides listing.
+#[derive(Debug, Subcommand)]
+pub enum EventsAction {
+    /// List dead letters: deliveries given up after the last attempt of the schedule.
+    Dead {
+        /// Only this endpoint's (a webhook name, or `log`).
+        #[arg(long, value_name = "NAME")]
+        endpoint: Option<String>,
+        /// At most this many.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: u32,
+    },
+    /// Queue events for delivery again, attempts starting afresh: by event id, or every dead
+    /// letter with --dead.
+    Redeliver {
+        /// Event ids (`evt_...`).
+        #[arg(value_name = "EVENT_ID")]
+        event_ids: Vec<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        dead: bool,
+        /// Only on this endpoint (for an event id: even if it had no delivery there).
+        #[arg(long, value_name = "NAME")]
+        endpoint: Option<String>,
     },
 }
 
@@ -145,7 +183,15 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Track { cart_ids, reference, file } => track(config_path, cart_ids, reference, file).await,
         Command::Untrack { cart_ids } => untrack(config_path, cart_ids).await,
         Command::Status { cart_id } => status(config_path, cart_id).await,
-        Command::Events { after, limit } => events(config_path, after, limit).await,
+        Command::Events { action: None, after, limit, follow, json } => {
+            events(config_path, after, limit, follow, json).await
+        }
+        Command::Events { action: Some(EventsAction::Dead { endpoint, limit }), .. } => {
+            dead_letters(config_path, endpoint, limit).await
+        }
+        Command::Events { action: Some(EventsAction::Redeliver { event_ids, dead, endpoint }), .. } => {
+            redeliver(config_path, event_ids, dead, endpoint).await
+        }
         Command::CheckConfig => check_config(config_path),
         Command::Demo { carts, seed } => crate::demo::run(carts, seed).await.map_err(Failure::from),
     }
@@ -370,12 +416,86 @@ async fn status(config_path: Option<PathBuf>, cart_id: Option<String>) -> Result
     Ok(())
 }
 
-async fn events(config_path: Option<PathBuf>, after: i64, limit: u32) -> Result<(), Failure> {
+async fn events(config_path: Option<PathBuf>, after: i64, limit: u32, follow: bool, json: bool) -> Result<(), Failure> {
     let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
     let store = open_store(&loaded.config).await?;
-    let events = store.events_after(after, limit).await.map_err(|error| Failure::new(EXIT_DATABASE, error))?;
-    for event in &events {
-        println!("{}", crate::sinks::log::event_line(event));
+    let database = |error| Failure::new(EXIT_DATABASE, error);
+    let mut cursor = after;
+    loop {
+        let events = store.events_after(cursor, limit).await.map_err(database)?;
+        let seqs = events.iter().map(|event| event.seq).collect();
+        let states = store.delivery_states(seqs).await.map_err(database)?;
+        let mut out = std::io::stdout().lock();
+        for event in &events {
+            let deliveries: Vec<&crate::store::DeliveryState> =
+                states.iter().filter(|(seq, _)| *seq == event.seq).map(|(_, state)| state).collect();
+            let line = if json {
+                crate::render::event_json_with_deliveries(event, &deliveries)
+            } else {
+                crate::render::render_event_row(event, &deliveries)
+            };
+            if std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes()).is_err() {
+                // The reader went away (a closed pipe): nothing more to do.
+                return Ok(());
+            }
+            cursor = event.seq;
+        }
+        let _ = std::io::Write::flush(&mut out);
+        drop(out);
+        if !follow {
+            return Ok(());
+        }
+        if events.len() < limit as usize {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+}
+
+async fn dead_letters(config_path: Option<PathBuf>, endpoint: Option<String>, limit: u32) -> Result<(), Failure> {
+    let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
+    let store = open_store(&loaded.config).await?;
+    check_endpoint(&store, endpoint.as_deref()).await?;
+    let letters = store.dead_letters(endpoint, limit).await.map_err(|error| Failure::new(EXIT_DATABASE, error))?;
+    if letters.is_empty() {
+        println!("no dead letters");
+    }
+    for letter in &letters {
+        println!("{}", crate::render::render_dead_letter(letter));
+    }
+    Ok(())
+}
+
+async fn check_endpoint(store: &Store, endpoint: Option<&str>) -> Result<(), Failure> {
+    let Some(endpoint) = endpoint else { return Ok(()) };
+    let names = store.sink_names().await.map_err(|error| Failure::new(EXIT_DATABASE, error))?;
+    if names.iter().any(|name| name == endpoint) {
+        return Ok(());
+    }
+    Err(Failure::new(
+        EXIT_REJECTED,
+        anyhow::anyhow!("no endpoint named {endpoint:?}; known endpoints: {}", names.join(", ")),
+    ))
+}
+
+async fn redeliver(
+    config_path: Option<PathBuf>,
+    event_ids: Vec<String>,
+    dead: bool,
+    endpoint: Option<String>,
+) -> Result<(), Failure> {
+    if event_ids.is_empty() && !dead {
+        return Err(Failure::new(EXIT_REJECTED, anyhow::anyhow!("give event ids, or --dead for every dead letter")));
+    }
+    let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
+    let store = open_store(&loaded.config).await?;
+    check_endpoint(&store, endpoint.as_deref()).await?;
+    let (queued, unknown) = store
+        .redeliver(event_ids, dead, endpoint, Utc::now())
+        .await
+        .map_err(|error| Failure::new(EXIT_DATABASE, error))?;
+    println!("{queued} deliver(ies) queued; a running daemon sends them within a second");
+    if !unknown.is_empty() {
+        return Err(Failure::new(EXIT_REJECTED, anyhow::anyhow!("unknown event id(s): {}", unknown.join(", "))));
     }
     Ok(())
 }

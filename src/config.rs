@@ -3,7 +3,7 @@
 //!
 //! `config/cartwatch.toml` is both the documentation of every key and the built-in default.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,6 +37,10 @@ pub struct Config {
     pub backoff: BackoffConfig,
     /// Which events are written.
     pub events: EventsConfig,
+    /// Webhook retry schedule.
+    pub delivery: DeliveryConfig,
+    /// Webhook endpoints by name.
+    pub webhooks: BTreeMap<String, WebhookConfig>,
     /// Where events go.
     pub sinks: SinksConfig,
     /// Diagnostics.
@@ -160,6 +164,63 @@ pub struct EventsConfig {
     pub emit: Vec<String>,
 }
 
+/// `[delivery]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryConfig {
+    /// Delays before each attempt; the last failure makes a dead letter.
+    pub schedule: Vec<humantime_serde::Serde<Duration>>,
+    /// Fraction by which each delay is spread either way.
+    pub jitter: f64,
+}
+
+impl DeliveryConfig {
+    /// The schedule as plain durations.
+    pub fn schedule(&self) -> Vec<Duration> {
+        self.schedule.iter().map(|delay| **delay).collect()
+    }
+}
+
+/// `[webhooks.NAME]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebhookConfig {
+    /// Where events are POSTed.
+    pub url: String,
+    /// The signing secret, `whsec_` and base64.
+    pub secret: Secret,
+    /// A file holding the signing secret.
+    pub secret_file: PathBuf,
+    /// The previous secret during a rotation.
+    pub previous_secret: Secret,
+    /// A file holding the previous secret.
+    pub previous_secret_file: PathBuf,
+    /// Event types to send; empty for all.
+    pub event_types: Vec<String>,
+    /// Per-attempt timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Deliveries in flight at once.
+    pub concurrency: u32,
+    /// Allow plain http to a non-loopback host.
+    pub allow_http: bool,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> WebhookConfig {
+        WebhookConfig {
+            url: String::new(),
+            secret: Secret::new(""),
+            secret_file: PathBuf::new(),
+            previous_secret: Secret::new(""),
+            previous_secret_file: PathBuf::new(),
+            event_types: Vec::new(),
+            timeout: Duration::from_secs(15),
+            concurrency: 16,
+            allow_http: false,
+        }
+    }
+}
+
 /// `[sinks]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SinksConfig {
@@ -202,7 +263,7 @@ pub struct LoggingConfig {
 pub enum Purpose {
     /// Commands that only touch the database (`track`, `status`, `events`).
     Database,
-    /// Commands that talk to the partner (`run`, `poll-once`, `items`).
+    /// Commands that talk to the partner or deliver events (`run`, `poll-once`, `items`).
     Upstream,
 }
 
@@ -343,6 +404,17 @@ fn resolve_secret_files(config: &mut Config, problems: &mut Vec<Problem>) {
     ) {
         imaterialise.api_code = secret;
     }
+    for (name, webhook) in &mut config.webhooks {
+        let key = format!("webhooks.{name}.secret_file");
+        if let Some(secret) = read_secret_file(&key, &webhook.secret_file, !webhook.secret.is_empty(), problems) {
+            webhook.secret = secret;
+        }
+        let key = format!("webhooks.{name}.previous_secret_file");
+        let inline = !webhook.previous_secret.is_empty();
+        if let Some(secret) = read_secret_file(&key, &webhook.previous_secret_file, inline, problems) {
+            webhook.previous_secret = secret;
+        }
+    }
 }
 
 /// Reads one secret file. Reports a problem when the file cannot be read or when the inline
@@ -470,6 +542,17 @@ impl Config {
             problem("backoff.not_found_after", "must be at least 1".into());
         }
 
+        let schedule = self.delivery.schedule();
+        if schedule.is_empty() {
+            problem("delivery.schedule", "needs at least one delay (the first attempt, usually \"0s\")".into());
+        }
+        if !(0.0..=0.5).contains(&self.delivery.jitter) {
+            problem("delivery.jitter", format!("must be between 0 and 0.5, got {}", self.delivery.jitter));
+        }
+        for (name, webhook) in &self.webhooks {
+            self.webhook_problems(name, webhook, purpose, &mut problem);
+        }
+
         for name in &self.events.emit {
             if EventType::parse(name).is_none() {
                 problem(
@@ -490,6 +573,54 @@ impl Config {
         problems
     }
 
+    fn webhook_problems(
+        &self,
+        name: &str,
+        webhook: &WebhookConfig,
+        purpose: Purpose,
+        problem: &mut impl FnMut(&str, String),
+    ) {
+        let key = |field: &str| format!("webhooks.{name}.{field}");
+        if name.is_empty() || name == "log" || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            problem(&key("url"), format!("the endpoint name {name:?} must be letters, digits, - or _ and not \"log\""));
+        }
+        match check_base_url(&webhook.url) {
+            Ok(url) if url.scheme() == "http" && !is_loopback_host(&url) && !webhook.allow_http => problem(
+                &key("url"),
+                format!(
+                    "plain http to {} is refused; use https, or set allow_http = true",
+                    url.host_str().unwrap_or("")
+                ),
+            ),
+            Ok(_) => {}
+            Err(_) if webhook.url.is_empty() => problem(&key("url"), "missing: every webhook needs a url".into()),
+            Err(message) => problem(&key("url"), message),
+        }
+        if webhook.secret.is_empty() && purpose == Purpose::Upstream {
+            problem(
+                &key("secret"),
+                format!("missing: set secret_file, or CARTWATCH__WEBHOOKS__{}__SECRET", name.to_ascii_uppercase()),
+            );
+        }
+        for (field, secret) in [("secret", &webhook.secret), ("previous_secret", &webhook.previous_secret)] {
+            if !secret.is_empty() && crate::sinks::webhook::signer(secret).is_none() {
+                problem(&key(field), "must be whsec_ followed by base64 (the value is not shown)".into());
+            }
+        }
+        for event_type in &webhook.event_types {
+            if EventType::parse(event_type).is_none() {
+                problem(&key("event_types"), format!("unknown event type {event_type:?}"));
+            }
+        }
+        if webhook.timeout.is_zero() {
+            problem(&key("timeout"), "must be longer than zero".into());
+        }
+        if !(1..=1024).contains(&webhook.concurrency) {
+            problem(&key("concurrency"), format!("must be between 1 and 1024, got {}", webhook.concurrency));
+        }
+    }
+
     /// Risky but allowed settings, worth a line in the log.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
@@ -505,7 +636,7 @@ impl Config {
         if self.imaterialise.requests_per_second == 0.0 {
             warnings.push("imaterialise.requests_per_second is 0: requests are limited only by concurrency".into());
         }
-        if !self.sinks.log.enabled {
+        if !self.sinks.log.enabled && self.webhooks.is_empty() {
             warnings.push("sinks.log is disabled and no other sink is configured: events stay in the outbox".into());
         }
         warnings

@@ -33,6 +33,9 @@ pub enum DaemonError {
     /// The schedule could not start.
     #[error(transparent)]
     Schedule(#[from] ScheduleError),
+    /// A sink could not be set up.
+    #[error(transparent)]
+    Sink(#[from] crate::sinks::WebhookSetupError),
 }
 
 /// Opens the database named by the config, on the blocking pool.
@@ -158,8 +161,8 @@ async fn start_sinks(
     store: &Store,
     config: &Config,
     shutdown: &CancellationToken,
-) -> Result<Vec<Arc<Sink>>, StoreError> {
-    let sinks: Vec<Arc<Sink>> = sinks::from_config(config).into_iter().map(Arc::new).collect();
+) -> Result<Vec<Arc<Sink>>, DaemonError> {
+    let sinks: Vec<Arc<Sink>> = sinks::from_config(config)?.into_iter().map(Arc::new).collect();
     let specs: Vec<_> = sinks.iter().map(|sink| sink.spec()).collect();
     retrying("record the configured sinks", STORE_RETRY_BUDGET, shutdown, || {
         store.sync_sinks(specs.clone(), Utc::now())
@@ -196,7 +199,7 @@ pub async fn drain_once(store: &Store, sink: &Sink, shutdown: &CancellationToken
             }
         };
         let count = pending.len();
-        let results = sink.deliver(pending, now).await;
+        let results = sink.deliver(pending, now).await.results;
         let delivered = results.iter().filter(|r| matches!(r, crate::store::DeliveryResult::Delivered { .. })).count();
         let recorded = retrying("record deliveries", STORE_RETRY_BUDGET, shutdown, || {
             store.record_deliveries(sink.name().to_owned(), results.clone(), Utc::now())

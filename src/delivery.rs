@@ -21,6 +21,10 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 /// finished and recorded first.
 pub async fn delivery_loop(store: Store, sink: Arc<Sink>, wake: Arc<Notify>, shutdown: CancellationToken) {
     let name = sink.name().to_owned();
+    if let Ok(Some(reason)) = store.sink_disabled(name.clone()).await {
+        error!(sink = %name, reason = %reason, "this endpoint is disabled and receives nothing; change its url in the config to enable it again");
+        return;
+    }
     loop {
         if shutdown.is_cancelled() {
             return;
@@ -36,14 +40,22 @@ pub async fn delivery_loop(store: Store, sink: Arc<Sink>, wake: Arc<Notify>, shu
             }
         };
         if pending.is_empty() {
+            // Sleep until the next retry is due, new events arrive, or the idle poll.
+            let next_due = store.next_delivery_due(name.clone(), Utc::now()).await.ok().flatten();
+            let until_due = next_due
+                .as_deref()
+                .and_then(crate::time::parse_ts)
+                .and_then(|due| (due - Utc::now()).to_std().ok())
+                .map_or(IDLE_POLL, |wait| wait.min(IDLE_POLL));
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = woken => {}
-                () = tokio::time::sleep(IDLE_POLL) => {}
+                () = tokio::time::sleep(until_due) => {}
             }
             continue;
         }
-        let results = sink.deliver(pending, now).await;
+        let outcome = sink.deliver(pending, now).await;
+        let results = outcome.results;
         let recorded = retrying("record deliveries", STORE_RETRY_BUDGET, &shutdown, || {
             store.record_deliveries(name.clone(), results.clone(), Utc::now())
         })
@@ -51,6 +63,17 @@ pub async fn delivery_loop(store: Store, sink: Arc<Sink>, wake: Arc<Notify>, shu
         if let Err(error) = recorded {
             // Not recorded means attempted again later: a duplicate, never a loss.
             error!(sink = %name, error = %error, "cannot record deliveries; they will be attempted again");
+        }
+        if let Some(reason) = outcome.disable {
+            error!(sink = %name, reason = %reason, "the receiver answered 410 Gone: this endpoint is DISABLED and receives nothing more; its undelivered events stay queued. Change its url in the config to enable it again");
+            let disabled = retrying("disable the endpoint", STORE_RETRY_BUDGET, &shutdown, || {
+                store.disable_sink(name.clone(), reason.clone(), Utc::now())
+            })
+            .await;
+            if let Err(error) = disabled {
+                error!(sink = %name, error = %error, "cannot record that the endpoint is disabled");
+            }
+            return;
         }
     }
 }

@@ -92,6 +92,22 @@ pub fn spread(interval: Duration, fraction: f64, unit: f64) -> Duration {
     interval.mul_f64(factor.max(0.0)).max(Duration::from_secs(1))
 }
 
+/// When to try a delivery again after `attempts_made` failed attempts, from the schedule of
+/// delays before each attempt (Svix-style: the first delay is before the first attempt).
+/// `None` means the schedule is spent: dead-letter it. The delay is spread by `jitter` either
+/// way (`unit` uniform in `[0, 1)`) and is never shorter than the receiver's `Retry-After`.
+pub fn redelivery_delay(
+    schedule: &[Duration],
+    attempts_made: u32,
+    jitter: f64,
+    unit: f64,
+    retry_after: Option<Duration>,
+) -> Option<Duration> {
+    let planned = *schedule.get(attempts_made as usize)?;
+    let spread = planned.mul_f64((1.0 + jitter * (2.0 * unit.clamp(0.0, 1.0) - 1.0)).max(0.0));
+    Some(retry_after.map_or(spread, |wait| spread.max(wait)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +171,27 @@ mod tests {
         assert_eq!(poll_interval(&cadence, minutes(60 * 30), Some(&CartStatus::Pending)), minutes(30));
         assert_eq!(poll_interval(&cadence, minutes(60 * 24 * 8), Some(&CartStatus::Pending)), minutes(360));
         assert_eq!(poll_interval(&cadence, minutes(60 * 24 * 8), Some(&CartStatus::CheckedOut)), minutes(1));
+    }
+
+    #[test]
+    fn redelivery_follows_the_schedule_then_gives_up() {
+        let schedule = Config::default().delivery.schedule();
+        let delays: Vec<Option<Duration>> =
+            (1..=8).map(|attempts| redelivery_delay(&schedule, attempts, 0.0, 0.5, None)).collect();
+        let hours = |h: u64| Some(S(3600 * h));
+        assert_eq!(delays, [Some(S(5)), Some(S(300)), Some(S(1800)), hours(2), hours(5), hours(10), hours(10), None]);
+        // ±20 % jitter.
+        assert_eq!(redelivery_delay(&schedule, 2, 0.2, 0.0, None), Some(S(240)));
+        assert_eq!(redelivery_delay(&schedule, 2, 0.2, 0.5, None), Some(S(300)));
+        assert!(redelivery_delay(&schedule, 2, 0.2, 0.999_999, None).unwrap() <= S(360));
+        // Retry-After is a floor, never a shortcut.
+        assert_eq!(redelivery_delay(&schedule, 1, 0.2, 0.5, Some(S(60))), Some(S(60)));
+        assert_eq!(redelivery_delay(&schedule, 2, 0.0, 0.5, Some(S(60))), Some(S(300)));
+        assert_eq!(
+            redelivery_delay(&schedule, 8, 0.0, 0.5, Some(S(60))),
+            None,
+            "Retry-After does not extend the schedule"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::store::{CartDetail, StoredEvent, Summary};
+use crate::store::{CartDetail, DeadLetter, DeliveryState, StoredEvent, Summary};
 use crate::upstream::Mode;
 
 /// The `cartwatch status` summary.
@@ -151,4 +151,51 @@ pub fn render_event_line(event: &StoredEvent, elapsed: std::time::Duration) -> S
         let _ = write!(line, "  {message}");
     }
     line
+}
+
+/// One event as a text row for `cartwatch events`: position, time, type, cart, and each
+/// sink's delivery state.
+pub fn render_event_row(event: &StoredEvent, deliveries: &[&DeliveryState]) -> String {
+    let mut line = format!(
+        "{:>7}  {}  {:<24} {:<36}  {}",
+        event.seq,
+        event.created_at,
+        event.event_type,
+        event.cart_id.as_deref().unwrap_or("-"),
+        event.event_id
+    );
+    for delivery in deliveries {
+        let _ = write!(line, "  {}:{}", delivery.sink, delivery.state);
+        if delivery.state != "delivered" || delivery.attempts > 1 {
+            let _ = write!(line, "({} attempt(s))", delivery.attempts);
+        }
+    }
+    line
+}
+
+/// One event as a JSON line with its delivery states, for `cartwatch events --json`.
+pub fn event_json_with_deliveries(event: &StoredEvent, deliveries: &[&DeliveryState]) -> String {
+    let mut value: serde_json::Value =
+        serde_json::from_str(&crate::sinks::log::event_line(event)).unwrap_or_else(|_| serde_json::json!({}));
+    if let Some(object) = value.as_object_mut() {
+        object.insert("deliveries".into(), serde_json::to_value(deliveries).unwrap_or_default());
+    }
+    value.to_string()
+}
+
+/// One dead letter for `cartwatch events dead`.
+pub fn render_dead_letter(letter: &DeadLetter) -> String {
+    let delivery = &letter.delivery;
+    format!(
+        "{}  {}  {}  {}  endpoint {}  dead since {}  after {} attempt(s)  last {}: {}",
+        letter.event.seq,
+        letter.event.event_id,
+        letter.event.event_type,
+        letter.event.cart_id.as_deref().unwrap_or("-"),
+        delivery.sink,
+        delivery.dead_at.as_deref().unwrap_or("?"),
+        delivery.attempts,
+        delivery.last_status.map_or("no answer".to_owned(), |status| format!("HTTP {status}")),
+        delivery.last_error.as_deref().unwrap_or("-"),
+    )
 }

@@ -211,3 +211,79 @@ async fn sigterm_stops_the_daemon_cleanly_and_nothing_secret_is_logged() {
     }
     simulator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_lists_delivery_states_and_manages_dead_letters() {
+    use cartwatch::events::{CartEventData, EventType, NewEvent};
+    use cartwatch::store::{DeliveryResult, SinkSpec};
+    let directory = tempfile::tempdir().unwrap();
+    let config_path = write_config(directory.path(), "");
+    let mut config = cartwatch::config::Config::default();
+    config.database.path = directory.path().join("cartwatch.db");
+    let store = store_for(&config).await;
+    let sink = |name: &str, kind: &str| SinkSpec {
+        name: name.into(),
+        kind: kind.into(),
+        target: "x".into(),
+        event_types: None,
+    };
+    store.sync_sinks(vec![sink("log", "log"), sink("erp", "webhook")], chrono::Utc::now()).await.unwrap();
+    let data = CartEventData {
+        cart_id: "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a".into(),
+        status: Some("Ordered".into()),
+        previous_status: None,
+        order_id: Some("7cf9f78f-6631-44be-905a-94cee7a2cd9c".into()),
+        cart_created_at: None,
+        reference: None,
+        provider: "imaterialise".into(),
+    };
+    let event = NewEvent::cart(EventType::CartOrdered, &data, chrono::Utc::now());
+    store.write_events(vec![event.clone()]).await.unwrap();
+    let now = chrono::Utc::now();
+    store
+        .record_deliveries("log".into(), vec![DeliveryResult::Delivered { event_seq: 1, status: None }], now)
+        .await
+        .unwrap();
+    let dead = DeliveryResult::Dead { event_seq: 1, status: Some(500), error: "HTTP 500: boom".into() };
+    store.record_deliveries("erp".into(), vec![dead], now).await.unwrap();
+
+    let listing = text(&cartwatch(&config_path, &["events"]).stdout);
+    assert!(
+        listing.contains(&event.event_id)
+            && listing.contains("log:delivered")
+            && listing.contains("erp:dead(1 attempt(s))"),
+        "{listing}"
+    );
+    let json = text(&cartwatch(&config_path, &["events", "--json", "--after", "0"]).stdout);
+    let value: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(value["id"], event.event_id.as_str());
+    assert_eq!(value["deliveries"][0]["sink"], "erp");
+    assert_eq!(value["deliveries"][0]["state"], "dead");
+    assert!(text(&cartwatch(&config_path, &["events", "--after", "1"]).stdout).is_empty());
+
+    let dead_letters = text(&cartwatch(&config_path, &["events", "dead"]).stdout);
+    assert!(
+        dead_letters.contains(&event.event_id)
+            && dead_letters.contains("endpoint erp")
+            && dead_letters.contains("HTTP 500"),
+        "{dead_letters}"
+    );
+
+    let output = cartwatch(&config_path, &["events", "redeliver", "--dead", "--endpoint", "nope"]);
+    assert_eq!(output.status.code(), Some(5));
+    assert!(text(&output.stderr).contains("known endpoints: erp, log"));
+    let output = cartwatch(&config_path, &["events", "redeliver", "evt_doesnotexist"]);
+    assert_eq!(output.status.code(), Some(5));
+    let output = cartwatch(&config_path, &["events", "redeliver", "--dead", "--endpoint", "erp"]);
+    assert!(output.status.success());
+    assert!(text(&output.stdout).starts_with("1 deliver(ies) queued"));
+    assert_eq!(text(&cartwatch(&config_path, &["events", "dead"]).stdout).trim(), "no dead letters");
+    let states = store.delivery_states(vec![1]).await.unwrap();
+    let erp = &states.iter().find(|(_, state)| state.sink == "erp").unwrap().1;
+    assert_eq!((erp.state.as_str(), erp.attempts), ("pending", 0));
+    // Redelivering one event by id to one endpoint re-queues only that delivery.
+    let output = cartwatch(&config_path, &["events", "redeliver", &event.event_id, "--endpoint", "log"]);
+    assert!(output.status.success());
+    let states = store.delivery_states(vec![1]).await.unwrap();
+    assert!(states.iter().all(|(_, state)| state.state == "pending"));
+}

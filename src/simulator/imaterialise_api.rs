@@ -23,6 +23,7 @@ pub(super) fn router(state: Arc<SimState>) -> Router {
 async fn statuses(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let _in_flight = InFlight::enter(&state.stats.in_flight);
     let mut record = RequestRecord { at: started, cart_ids: 0, outcome: "ok" };
     let response = answer(&state, &headers, &body, &mut record).await;
     lock(&state.request_log).push(record);
@@ -105,6 +106,22 @@ async fn answer(state: &SimState, headers: &HeaderMap, body: &[u8], record: &mut
         });
     }
     if xml { xml_response(&entries) } else { json_response(&entries) }
+}
+
+/// Counts a request in flight until dropped, even when the client goes away mid-request.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a std::sync::atomic::AtomicU64) -> InFlight<'a> {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 enum Entry {

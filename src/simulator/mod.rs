@@ -121,6 +121,8 @@ pub struct Stats {
     pub cart_lookups: AtomicU64,
     /// Total time spent handling requests, in microseconds (latency included).
     pub busy_micros: AtomicU64,
+    /// Requests being handled right now.
+    pub in_flight: AtomicU64,
 }
 
 pub(crate) struct SimState {

@@ -2,25 +2,33 @@
 //! [`crate::delivery`] feeds it pending events in order.
 
 pub mod log;
+pub mod webhook;
 
 use chrono::{DateTime, Utc};
 
 use crate::config::Config;
-use crate::store::{DeliveryResult, PendingDelivery, SinkSpec};
+use crate::store::{PendingDelivery, SinkSpec};
 use log::{LogSink, LogTarget};
+pub use webhook::{SinkOutcome, WebhookSetupError, WebhookSink};
+
+/// The name of the log sink's delivery rows.
+pub const LOG_SINK: &str = "log";
 
 /// A configured sink.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Sink {
     /// JSON lines.
     Log(LogSink),
+    /// A webhook endpoint.
+    Webhook(WebhookSink),
 }
 
 impl Sink {
-    /// The name its delivery rows are kept under.
+    /// The name its delivery rows are kept under: `log`, or the webhook's name.
     pub fn name(&self) -> &str {
         match self {
-            Sink::Log(_) => "log",
+            Sink::Log(_) => LOG_SINK,
+            Sink::Webhook(sink) => sink.name(),
         }
     }
 
@@ -33,6 +41,12 @@ impl Sink {
                 target: sink.target_text(),
                 event_types: None,
             },
+            Sink::Webhook(sink) => SinkSpec {
+                name: self.name().to_owned(),
+                kind: "webhook".into(),
+                target: sink.url().to_owned(),
+                event_types: (!sink.event_types().is_empty()).then(|| sink.event_types().to_vec()),
+            },
         }
     }
 
@@ -40,19 +54,24 @@ impl Sink {
     pub fn batch_limit(&self) -> u32 {
         match self {
             Sink::Log(_) => 2000,
+            Sink::Webhook(_) => 256,
         }
     }
 
     /// Attempts a batch; one result per delivery.
-    pub async fn deliver(&self, batch: Vec<PendingDelivery>, now: DateTime<Utc>) -> Vec<DeliveryResult> {
+    pub async fn deliver(&self, batch: Vec<PendingDelivery>, now: DateTime<Utc>) -> SinkOutcome {
         match self {
-            Sink::Log(sink) => sink.deliver(batch, now).await,
+            Sink::Log(sink) => SinkOutcome { results: sink.deliver(batch, now).await, disable: None },
+            Sink::Webhook(sink) => sink.deliver(batch, now).await,
         }
     }
 }
 
 /// The sinks the config enables.
-pub fn from_config(config: &Config) -> Vec<Sink> {
+///
+/// Fails when a webhook cannot be set up (the config is validated first, so this means its
+/// HTTP client could not be built).
+pub fn from_config(config: &Config) -> Result<Vec<Sink>, WebhookSetupError> {
     let mut sinks = Vec::new();
     let log = &config.sinks.log;
     if log.enabled {
@@ -60,5 +79,8 @@ pub fn from_config(config: &Config) -> Vec<Sink> {
             if log.path.as_os_str().is_empty() { LogTarget::Stdout } else { LogTarget::File(log.path.clone()) };
         sinks.push(Sink::Log(LogSink::new(target)));
     }
-    sinks
+    for (name, webhook) in &config.webhooks {
+        sinks.push(Sink::Webhook(WebhookSink::new(name, webhook, &config.delivery)?));
+    }
+    Ok(sinks)
 }

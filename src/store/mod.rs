@@ -21,7 +21,7 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 pub use carts::{AppliedBatch, DueCart, HandInsertReport, TrackOutcome, TrackRequest, UntrackOutcome};
-pub use outbox::{DeliveryResult, PendingDelivery, SinkSpec, StoredEvent};
+pub use outbox::{DeadLetter, DeliveryResult, DeliveryState, PendingDelivery, SinkSpec, StoredEvent};
 pub use reports::{CartDetail, StoredTransition, Summary, SweepRecord, UpstreamRecord};
 
 /// Why a store operation failed.

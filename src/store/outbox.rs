@@ -83,6 +83,36 @@ pub enum DeliveryResult {
     },
 }
 
+/// One sink's delivery state for one event.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeliveryState {
+    /// The sink.
+    pub sink: String,
+    /// `pending`, `delivered` or `dead`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Next attempt, while pending.
+    pub next_attempt_at: Option<String>,
+    /// The receiver's last HTTP status.
+    pub last_status: Option<u16>,
+    /// The last error, truncated.
+    pub last_error: Option<String>,
+    /// When it was delivered.
+    pub delivered_at: Option<String>,
+    /// When it was given up.
+    pub dead_at: Option<String>,
+}
+
+/// A dead letter: an event a sink gave up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// The event.
+    pub event: StoredEvent,
+    /// Its delivery state on that sink.
+    pub delivery: DeliveryState,
+}
+
 /// Writes an event and one pending delivery per active sink that wants its type.
 pub(super) fn insert_event(transaction: &Transaction<'_>, event: &NewEvent) -> Result<i64, StoreError> {
     transaction
@@ -112,7 +142,112 @@ fn read_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     })
 }
 
+const DELIVERY_COLUMNS: &str =
+    "d.sink, d.state, d.attempts, d.next_attempt_at, d.last_status, d.last_error, d.delivered_at, d.dead_at";
+
+fn read_delivery(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<DeliveryState> {
+    Ok(DeliveryState {
+        sink: lenient_text(row, offset)?.unwrap_or_default(),
+        state: lenient_text(row, offset + 1)?.unwrap_or_default(),
+        attempts: row.get::<_, Option<i64>>(offset + 2).ok().flatten().unwrap_or(0).clamp(0, i64::from(u32::MAX))
+            as u32,
+        next_attempt_at: lenient_text(row, offset + 3)?,
+        last_status: row.get::<_, Option<i64>>(offset + 4).ok().flatten().and_then(|s| u16::try_from(s).ok()),
+        last_error: lenient_text(row, offset + 5)?,
+        delivered_at: lenient_text(row, offset + 6)?,
+        dead_at: lenient_text(row, offset + 7)?,
+    })
+}
+
 impl Store {
+    /// Every sink's delivery state for each of the events `seqs`, by event.
+    pub async fn delivery_states(&self, seqs: Vec<i64>) -> Result<Vec<(i64, DeliveryState)>, StoreError> {
+        self.read(move |connection| {
+            let mut statement = connection.prepare_cached(&format!(
+                "SELECT d.event_seq, {DELIVERY_COLUMNS} FROM deliveries d WHERE d.event_seq = ?1 ORDER BY d.sink"
+            ))?;
+            let mut states = Vec::new();
+            for seq in seqs {
+                let rows = statement.query_map([seq], |row| Ok((row.get(0)?, read_delivery(row, 1)?)))?;
+                for row in rows {
+                    states.push(row?);
+                }
+            }
+            Ok(states)
+        })
+        .await
+    }
+
+    /// Dead letters, newest first, optionally of one sink.
+    pub async fn dead_letters(&self, sink: Option<String>, limit: u32) -> Result<Vec<DeadLetter>, StoreError> {
+        self.read(move |connection| {
+            let mut statement = connection.prepare_cached(&format!(
+                "SELECT e.seq, e.event_id, e.event_type, e.cart_id, e.created_at, e.payload, {DELIVERY_COLUMNS} \
+                 FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+                 WHERE d.state = 'dead' AND (?1 IS NULL OR d.sink = ?1) ORDER BY d.dead_at DESC, e.seq DESC LIMIT ?2"
+            ))?;
+            let rows = statement.query_map(params![sink, limit], |row| {
+                Ok(DeadLetter { event: read_event(row)?, delivery: read_delivery(row, 6)? })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Queues events for delivery again, attempts starting afresh: the events named by id (on
+    /// every sink that had them, or on `sink` only, adding a delivery there if it had none),
+    /// or with `dead_only` every dead letter (of `sink`, if given). Returns how many
+    /// deliveries were queued, and the event ids that do not exist.
+    pub async fn redeliver(
+        &self,
+        event_ids: Vec<String>,
+        dead_only: bool,
+        sink: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(usize, Vec<String>), StoreError> {
+        self.write(move |connection| {
+            let transaction = connection.transaction()?;
+            let now = format_ts(now);
+            let requeue = "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?1, \
+                           delivered_at = NULL, dead_at = NULL";
+            let mut queued = 0;
+            let mut unknown = Vec::new();
+            if dead_only {
+                queued += transaction.execute(&format!("{requeue} WHERE state = 'dead' AND (?2 IS NULL OR sink = ?2)"), params![now, sink])?;
+            }
+            for event_id in event_ids {
+                let found: Option<(i64, Option<String>)> = transaction
+                    .query_row("SELECT seq, cart_id FROM events WHERE event_id = ?1", [&event_id], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?;
+                let Some((seq, cart_id)) = found else {
+                    unknown.push(event_id);
+                    continue;
+                };
+                if let Some(sink) = &sink {
+                    transaction.execute(
+                        "INSERT INTO deliveries (sink, event_seq, ordering_key, next_attempt_at) VALUES (?1, ?2, ?3, ?4) \
+                         ON CONFLICT (sink, event_seq) DO NOTHING",
+                        params![sink, seq, cart_id, now],
+                    )?;
+                }
+                queued += transaction.execute(&format!("{requeue} WHERE event_seq = ?3 AND (?2 IS NULL OR sink = ?2)"), params![now, sink, seq])?;
+            }
+            transaction.commit()?;
+            Ok((queued, unknown))
+        })
+        .await
+    }
+
+    /// The names of the sinks in the `sinks` table, active or not.
+    pub async fn sink_names(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|connection| {
+            let mut statement = connection.prepare("SELECT sink FROM sinks ORDER BY sink")?;
+            let rows = statement.query_map([], |row| row.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     /// Writes events that no poll produced (upstream health, manual actions) in one
     /// transaction.
     pub async fn write_events(&self, events: Vec<NewEvent>) -> Result<(), StoreError> {
@@ -206,12 +341,14 @@ impl Store {
         .await
     }
 
-    /// When the earliest pending delivery of `sink` is due, if any.
-    pub async fn next_delivery_due(&self, sink: String) -> Result<Option<String>, StoreError> {
+    /// When the next pending delivery of `sink` that is not due yet becomes due, if any.
+    /// (Deliveries already due but waiting for an earlier event of their cart become
+    /// deliverable when that one is attempted, which this also covers.)
+    pub async fn next_delivery_due(&self, sink: String, now: DateTime<Utc>) -> Result<Option<String>, StoreError> {
         self.read(move |connection| {
             Ok(connection.query_row(
-                "SELECT min(next_attempt_at) FROM deliveries WHERE sink = ?1 AND state = 'pending'",
-                [sink],
+                "SELECT min(next_attempt_at) FROM deliveries WHERE sink = ?1 AND state = 'pending' AND next_attempt_at > ?2",
+                params![sink, format_ts(now)],
                 |row| row.get(0),
             )?)
         })

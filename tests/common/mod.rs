@@ -114,3 +114,149 @@ pub fn checkouts_and_orders(events: &[serde_json::Value]) -> Vec<(String, String
     found.sort();
     found
 }
+
+/// A webhook receiver on loopback that verifies every signature with the `standardwebhooks`
+/// crate and records what arrived.
+pub struct TestReceiver {
+    pub address: std::net::SocketAddr,
+    pub in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// One request a [`TestReceiver`] got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub webhook_id: String,
+    pub body: serde_json::Value,
+    pub signature_valid: bool,
+}
+
+/// A test signing secret.
+pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+impl TestReceiver {
+    /// Starts on `address` (port 0 for any), answering 200 to every request.
+    pub async fn start(address: std::net::SocketAddr, secret: &str) -> TestReceiver {
+        TestReceiver::start_with_delay(address, secret, Duration::ZERO).await
+    }
+
+    /// Like [`TestReceiver::start`], taking `delay` to answer each request.
+    pub async fn start_with_delay(address: std::net::SocketAddr, secret: &str, delay: Duration) -> TestReceiver {
+        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let verifier = std::sync::Arc::new(standardwebhooks::Webhook::new(secret).unwrap());
+        let shutdown = CancellationToken::new();
+        let in_flight = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let app = {
+            let received = received.clone();
+            let in_flight = in_flight.clone();
+            axum::Router::new().route(
+                "/hook",
+                axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let received = received.clone();
+                    let verifier = verifier.clone();
+                    let in_flight = in_flight.clone();
+                    async move {
+                        // Recorded on arrival: a sender that dies before reading the answer
+                        // has still delivered, and will deliver again.
+                        let signature_valid = verifier.verify(&body, &headers).is_ok();
+                        let webhook_id =
+                            headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                        let body = serde_json::from_slice(&body).unwrap_or_default();
+                        received.lock().unwrap().push(Received { webhook_id, body, signature_valid });
+                        let _counted = InFlight::enter(&in_flight);
+                        tokio::time::sleep(delay).await;
+                        axum::http::StatusCode::OK
+                    }
+                }),
+            )
+        };
+        let task = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                // Stopping drops connections at once, as a crashed receiver would.
+                tokio::select! {
+                    served = std::future::IntoFuture::into_future(axum::serve(listener, app)) => served.unwrap(),
+                    () = shutdown.cancelled_owned() => {}
+                }
+            })
+        };
+        TestReceiver { address, in_flight, received, shutdown, task }
+    }
+
+    /// The URL to configure.
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.address)
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Stops listening (the port refuses connections until restarted).
+    pub async fn stop(self) -> std::sync::Arc<std::sync::Mutex<Vec<Received>>> {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+        self.received
+    }
+}
+
+/// Adds a webhook named `name` to `config`.
+pub fn add_webhook(config: &mut Config, name: &str, url: &str, secret: &str) {
+    let webhook = cartwatch::config::WebhookConfig {
+        url: url.to_owned(),
+        secret: cartwatch::secret::Secret::new(secret),
+        ..cartwatch::config::WebhookConfig::default()
+    };
+    config.webhooks.insert(name.to_owned(), webhook);
+}
+
+/// The first delivery of each webhook id, in arrival order, checked for consistency: every
+/// duplicate carries the same body and every signature verified.
+pub fn first_deliveries(received: &[Received]) -> Vec<Received> {
+    let mut first: Vec<Received> = Vec::new();
+    for delivery in received {
+        assert!(delivery.signature_valid, "a signature did not verify: {delivery:?}");
+        match first.iter().find(|f| f.webhook_id == delivery.webhook_id) {
+            Some(earlier) => assert_eq!(earlier.body, delivery.body, "a duplicate differs from its first delivery"),
+            None => first.push(delivery.clone()),
+        }
+    }
+    first
+}
+
+/// Checks that each cart's first deliveries arrived in the order their events were detected.
+pub fn assert_per_cart_order(first: &[Received]) {
+    let mut last_seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for delivery in first {
+        let Some(cart_id) = delivery.body["data"]["cartId"].as_str() else { continue };
+        let timestamp = delivery.body["timestamp"].as_str().unwrap().to_owned();
+        if let Some(previous) = last_seen.get(cart_id) {
+            assert!(
+                *previous < timestamp,
+                "cart {cart_id}: an event detected at {timestamp} arrived after one detected at {previous}"
+            );
+        }
+        last_seen.insert(cart_id.to_owned(), timestamp);
+    }
+}
+
+/// Counts a request in flight until dropped, even when the sender goes away mid-request.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a std::sync::atomic::AtomicUsize) -> InFlight<'a> {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
