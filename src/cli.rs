@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use chrono::Utc;
@@ -17,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cart_id::CartId;
 use crate::config::{self, Config, ConfigError, Loaded, Purpose};
-use crate::daemon::{self, Hooks};
+use crate::daemon;
 use crate::store::{Store, TrackOutcome, TrackRequest, UntrackOutcome};
+use crate::systemd::Systemd;
 
 /// Exit code: unexpected failure.
 pub const EXIT_FAILURE: u8 = 1;
@@ -220,8 +222,10 @@ async fn run(config_path: Option<PathBuf>) -> Result<(), Failure> {
     log_loaded(&loaded);
     let shutdown = CancellationToken::new();
     let (reload_sender, reloads) = mpsc::channel(1);
-    spawn_signal_handlers(shutdown.clone(), reload_sender, config_path).context("while installing signal handlers")?;
-    daemon::run(loaded.config, reloads, Hooks::default(), shutdown).await.map_err(|error| match error {
+    let systemd = Arc::new(Systemd::from_environment());
+    spawn_signal_handlers(shutdown.clone(), reload_sender, config_path, Arc::clone(&systemd))
+        .context("while installing signal handlers")?;
+    daemon::run(loaded.config, reloads, systemd.hooks(), shutdown).await.map_err(|error| match error {
         daemon::DaemonError::Store(_) => Failure::new(EXIT_DATABASE, error),
         other => Failure::new(EXIT_FAILURE, other),
     })
@@ -237,11 +241,13 @@ fn log_loaded(loaded: &Loaded) {
     }
 }
 
-/// SIGTERM and SIGINT cancel `shutdown`; SIGHUP reloads the config and sends it on.
+/// SIGTERM and SIGINT cancel `shutdown`; SIGHUP tells systemd a reload began, reloads the
+/// config and sends it on (the daemon reports READY=1 once it is applied).
 fn spawn_signal_handlers(
     shutdown: CancellationToken,
     reloads: mpsc::Sender<Config>,
     config_path: Option<PathBuf>,
+    systemd: Arc<Systemd>,
 ) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
@@ -253,12 +259,17 @@ fn spawn_signal_handlers(
                 _ = terminate.recv() => { tracing::info!("SIGTERM received"); shutdown.cancel(); return; }
                 _ = interrupt.recv() => { tracing::info!("SIGINT received"); shutdown.cancel(); return; }
                 _ = hangup.recv() => {
+                    tracing::info!("SIGHUP received: reloading the configuration");
+                    systemd.reloading();
                     match load_config(config_path.as_deref(), Purpose::Upstream) {
                         Ok(loaded) => {
                             log_loaded(&loaded);
                             let _ = reloads.send(loaded.config).await;
                         }
-                        Err(error) => tracing::error!("SIGHUP: the new config is not usable, keeping the old one: {error}"),
+                        Err(error) => {
+                            tracing::error!("SIGHUP: the new config is not usable, keeping the old one: {error}");
+                            systemd.ready();
+                        }
                     }
                 }
             }

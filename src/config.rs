@@ -43,8 +43,30 @@ pub struct Config {
     pub webhooks: BTreeMap<String, WebhookConfig>,
     /// Where events go.
     pub sinks: SinksConfig,
+    /// The local HTTP API.
+    pub http: HttpConfig,
     /// Diagnostics.
     pub logging: LoggingConfig,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HttpConfig {
+    /// Address to listen on; empty for off.
+    pub listen: String,
+    /// Bearer token.
+    pub token: Secret,
+    /// A file holding the bearer token.
+    pub token_file: PathBuf,
+    /// Largest request body accepted.
+    pub max_body_bytes: u64,
+}
+
+impl HttpConfig {
+    /// The address to listen on, if the API is on and the address valid.
+    pub fn address(&self) -> Option<std::net::SocketAddr> {
+        self.listen.trim().parse().ok()
+    }
 }
 
 /// `[database]`
@@ -404,6 +426,10 @@ fn resolve_secret_files(config: &mut Config, problems: &mut Vec<Problem>) {
     ) {
         imaterialise.api_code = secret;
     }
+    let http = &mut config.http;
+    if let Some(token) = read_secret_file("http.token_file", &http.token_file, !http.token.is_empty(), problems) {
+        http.token = token;
+    }
     for (name, webhook) in &mut config.webhooks {
         let key = format!("webhooks.{name}.secret_file");
         if let Some(secret) = read_secret_file(&key, &webhook.secret_file, !webhook.secret.is_empty(), problems) {
@@ -551,6 +577,23 @@ impl Config {
         }
         for (name, webhook) in &self.webhooks {
             self.webhook_problems(name, webhook, purpose, &mut problem);
+        }
+
+        if !self.http.listen.trim().is_empty() {
+            match self.http.address() {
+                None => problem(
+                    "http.listen",
+                    format!("not an address with a port, such as \"127.0.0.1:8787\": {:?}", self.http.listen),
+                ),
+                Some(address) if !address.ip().is_loopback() && self.http.token.is_empty() => problem(
+                    "http.listen",
+                    format!("listening on {address}, which is not loopback, needs http.token (or http.token_file)"),
+                ),
+                Some(_) => {}
+            }
+        }
+        if self.http.max_body_bytes < 1024 {
+            problem("http.max_body_bytes", "must be at least 1024".into());
         }
 
         for name in &self.events.emit {

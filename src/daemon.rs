@@ -16,6 +16,8 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::delivery::delivery_loop;
+use crate::http_api;
+use crate::metrics::Metrics;
 use crate::schedule::{Schedule, ScheduleError};
 use crate::sinks::{self, Sink};
 use crate::store::{Store, StoreError, SweepRecord, retrying};
@@ -36,6 +38,14 @@ pub enum DaemonError {
     /// A sink could not be set up.
     #[error(transparent)]
     Sink(#[from] crate::sinks::WebhookSetupError),
+    /// The HTTP API could not listen on its address.
+    #[error("the HTTP API cannot listen on {address}: {source}")]
+    Http {
+        /// The configured address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Opens the database named by the config, on the blocking pool.
@@ -55,26 +65,32 @@ pub struct Hooks {
     pub ready: Box<dyn Fn() + Send + Sync>,
     /// Called as work progresses (between batches and while idle), for a watchdog.
     pub alive: Arc<dyn Fn() + Send + Sync>,
-    /// Called before and after a reload is applied.
-    pub reloading: Box<dyn Fn(bool) + Send + Sync>,
+    /// How often the idle loop calls `alive` at least.
+    pub alive_every: Duration,
+    /// Called after a reloaded config has been applied.
+    pub reloaded: Box<dyn Fn() + Send + Sync>,
     /// Called when shutdown begins.
     pub stopping: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Default for Hooks {
     fn default() -> Hooks {
-        Hooks { ready: Box::new(|| {}), alive: Arc::new(|| {}), reloading: Box::new(|_| {}), stopping: Box::new(|| {}) }
+        Hooks {
+            ready: Box::new(|| {}),
+            alive: Arc::new(|| {}),
+            alive_every: Duration::from_secs(5),
+            reloaded: Box::new(|| {}),
+            stopping: Box::new(|| {}),
+        }
     }
 }
-
-/// How often the sweep loop reports that it is alive while idle.
-const ALIVE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Runs the daemon until `shutdown` is cancelled. Configs sent on `reloads` replace the
 /// apiCode and probe a paused upstream at once.
 ///
-/// Fails when the database cannot be opened or the schedule cannot start; everything that
-/// goes wrong later is logged, retried and reflected in the database instead.
+/// Fails when the database cannot be opened, the HTTP API cannot bind its address, or the
+/// schedule cannot start; everything that goes wrong later is logged, retried and reflected
+/// in the database instead.
 pub async fn run(
     config: Config,
     mut reloads: mpsc::Receiver<Config>,
@@ -82,11 +98,18 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     let config = Arc::new(config);
+    let metrics = Arc::new(Metrics::default());
     let store = open_store(&config).await?;
     let sinks = start_sinks(&store, &config, &shutdown).await?;
     let alive = Arc::clone(&hooks.alive);
-    let poller = Poller::new(store.clone(), Arc::clone(&config)).await?.with_heartbeat(move || alive());
-    let mut schedule = Schedule::start(&config.sweep.cron, &config.sweep.timezone).await?;
+    let poller =
+        Poller::new(store.clone(), Arc::clone(&config), Arc::clone(&metrics)).await?.with_heartbeat(move || alive());
+    let http_listener = match config.http.address() {
+        Some(address) => Some(http_api::bind(address).await.map_err(|source| DaemonError::Http { address, source })?),
+        None => None,
+    };
+    let mut schedule =
+        Schedule::start(&config.sweep.cron, &config.sweep.timezone, metrics.sweeps_skipped.clone()).await?;
     info!(
         database = %store.path().display(),
         cron = %config.sweep.cron,
@@ -96,10 +119,22 @@ pub async fn run(
     (hooks.ready)();
 
     let tracker = TaskTracker::new();
-    let delivery_shutdown = CancellationToken::new();
+    let background_shutdown = CancellationToken::new();
     let wake = Arc::new(Notify::new());
     for sink in &sinks {
-        tracker.spawn(delivery_loop(store.clone(), Arc::clone(sink), Arc::clone(&wake), delivery_shutdown.clone()));
+        tracker.spawn(delivery_loop(
+            store.clone(),
+            Arc::clone(sink),
+            Arc::clone(&wake),
+            Arc::clone(&metrics),
+            background_shutdown.clone(),
+        ));
+    }
+    if let Some(listener) = http_listener {
+        let token = (!config.http.token.is_empty()).then(|| config.http.token.clone());
+        let state = http_api::ApiState { store: store.clone(), metrics: Arc::clone(&metrics), token };
+        let max_body = usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX);
+        tracker.spawn(http_api::serve(listener, state, max_body, background_shutdown.clone()));
     }
     tracker.close();
 
@@ -136,20 +171,19 @@ pub async fn run(
                 sweep_now = true;
             }
             Some(new_config) = reloads.recv() => {
-                (hooks.reloading)(true);
                 poller.reload(&new_config);
                 info!("configuration reloaded; probing the upstream at once");
-                (hooks.reloading)(false);
+                (hooks.reloaded)();
                 sweep_now = true;
             }
-            () = tokio::time::sleep(ALIVE_INTERVAL) => {}
+            () = tokio::time::sleep(hooks.alive_every) => {}
         }
     }
 
     (hooks.stopping)();
     info!("shutting down: finishing deliveries in progress");
     schedule.shutdown().await;
-    delivery_shutdown.cancel();
+    background_shutdown.cancel();
     tracker.wait().await;
     info!("cartwatch stopped");
     Ok(())
@@ -178,7 +212,7 @@ pub async fn poll_once(config: Config, shutdown: CancellationToken) -> Result<Sw
     let config = Arc::new(config);
     let store = open_store(&config).await?;
     let sinks = start_sinks(&store, &config, &shutdown).await?;
-    let poller = Poller::new(store.clone(), Arc::clone(&config)).await?;
+    let poller = Poller::new(store.clone(), Arc::clone(&config), Arc::new(Metrics::default())).await?;
     let record = poller.sweep(&shutdown).await?;
     for sink in sinks {
         drain_once(&store, &sink, &shutdown).await;

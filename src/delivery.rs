@@ -9,8 +9,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
+use crate::metrics::{DeliveryLabels, Metrics};
 use crate::sinks::Sink;
-use crate::store::{Store, retrying};
+use crate::store::{DeliveryResult, Store, retrying};
 use crate::sweep::STORE_RETRY_BUDGET;
 
 /// The longest the loop sleeps without looking for work, so events written by another
@@ -19,7 +20,13 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Delivers events to `sink` until `shutdown`. A batch in progress when shutdown comes is
 /// finished and recorded first.
-pub async fn delivery_loop(store: Store, sink: Arc<Sink>, wake: Arc<Notify>, shutdown: CancellationToken) {
+pub async fn delivery_loop(
+    store: Store,
+    sink: Arc<Sink>,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let name = sink.name().to_owned();
     if let Ok(Some(reason)) = store.sink_disabled(name.clone()).await {
         error!(sink = %name, reason = %reason, "this endpoint is disabled and receives nothing; change its url in the config to enable it again");
@@ -56,6 +63,14 @@ pub async fn delivery_loop(store: Store, sink: Arc<Sink>, wake: Arc<Notify>, shu
         }
         let outcome = sink.deliver(pending, now).await;
         let results = outcome.results;
+        for result in &results {
+            let outcome = match result {
+                DeliveryResult::Delivered { .. } => "delivered",
+                DeliveryResult::Retry { .. } => "retry",
+                DeliveryResult::Dead { .. } => "dead",
+            };
+            metrics.deliveries.get_or_create(&DeliveryLabels { sink: name.clone(), outcome: outcome.into() }).inc();
+        }
         let recorded = retrying("record deliveries", STORE_RETRY_BUDGET, &shutdown, || {
             store.record_deliveries(name.clone(), results.clone(), Utc::now())
         })

@@ -12,6 +12,8 @@
 //! - [`sweep`]: one pass over the due carts; [`schedule`]: when sweeps start.
 //! - [`events`], [`sinks`], [`delivery`]: what is announced, where, and the delivery loop.
 //! - [`daemon`]: `run(config, reloads, hooks, shutdown)`, the whole daemon as a function.
+//! - [`http_api`], [`metrics`], [`systemd`]: the local HTTP API, Prometheus metrics, and
+//!   readiness and watchdog notifications.
 //! - [`simulator`], [`demo`]: a fake partner on loopback and the demo built on it.
 //! - [`cli`], [`render`], [`logging`]: the command line, text for people, diagnostics.
 
@@ -25,7 +27,9 @@ pub mod daemon;
 pub mod delivery;
 pub mod demo;
 pub mod events;
+pub mod http_api;
 pub mod logging;
+pub mod metrics;
 pub mod policy;
 pub mod provider;
 pub mod reconcile;
@@ -37,6 +41,7 @@ pub mod sinks;
 pub mod status;
 pub mod store;
 pub mod sweep;
+pub mod systemd;
 pub mod time;
 pub mod upstream;
 pub mod xml_tree;

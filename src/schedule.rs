@@ -5,7 +5,9 @@
 //! counted. Skipping loses nothing, because what is due lives in the database.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
 
 use croner::parser::{CronParser, Seconds};
 use tokio::sync::mpsc;
@@ -45,26 +47,26 @@ pub struct Schedule {
     scheduler: JobScheduler,
     ticks: mpsc::Receiver<()>,
     busy: Arc<AtomicBool>,
-    skipped: Arc<AtomicU64>,
+    skipped: Counter,
 }
 
 impl Schedule {
-    /// Starts ticking on `cron` in `timezone`. Needs a multi-thread runtime.
+    /// Starts ticking on `cron` in `timezone`, counting skipped ticks in `skipped`. Needs a
+    /// multi-thread runtime.
     ///
     /// Fails when the expression or zone is invalid or the scheduler cannot start.
-    pub async fn start(cron: &str, timezone: &str) -> Result<Schedule, ScheduleError> {
+    pub async fn start(cron: &str, timezone: &str, skipped: Counter) -> Result<Schedule, ScheduleError> {
         let zone: chrono_tz::Tz = timezone.parse().map_err(|_| ScheduleError::TimeZone(timezone.to_owned()))?;
         let (sender, ticks) = mpsc::channel(1);
         let busy = Arc::new(AtomicBool::new(false));
-        let skipped = Arc::new(AtomicU64::new(0));
         let job = {
             let busy = Arc::clone(&busy);
-            let skipped = Arc::clone(&skipped);
+            let skipped = skipped.clone();
             Job::new_async_tz(cron.trim(), zone, move |_id, _scheduler| {
                 let running = busy.load(Ordering::SeqCst);
                 let queued = !running && sender.try_send(()).is_ok();
                 if !queued {
-                    let total = skipped.fetch_add(1, Ordering::Relaxed) + 1;
+                    let total = skipped.inc() + 1;
                     tracing::info!(skipped_ticks = total, "a sweep is still running; this tick is skipped");
                 }
                 Box::pin(async {})
@@ -88,7 +90,7 @@ impl Schedule {
 
     /// Ticks skipped so far.
     pub fn skipped(&self) -> u64 {
-        self.skipped.load(Ordering::Relaxed)
+        self.skipped.get()
     }
 
     /// Stops the scheduler.
@@ -115,7 +117,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ticks_arrive_and_are_skipped_while_busy() {
-        let mut schedule = Schedule::start("* * * * * *", "UTC").await.unwrap();
+        let mut schedule = Schedule::start("* * * * * *", "UTC", Counter::default()).await.unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(3), schedule.next_tick()).await.unwrap().unwrap();
         schedule.set_busy(true);
         tokio::time::sleep(std::time::Duration::from_millis(2200)).await;

@@ -21,6 +21,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::cart_id::{CartId, shorten};
 use crate::config::Config;
 use crate::events::{EventType, NewEvent, UpstreamEventData};
+use crate::metrics::{EventLabels, Metrics, TransitionLabels};
 use crate::policy::{FailureKind, classify};
 use crate::provider::UpstreamError;
 use crate::provider::imaterialise::{self, BatchReply, CartReport, StatusClient};
@@ -88,6 +89,7 @@ pub struct Poller {
     limiter: Option<DefaultDirectRateLimiter>,
     unknown_statuses: Mutex<HashSet<String>>,
     heartbeat: Box<dyn Fn() + Send + Sync>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Poller {
@@ -101,7 +103,7 @@ impl Poller {
     /// an earlier run.
     ///
     /// Fails when the client cannot be built or the persisted state cannot be read.
-    pub async fn new(store: Store, config: Arc<Config>) -> Result<Poller, SetupError> {
+    pub async fn new(store: Store, config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Poller, SetupError> {
         let settings = &config.imaterialise;
         let client = StatusClient::new(settings)?;
         let mut health = UpstreamHealth::new(
@@ -130,6 +132,7 @@ impl Poller {
             probe_done: Notify::new(),
             unknown_statuses: Mutex::new(HashSet::new()),
             heartbeat: Box::new(|| {}),
+            metrics,
         })
     }
 
@@ -253,6 +256,12 @@ impl Poller {
         if let Err(error) = self.store.record_sweep(record.clone()).await {
             warn!(error = %error, "cannot record the sweep's figures");
         }
+        let finished = Utc::now();
+        self.metrics.sweeps.inc();
+        self.metrics.sweep_duration.observe((finished - started).to_std().unwrap_or_default().as_secs_f64());
+        if record.stopped_early.is_none() && record.failures == 0 {
+            self.metrics.last_successful_sweep.set(finished.timestamp_millis() as f64 / 1000.0);
+        }
         info!(
             carts = record.carts_polled,
             requests = record.requests,
@@ -328,6 +337,7 @@ impl Poller {
             };
             match result {
                 Ok(reply) => {
+                    self.metrics.request(imaterialise::PROVIDER, "ok");
                     let change = self.lock_health().on_success();
                     self.after_probe(probe);
                     if let Some(change) = change {
@@ -336,6 +346,7 @@ impl Poller {
                     self.apply_reply(&part, reply, run, shutdown).await;
                 }
                 Err(upstream_error) => {
+                    self.metrics.request(imaterialise::PROVIDER, upstream_error.label());
                     run.counters.failures.fetch_add(1, Ordering::Relaxed);
                     let kind = classify(&upstream_error, part.len());
                     let change = {
@@ -481,9 +492,11 @@ impl Poller {
     fn log_applied(&self, applied: &AppliedBatch) {
         for (cart_id, from, to) in &applied.transitions {
             info!(cart_id = %cart_id, from = from.as_deref().unwrap_or("unknown"), to = %to, "status changed");
+            self.metrics.transitions.get_or_create(&TransitionLabels { to: to.clone() }).inc();
         }
         for (event_type, cart_id, event_id) in &applied.events {
             debug!(cart_id = %cart_id, event_type = %event_type, event_id = %event_id, "event written");
+            self.metrics.events_written.get_or_create(&EventLabels { r#type: event_type.as_str().into() }).inc();
         }
         for (cart_id, state) in &applied.finished {
             info!(cart_id = %cart_id, state = %state, "polling ended");
@@ -556,11 +569,18 @@ impl Poller {
             && self.config.emitted_event_types().contains(&event_type)
         {
             let data = UpstreamEventData { provider: provider.to_owned(), message, since };
-            if let Err(error) = self.store.write_events(vec![NewEvent::upstream(event_type, &data, now)]).await {
-                error!(error = %error, event_type = %event_type, "cannot write an upstream event");
+            match self.store.write_events(vec![NewEvent::upstream(event_type, &data, now)]).await {
+                Ok(()) => {
+                    self.metrics
+                        .events_written
+                        .get_or_create(&EventLabels { r#type: event_type.as_str().into() })
+                        .inc();
+                }
+                Err(error) => error!(error = %error, event_type = %event_type, "cannot write an upstream event"),
             }
         }
         let snapshot = self.health();
+        self.metrics.set_paused(provider, snapshot.mode);
         let last_error = cause.map(ToString::to_string);
         if let Err(error) = self.store.save_upstream(provider.to_owned(), snapshot, last_error, now).await {
             warn!(error = %error, "cannot persist the upstream state");

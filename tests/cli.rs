@@ -287,3 +287,47 @@ async fn events_lists_delivery_states_and_manages_dead_letters() {
     let states = store.delivery_states(vec![1]).await.unwrap();
     assert!(states.iter().all(|(_, state)| state.state == "pending"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_tails_new_events() {
+    use cartwatch::events::{EventType, NewEvent, UpstreamEventData};
+    use std::io::BufRead;
+    let directory = tempfile::tempdir().unwrap();
+    let config_path = write_config(directory.path(), "");
+    let mut config = cartwatch::config::Config::default();
+    config.database.path = directory.path().join("cartwatch.db");
+    let store = store_for(&config).await;
+    let event = |message: &str| {
+        let data = UpstreamEventData { provider: "imaterialise".into(), message: message.into(), since: None };
+        NewEvent::upstream(EventType::UpstreamAuthFailed, &data, chrono::Utc::now())
+    };
+    store.write_events(vec![event("first")]).await.unwrap();
+
+    let mut child = Command::new(BINARY)
+        .arg("--config")
+        .arg(&config_path)
+        .args(["events", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let next = || receiver.recv_timeout(Duration::from_secs(5)).expect("a line within 5 s");
+    let first: serde_json::Value = serde_json::from_str(&next()).unwrap();
+    assert_eq!(first["data"]["message"], "first");
+    store.write_events(vec![event("second"), event("third")]).await.unwrap();
+    let second: serde_json::Value = serde_json::from_str(&next()).unwrap();
+    let third: serde_json::Value = serde_json::from_str(&next()).unwrap();
+    assert_eq!(
+        (second["data"]["message"].as_str(), third["data"]["message"].as_str()),
+        (Some("second"), Some("third"))
+    );
+    assert_eq!(third["seq"], 3);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -73,6 +73,7 @@ impl Harness {
                     self.store.clone(),
                     Arc::clone(sink),
                     Arc::new(Notify::new()),
+                    Arc::new(cartwatch::metrics::Metrics::default()),
                     shutdown.clone(),
                 ))
             })

@@ -112,6 +112,40 @@ pub const MIGRATIONS: &[&str] = &[
         stopped_early TEXT
     );
     "#,
+    // 2: views for the questions operators ask with sqlite3.
+    r#"
+    CREATE VIEW cart_overview AS
+        SELECT state, status, count(*) AS carts FROM carts GROUP BY state, status ORDER BY state, status;
+
+    CREATE VIEW orders_today AS
+        SELECT c.cart_id, c.order_id, c.reference, t.detected_at AS ordered_at
+        FROM cart_transitions t JOIN carts c ON c.cart_key = t.cart_key
+        WHERE t.to_status = 'Ordered' AND t.detected_at >= strftime('%Y-%m-%dT00:00:00.000Z', 'now')
+        ORDER BY t.detected_at;
+
+    CREATE VIEW carts_stuck_checked_out AS
+        SELECT cart_id, reference, status_changed_at AS checked_out_since, last_polled_at, last_error
+        FROM carts
+        WHERE state = 'tracking' AND status = 'CheckedOut'
+          AND status_changed_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour')
+        ORDER BY status_changed_at;
+
+    CREATE VIEW dead_letters AS
+        SELECT d.sink, e.event_id, e.event_type, e.cart_id, d.attempts, d.last_status, d.last_error, d.dead_at
+        FROM deliveries d JOIN events e ON e.seq = d.event_seq
+        WHERE d.state = 'dead'
+        ORDER BY d.dead_at;
+
+    CREATE VIEW outbox_backlog AS
+        SELECT s.sink, count(d.event_seq) AS pending, min(e.created_at) AS oldest_pending_event,
+               min(d.next_attempt_at) AS next_attempt_at, s.disabled_reason
+        FROM sinks s
+        LEFT JOIN deliveries d ON d.sink = s.sink AND d.state = 'pending'
+        LEFT JOIN events e ON e.seq = d.event_seq
+        WHERE s.active = 1
+        GROUP BY s.sink
+        ORDER BY s.sink;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -1,0 +1,351 @@
+//! The local HTTP API: health and readiness probes, Prometheus metrics, registering and
+//! inspecting carts, and an events cursor for downstream systems.
+//!
+//! Off unless `http.listen` is set; loopback by default. When a bearer token is configured
+//! every endpoint but the probes requires it, compared in constant time. Request bodies are
+//! limited in size, and every malformed request gets a 400 with a JSON error naming the
+//! problem.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+use crate::cart_id::CartId;
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+use crate::store::{Store, TrackOutcome, TrackRequest, UntrackOutcome};
+use crate::upstream::Mode;
+
+/// Most carts one `POST /v1/carts` may register.
+const MAX_CARTS_PER_REQUEST: usize = 10_000;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The database.
+    pub store: Store,
+    /// The metrics to render.
+    pub metrics: Arc<Metrics>,
+    /// The bearer token, if one is required.
+    pub token: Option<Secret>,
+}
+
+/// An error answer: a status and a JSON body `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> ApiError {
+        tracing::warn!(error = %error, "HTTP API: database error");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("database unavailable: {error}"))
+    }
+}
+
+/// The router with every endpoint, for tests and for [`serve`].
+pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
+    let protected = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/carts", axum::routing::post(register_carts))
+        .route("/v1/carts/{cart_id}", get(show_cart).delete(untrack_cart))
+        .route("/v1/events", get(list_events))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(protected)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    max_body_bytes: usize,
+    shutdown: CancellationToken,
+) {
+    let address = listener.local_addr().ok();
+    tracing::info!(address = ?address, "HTTP API listening");
+    let served =
+        axum::serve(listener, router(state, max_body_bytes)).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    if let Err(error) = served {
+        tracing::error!(error = %error, "HTTP API stopped with an error");
+    }
+}
+
+/// Binds the API's address.
+///
+/// Fails when the address is in use or not allowed.
+pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await
+}
+
+async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let Some(token) = &state.token else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
+        next.run(request).await
+    } else {
+        let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response();
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        response
+    }
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    let mut problems = Vec::new();
+    if let Err(error) = state.store.ping().await {
+        problems.push(format!("database: {error}"));
+    }
+    match state.store.upstream_records().await {
+        Ok(records) => {
+            for record in records.iter().filter(|record| record.snapshot.mode == Mode::AuthPaused) {
+                problems.push(format!("{}: the partner rejects the apiCode", record.provider));
+            }
+        }
+        Err(error) => problems.push(format!("database: {error}")),
+    }
+    if problems.is_empty() {
+        axum::Json(json!({ "status": "ready" })).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "not ready", "problems": problems })))
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let text = state.metrics.render(&state.store).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+}
+
+/// Reads a JSON body, turning every kind of bad body into a 4xx with a JSON error.
+fn json_body(body: Result<Bytes, BytesRejection>, headers: &HeaderMap) -> Result<Value, ApiError> {
+    let body = body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+    let content_type =
+        headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("application/json");
+    if !content_type.starts_with("application/json") {
+        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send the body as application/json"));
+    }
+    serde_json::from_slice(&body).map_err(|error| ApiError::bad_request(format!("the body is not valid JSON: {error}")))
+}
+
+/// Reads `{"cartId", "reference"}`, `{"carts": [...]}` of those or of strings, or a list.
+fn track_requests(body: &Value) -> Result<Vec<TrackRequest>, ApiError> {
+    let items: Vec<&Value> = match body {
+        Value::Array(items) => items.iter().collect(),
+        Value::Object(object) if object.contains_key("carts") => match &object["carts"] {
+            Value::Array(items) => items.iter().collect(),
+            _ => return Err(ApiError::bad_request("`carts` must be a list")),
+        },
+        Value::Object(_) => vec![body],
+        _ => return Err(ApiError::bad_request("expected {\"cartId\": ...}, {\"carts\": [...]} or a list of ids")),
+    };
+    if items.is_empty() {
+        return Err(ApiError::bad_request("no carts given"));
+    }
+    if items.len() > MAX_CARTS_PER_REQUEST {
+        return Err(ApiError::bad_request(format!("at most {MAX_CARTS_PER_REQUEST} carts per request")));
+    }
+    let mut requests = Vec::with_capacity(items.len());
+    let mut problems = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let (id, reference) = match item {
+            Value::String(id) => (Some(id.as_str()), None),
+            Value::Object(object) => {
+                let id = object.get("cartId").or_else(|| object.get("cart_id")).and_then(Value::as_str);
+                let reference = match object.get("reference") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(reference)) => Some(reference.clone()),
+                    Some(_) => {
+                        problems.push(format!("carts[{index}].reference must be a string"));
+                        None
+                    }
+                };
+                (id, reference)
+            }
+            _ => (None, None),
+        };
+        match id.map(CartId::parse) {
+            Some(Ok(cart_id)) => requests.push(TrackRequest { cart_id, reference }),
+            Some(Err(error)) => problems.push(format!("carts[{index}]: {error}")),
+            None => problems.push(format!("carts[{index}] has no cartId")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(requests)
+    } else {
+        Err(ApiError::bad_request(format!("nothing was registered: {}", problems.join("; "))))
+    }
+}
+
+async fn register_carts(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(body, &headers)?;
+    let requests = track_requests(&body)?;
+    let outcomes = state.store.track(requests, Utc::now()).await?;
+    let carts: Vec<Value> = outcomes
+        .into_iter()
+        .map(|(cart_id, outcome)| {
+            let (outcome, state) = match outcome {
+                TrackOutcome::Added => ("added", None),
+                TrackOutcome::AlreadyTracked => ("already_tracked", None),
+                TrackOutcome::Resumed => ("resumed", None),
+                TrackOutcome::Finished(state) => ("finished", Some(state)),
+            };
+            json!({ "cartId": cart_id.as_str(), "outcome": outcome, "state": state })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "carts": carts })).into_response())
+}
+
+fn path_cart_id(text: &str) -> Result<CartId, ApiError> {
+    CartId::parse(text).map_err(|error| ApiError::bad_request(error.to_string()))
+}
+
+async fn untrack_cart(State(state): State<ApiState>, Path(cart_id): Path<String>) -> Result<Response, ApiError> {
+    let cart_id = path_cart_id(&cart_id)?;
+    let outcome = state.store.untrack(vec![cart_id.clone()], Utc::now()).await?.pop().map(|(_, outcome)| outcome);
+    match outcome {
+        Some(UntrackOutcome::Untracked) => {
+            Ok(axum::Json(json!({ "cartId": cart_id.as_str(), "outcome": "untracked" })).into_response())
+        }
+        Some(UntrackOutcome::NotTracking(current)) => {
+            Ok(axum::Json(json!({ "cartId": cart_id.as_str(), "outcome": "not_tracking", "state": current }))
+                .into_response())
+        }
+        Some(UntrackOutcome::Unknown) | None => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, format!("cart {cart_id} is not registered")))
+        }
+    }
+}
+
+async fn show_cart(State(state): State<ApiState>, Path(cart_id): Path<String>) -> Result<Response, ApiError> {
+    let cart_id = path_cart_id(&cart_id)?;
+    let detail = state.store.cart_detail(cart_id.to_string()).await?;
+    let detail =
+        detail.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("cart {cart_id} is not registered")))?;
+    let cart = &detail.cart;
+    Ok(axum::Json(json!({
+        "cartId": cart.cart_id,
+        "provider": cart.provider,
+        "reference": cart.reference,
+        "state": cart.state,
+        "status": cart.status,
+        "orderId": cart.order_id,
+        "cartCreatedAt": cart.cart_created_at_raw,
+        "registeredAt": cart.registered_at,
+        "lastPolledAt": cart.last_polled_at,
+        "nextPollAt": cart.next_poll_at,
+        "consecutiveErrors": cart.consecutive_errors,
+        "lastError": cart.last_error,
+        "transitions": detail.transitions,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+async fn list_events(
+    State(state): State<ApiState>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let after = match query.after.as_deref() {
+        None | Some("") => 0,
+        Some(text) => text.parse::<i64>().ok().filter(|after| *after >= 0).ok_or_else(|| {
+            ApiError::bad_request(format!("`after` must be a sequence number (0 or more), got {text:?}"))
+        })?,
+    };
+    let limit = match query.limit.as_deref() {
+        None | Some("") => 100,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|limit| (1..=1000).contains(limit))
+            .ok_or_else(|| ApiError::bad_request(format!("`limit` must be between 1 and 1000, got {text:?}")))?,
+    };
+    let events = state.store.events_after(after, limit).await?;
+    let next_after = events.last().map_or(after, |event| event.seq);
+    let events: Vec<Value> = events
+        .iter()
+        .map(|event| serde_json::from_str(&crate::sinks::log::event_line(event)).unwrap_or(Value::Null))
+        .collect();
+    Ok(axum::Json(json!({ "events": events, "nextAfter": next_after })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_body_shape_is_accepted_and_bad_ids_named() {
+        let a = "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a";
+        assert_eq!(
+            track_requests(&json!({ "cartId": a.to_uppercase(), "reference": "r" })).unwrap()[0].reference.as_deref(),
+            Some("r")
+        );
+        assert_eq!(track_requests(&json!([a, a])).unwrap().len(), 2);
+        assert_eq!(track_requests(&json!({ "carts": [{ "cartId": a }, a] })).unwrap().len(), 2);
+        let error = track_requests(&json!({ "carts": [a, "nope", {}] })).unwrap_err();
+        assert_eq!(error.status, StatusCode::BAD_REQUEST);
+        assert!(
+            error.message.contains("carts[1]: malformed cart id \"nope\"")
+                && error.message.contains("carts[2] has no cartId"),
+            "{}",
+            error.message
+        );
+        assert!(track_requests(&json!(42)).is_err());
+        assert!(track_requests(&json!([])).is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! Prometheus metrics: counters the daemon moves as it works, and gauges read from the
+//! database at scrape time, rendered in the Prometheus text format by `prometheus-client`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::store::{Store, StoreError};
+use crate::upstream::Mode;
+
+/// `provider` and `outcome`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Partner API.
+    pub provider: String,
+    /// `ok`, or the failure label (`auth`, `http_5xx`, `timeout`...).
+    pub outcome: String,
+}
+
+/// `to` status.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    /// Status after the change.
+    pub to: String,
+}
+
+/// Event `type`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// The event type.
+    pub r#type: String,
+}
+
+/// `sink` and `outcome`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// The sink.
+    pub sink: String,
+    /// `delivered`, `retry` or `dead`.
+    pub outcome: String,
+}
+
+/// `state` and `status`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CartLabels {
+    /// Lifecycle state.
+    pub state: String,
+    /// Last status seen, or empty.
+    pub status: String,
+}
+
+/// A `sink`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    /// The sink.
+    pub sink: String,
+}
+
+/// A `provider`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// Partner API.
+    pub provider: String,
+}
+
+/// Every metric cartwatch exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Sweeps run.
+    pub sweeps: Counter,
+    /// Ticks skipped because a sweep was running.
+    pub sweeps_skipped: Counter,
+    /// Sweep wall time.
+    pub sweep_duration: Histogram,
+    /// Requests to partner APIs.
+    pub upstream_requests: Family<RequestLabels, Counter>,
+    /// Status changes recorded.
+    pub transitions: Family<TransitionLabels, Counter>,
+    /// Events written to the outbox.
+    pub events_written: Family<EventLabels, Counter>,
+    /// Delivery attempts.
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    /// 1 while a partner API is paused (authentication failure or open circuit).
+    pub upstream_paused: Family<ProviderLabels, Gauge>,
+    /// Unix time of the last sweep that reached every due cart without a failure.
+    pub last_successful_sweep: Gauge<f64, AtomicU64>,
+    /// Carts by state and status (read at scrape time).
+    pub carts: Family<CartLabels, Gauge>,
+    /// Pending deliveries per sink (read at scrape time).
+    pub outbox_backlog: Family<SinkLabels, Gauge>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let sweeps = Counter::default();
+        let sweeps_skipped = Counter::default();
+        let sweep_duration = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        let upstream_requests = Family::default();
+        let transitions = Family::default();
+        let events_written = Family::default();
+        let deliveries = Family::default();
+        let upstream_paused = Family::default();
+        let last_successful_sweep = Gauge::default();
+        let carts = Family::default();
+        let outbox_backlog = Family::default();
+        let mut registry = Registry::with_prefix("cartwatch");
+        registry.register("sweeps", "Sweeps run", sweeps.clone());
+        registry.register(
+            "sweeps_skipped",
+            "Schedule ticks skipped because a sweep was still running",
+            sweeps_skipped.clone(),
+        );
+        registry.register("sweep_duration_seconds", "Wall time of each sweep", sweep_duration.clone());
+        registry.register("upstream_requests", "Requests to partner APIs by outcome", upstream_requests.clone());
+        registry.register("transitions", "Cart status changes recorded, by new status", transitions.clone());
+        registry.register("events_written", "Events written to the outbox, by type", events_written.clone());
+        registry.register("deliveries", "Delivery attempts by sink and outcome", deliveries.clone());
+        registry.register(
+            "upstream_paused",
+            "1 while a partner API is paused (401 or open circuit)",
+            upstream_paused.clone(),
+        );
+        registry.register(
+            "last_successful_sweep_timestamp_seconds",
+            "Unix time of the last sweep that reached every due cart without a failure",
+            last_successful_sweep.clone(),
+        );
+        registry.register("carts", "Carts by state and last status", carts.clone());
+        registry.register("outbox_backlog", "Deliveries waiting, by sink", outbox_backlog.clone());
+        Metrics {
+            registry,
+            sweeps,
+            sweeps_skipped,
+            sweep_duration,
+            upstream_requests,
+            transitions,
+            events_written,
+            deliveries,
+            upstream_paused,
+            last_successful_sweep,
+            carts,
+            outbox_backlog,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a request's outcome.
+    pub fn request(&self, provider: &str, outcome: &str) {
+        self.upstream_requests
+            .get_or_create(&RequestLabels { provider: provider.into(), outcome: outcome.into() })
+            .inc();
+    }
+
+    /// Sets the paused gauge from an upstream's mode.
+    pub fn set_paused(&self, provider: &str, mode: Mode) {
+        self.upstream_paused
+            .get_or_create(&ProviderLabels { provider: provider.into() })
+            .set(i64::from(mode != Mode::Healthy));
+    }
+
+    /// Refreshes the gauges read from the database and renders everything in the Prometheus
+    /// text format.
+    ///
+    /// Fails when the database cannot be read.
+    pub async fn render(&self, store: &Store) -> Result<String, StoreError> {
+        let summary = store.summary(chrono::Utc::now()).await?;
+        self.carts.clear();
+        for (state, status, count) in &summary.carts {
+            let labels = CartLabels { state: state.clone(), status: status.clone().unwrap_or_default() };
+            self.carts.get_or_create(&labels).set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
+        self.outbox_backlog.clear();
+        for (sink, pending, ..) in &summary.sinks {
+            self.outbox_backlog
+                .get_or_create(&SinkLabels { sink: sink.clone() })
+                .set(i64::try_from(*pending).unwrap_or(i64::MAX));
+        }
+        for record in &summary.upstreams {
+            self.set_paused(&record.provider, record.snapshot.mode);
+        }
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        Ok(text)
+    }
+}
