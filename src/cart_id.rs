@@ -53,6 +53,49 @@ impl CartId {
     }
 }
 
+/// The canonical lower-case hyphenated form of a GUID written in any usual spelling, or
+/// `None` when the text is not a GUID with hyphens (braces and surrounding space allowed).
+fn canonical_guid(text: &str) -> Option<String> {
+    let trimmed = text.trim();
+    let inner = trimmed.strip_prefix('{').and_then(|rest| rest.strip_suffix('}')).unwrap_or(trimmed);
+    if inner.len() != 36 {
+        return None;
+    }
+    Uuid::try_parse(inner).ok().map(|uuid| uuid.hyphenated().to_string())
+}
+
+/// A cart item identifier (a GUID from the Cart Item Creation API), canonical like [`CartId`].
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct ItemId(String);
+
+/// Why a piece of text is not a cart item identifier.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed cart item id {shown:?}: expected a GUID like 333095fc-6ab2-4c30-b0d1-baecfd708f69")]
+pub struct MalformedItemId {
+    /// The offending input, shortened.
+    pub shown: String,
+}
+
+impl ItemId {
+    /// Parses a GUID in any usual spelling.
+    ///
+    /// Fails when the text is not a GUID with hyphens or braces.
+    pub fn parse(text: &str) -> Result<ItemId, MalformedItemId> {
+        canonical_guid(text).map(ItemId).ok_or_else(|| MalformedItemId { shown: shorten(text, 60) })
+    }
+
+    /// The canonical text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ItemId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 impl MalformedCartId {
     fn new(text: &str) -> MalformedCartId {
         MalformedCartId { shown: shorten(text, 60) }

@@ -2,7 +2,8 @@
 //!
 //! Exit codes (also in the README):
 //! 0 success; 1 unexpected failure; 2 bad command line; 3 invalid config;
-//! 4 database unavailable; 5 input rejected (malformed or unknown cart ids).
+//! 4 database unavailable; 5 input rejected (malformed or unknown ids); 6 the partner could
+//! not be reached; 7 refused locally by the guard; 8 refused by the partner.
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -19,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 use crate::cart_id::CartId;
 use crate::config::{self, Config, ConfigError, Loaded, Purpose};
 use crate::daemon;
+use crate::items::{ChangeError, ItemsService};
+use crate::provider::imaterialise::items::ItemAction;
 use crate::store::{Store, TrackOutcome, TrackRequest, UntrackOutcome};
 use crate::systemd::Systemd;
 
@@ -30,6 +33,12 @@ pub const EXIT_CONFIG: u8 = 3;
 pub const EXIT_DATABASE: u8 = 4;
 /// Exit code: some input was rejected; nothing was changed.
 pub const EXIT_REJECTED: u8 = 5;
+/// Exit code: the partner could not be reached or failed.
+pub const EXIT_UPSTREAM: u8 = 6;
+/// Exit code: refused locally by the guard (the cart's status forbids it); nothing was sent.
+pub const EXIT_REFUSED: u8 = 7;
+/// Exit code: the partner refused the change (its error codes 101..111).
+pub const EXIT_PARTNER_REFUSED: u8 = 8;
 
 /// cartwatch: watch partner carts until they are checked out and ordered.
 #[derive(Debug, Parser)]
@@ -97,6 +106,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Add or remove a tracked cart's items through the Add/Remove Cart Item API, guarded
+    /// by the cart's last known status; or list the changes made.
+    Items {
+        /// `add`, `remove` or `list`.
+        #[command(subcommand)]
+        action: ItemsCommand,
+    },
     /// Validate the config and print the effective values, secrets redacted.
     CheckConfig,
     /// Watch simulated carts being checked out and ordered: a built-in simulator, a
@@ -108,6 +124,41 @@ pub enum Command {
         /// Seed of the simulated timeline.
         #[arg(long, default_value_t = 7)]
         seed: u64,
+    },
+}
+
+/// What `cartwatch items` does.
+#[derive(Debug, Subcommand)]
+pub enum ItemsCommand {
+    /// Add items (created with the Cart Item Creation API) to a cart.
+    Add {
+        /// The cart.
+        #[arg(value_name = "CART_ID")]
+        cart_id: String,
+        /// Cart item ids.
+        #[arg(value_name = "ITEM_ID", required = true)]
+        item_ids: Vec<String>,
+        /// Ask the partner even if the cart is untracked or its last known status forbids it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Remove items from a cart.
+    Remove {
+        /// The cart.
+        #[arg(value_name = "CART_ID")]
+        cart_id: String,
+        /// Cart item ids.
+        #[arg(value_name = "ITEM_ID", required = true)]
+        item_ids: Vec<String>,
+        /// Ask the partner even if the cart is untracked or its last known status forbids it.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the item changes recorded for a cart.
+    List {
+        /// The cart.
+        #[arg(value_name = "CART_ID")]
+        cart_id: String,
     },
 }
 
@@ -194,6 +245,13 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Events { action: Some(EventsAction::Redeliver { event_ids, dead, endpoint }), .. } => {
             redeliver(config_path, event_ids, dead, endpoint).await
         }
+        Command::Items { action: ItemsCommand::Add { cart_id, item_ids, force } } => {
+            change_items(config_path, ItemAction::Add, cart_id, item_ids, force).await
+        }
+        Command::Items { action: ItemsCommand::Remove { cart_id, item_ids, force } } => {
+            change_items(config_path, ItemAction::Remove, cart_id, item_ids, force).await
+        }
+        Command::Items { action: ItemsCommand::List { cart_id } } => list_items(config_path, cart_id).await,
         Command::CheckConfig => check_config(config_path),
         Command::Demo { carts, seed } => crate::demo::run(carts, seed).await.map_err(Failure::from),
     }
@@ -507,6 +565,66 @@ async fn redeliver(
     println!("{queued} deliver(ies) queued; a running daemon sends them within a second");
     if !unknown.is_empty() {
         return Err(Failure::new(EXIT_REJECTED, anyhow::anyhow!("unknown event id(s): {}", unknown.join(", "))));
+    }
+    Ok(())
+}
+
+async fn change_items(
+    config_path: Option<PathBuf>,
+    action: ItemAction,
+    cart_id: String,
+    item_ids: Vec<String>,
+    force: bool,
+) -> Result<(), Failure> {
+    let loaded = loaded(config_path.as_deref(), Purpose::Upstream)?;
+    crate::logging::init(&loaded.config.logging);
+    let store = open_store(&loaded.config).await?;
+    let service =
+        ItemsService::new(store, Arc::new(loaded.config)).map_err(|error| Failure::new(EXIT_UPSTREAM, error))?;
+    let outcome = service.change(action, &cart_id, &item_ids, force).await.map_err(|error| {
+        let code = match &error {
+            ChangeError::Malformed(_) => EXIT_REJECTED,
+            ChangeError::Refused(_) => EXIT_REFUSED,
+            ChangeError::Rejected(_) => EXIT_PARTNER_REFUSED,
+            ChangeError::Upstream(_) => EXIT_UPSTREAM,
+            ChangeError::Store(_) => EXIT_DATABASE,
+        };
+        Failure::new(code, error)
+    })?;
+    let verb = match action {
+        ItemAction::Add => "added to",
+        ItemAction::Remove => "removed from",
+    };
+    if outcome.refreshed {
+        println!("(the cart's status was refreshed first)");
+    }
+    for item in &outcome.items {
+        println!("{}", crate::render::render_cart_item(item));
+    }
+    for refusal in &outcome.refused {
+        println!("refused: {refusal}");
+    }
+    println!(
+        "{} item(s) {verb} cart {}; the cart must be re-opened in the shop's UI",
+        outcome.items.len(),
+        cart_id.trim().to_ascii_lowercase()
+    );
+    if let Some(event_id) = outcome.event_id {
+        println!("event {event_id} (cart.items_changed) written");
+    }
+    Ok(())
+}
+
+async fn list_items(config_path: Option<PathBuf>, cart_id: String) -> Result<(), Failure> {
+    let cart_id = CartId::parse(&cart_id).map_err(|error| Failure::new(EXIT_REJECTED, error))?;
+    let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
+    let store = open_store(&loaded.config).await?;
+    let changes = store.item_history(cart_id.to_string()).await.map_err(|error| Failure::new(EXIT_DATABASE, error))?;
+    if changes.is_empty() {
+        println!("no item changes recorded for cart {cart_id}");
+    }
+    for change in &changes {
+        println!("{}", crate::render::render_item_change(change));
     }
     Ok(())
 }

@@ -35,6 +35,8 @@ pub struct Config {
     pub cadence: CadenceConfig,
     /// How the daemon backs off when the upstream misbehaves.
     pub backoff: BackoffConfig,
+    /// Changing cart items.
+    pub items: ItemsConfig,
     /// Which events are written.
     pub events: EventsConfig,
     /// Webhook retry schedule.
@@ -177,6 +179,14 @@ pub struct BackoffConfig {
     pub auth_max: Duration,
     /// Consecutive not-found answers before a cart is given up.
     pub not_found_after: u32,
+}
+
+/// `[items]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ItemsConfig {
+    /// A known status older than this is refreshed before a change.
+    #[serde(with = "humantime_serde")]
+    pub status_max_age: Duration,
 }
 
 /// `[events]`

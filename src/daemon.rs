@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::delivery::delivery_loop;
 use crate::http_api;
+use crate::items::ItemsService;
 use crate::metrics::Metrics;
 use crate::schedule::{Schedule, ScheduleError};
 use crate::sinks::{self, Sink};
@@ -130,9 +131,14 @@ pub async fn run(
             background_shutdown.clone(),
         ));
     }
+    let items = match config.imaterialise.enabled {
+        true => Some(Arc::new(ItemsService::new(store.clone(), Arc::clone(&config)).map_err(SetupError::Client)?)),
+        false => None,
+    };
     if let Some(listener) = http_listener {
         let token = (!config.http.token.is_empty()).then(|| config.http.token.clone());
-        let state = http_api::ApiState { store: store.clone(), metrics: Arc::clone(&metrics), token };
+        let state =
+            http_api::ApiState { store: store.clone(), metrics: Arc::clone(&metrics), token, items: items.clone() };
         let max_body = usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX);
         tracker.spawn(http_api::serve(listener, state, max_body, background_shutdown.clone()));
     }
@@ -172,6 +178,9 @@ pub async fn run(
             }
             Some(new_config) = reloads.recv() => {
                 poller.reload(&new_config);
+                if let Some(items) = &items {
+                    items.reload(&new_config);
+                }
                 info!("configuration reloaded; probing the upstream at once");
                 (hooks.reloaded)();
                 sweep_now = true;

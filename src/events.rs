@@ -18,6 +18,8 @@ pub enum EventType {
     CartPending,
     /// A cart went backwards, such as CheckedOut back to Pending.
     CartReopened,
+    /// Items were added to or removed from the cart; it must be re-opened in the shop's UI.
+    CartItemsChanged,
     /// The partner reported the cart as not found too many times in a row.
     CartNotFound,
     /// The cart reached the configured maximum age without an order.
@@ -30,11 +32,12 @@ pub enum EventType {
 
 impl EventType {
     /// All types, in documentation order.
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 9] = [
         EventType::CartCheckedOut,
         EventType::CartOrdered,
         EventType::CartPending,
         EventType::CartReopened,
+        EventType::CartItemsChanged,
         EventType::CartNotFound,
         EventType::CartExpired,
         EventType::UpstreamAuthFailed,
@@ -48,6 +51,7 @@ impl EventType {
             EventType::CartOrdered => "cart.ordered",
             EventType::CartPending => "cart.pending",
             EventType::CartReopened => "cart.reopened",
+            EventType::CartItemsChanged => "cart.items_changed",
             EventType::CartNotFound => "cart.not_found",
             EventType::CartExpired => "cart.expired",
             EventType::UpstreamAuthFailed => "upstream.auth_failed",
@@ -85,6 +89,19 @@ pub struct CartEventData {
     pub reference: Option<String>,
     /// Which partner API the cart lives on.
     pub provider: String,
+}
+
+/// The `data` of a `cart.items_changed` event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemsChangedData {
+    /// The cart, with what is known of it.
+    #[serde(flatten)]
+    pub cart: CartEventData,
+    /// `add` or `remove`.
+    pub action: String,
+    /// The items the partner confirmed, with their prices.
+    pub items: Vec<crate::provider::imaterialise::items::CartItem>,
 }
 
 /// The `data` of an upstream event.
@@ -126,6 +143,11 @@ impl NewEvent {
     /// Builds a cart event detected at `detected_at`.
     pub fn cart(event_type: EventType, data: &CartEventData, detected_at: DateTime<Utc>) -> NewEvent {
         NewEvent::build(event_type, Some(data.cart_id.clone()), data, detected_at)
+    }
+
+    /// Builds a `cart.items_changed` event.
+    pub fn items_changed(data: &ItemsChangedData, detected_at: DateTime<Utc>) -> NewEvent {
+        NewEvent::build(EventType::CartItemsChanged, Some(data.cart.cart_id.clone()), data, detected_at)
     }
 
     /// Builds an upstream event detected at `detected_at`.

@@ -24,7 +24,9 @@ use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use crate::cart_id::CartId;
+use crate::items::{ChangeError, ItemsService};
 use crate::metrics::Metrics;
+use crate::provider::imaterialise::items::{ItemAction, ItemsError};
 use crate::secret::Secret;
 use crate::store::{Store, TrackOutcome, TrackRequest, UntrackOutcome};
 use crate::upstream::Mode;
@@ -41,6 +43,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// The bearer token, if one is required.
     pub token: Option<Secret>,
+    /// Item changes, when the i.materialise provider is enabled.
+    pub items: Option<Arc<ItemsService>>,
 }
 
 /// An error answer: a status and a JSON body `{"error": "..."}`.
@@ -79,6 +83,7 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/carts", axum::routing::post(register_carts))
         .route("/v1/carts/{cart_id}", get(show_cart).delete(untrack_cart))
+        .route("/v1/carts/{cart_id}/items", axum::routing::post(add_items).delete(remove_items))
         .route("/v1/events", get(list_events))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -288,6 +293,78 @@ async fn show_cart(State(state): State<ApiState>, Path(cart_id): Path<String>) -
         "transitions": detail.transitions,
     }))
     .into_response())
+}
+
+async fn add_items(
+    state: State<ApiState>,
+    path: Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    change_items(state, path, headers, body, ItemAction::Add).await
+}
+
+async fn remove_items(
+    state: State<ApiState>,
+    path: Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    change_items(state, path, headers, body, ItemAction::Remove).await
+}
+
+/// `{"items": ["<cart item id>", ...], "force": false}`
+async fn change_items(
+    State(state): State<ApiState>,
+    Path(cart_id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    action: ItemAction,
+) -> Result<Response, ApiError> {
+    let service = state
+        .items
+        .clone()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "the i.materialise provider is not enabled"))?;
+    let body = json_body(body, &headers)?;
+    let items: Vec<String> = match body.get("items") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|item| {
+                item.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| ApiError::bad_request("`items` must be a list of cart item ids"))
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(ApiError::bad_request("expected {\"items\": [\"<cart item id>\", ...]}")),
+    };
+    let force = match body.get("force") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(force)) => *force,
+        Some(_) => return Err(ApiError::bad_request("`force` must be true or false")),
+    };
+    match service.change(action, &cart_id, &items, force).await {
+        Ok(outcome) => Ok(axum::Json(json!({
+            "cartId": cart_id.trim().to_ascii_lowercase(),
+            "action": action.as_str(),
+            "items": outcome.items,
+            "refused": outcome.refused,
+            "eventId": outcome.event_id,
+            "refreshed": outcome.refreshed,
+        }))
+        .into_response()),
+        Err(ChangeError::Malformed(message)) => Err(ApiError::bad_request(message)),
+        Err(error @ ChangeError::Refused(_)) => Err(ApiError::new(StatusCode::CONFLICT, error.to_string())),
+        Err(ChangeError::Rejected(ItemsError::Refused(errors))) => {
+            let codes: Vec<Option<i64>> = errors.iter().map(|error| error.code).collect();
+            let message = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            Ok((StatusCode::UNPROCESSABLE_ENTITY, axum::Json(json!({ "error": message, "codes": codes })))
+                .into_response())
+        }
+        Err(error @ (ChangeError::Rejected(_) | ChangeError::Upstream(_))) => {
+            Err(ApiError::new(StatusCode::BAD_GATEWAY, error.to_string()))
+        }
+        Err(ChangeError::Store(error)) => Err(error.into()),
+    }
 }
 
 #[derive(Debug, Deserialize)]

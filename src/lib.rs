@@ -28,6 +28,7 @@ pub mod delivery;
 pub mod demo;
 pub mod events;
 pub mod http_api;
+pub mod items;
 pub mod logging;
 pub mod metrics;
 pub mod policy;

@@ -125,6 +125,19 @@ pub struct Context {
     pub emit: BTreeSet<EventType>,
 }
 
+impl Context {
+    /// The context the config describes, at `now`.
+    pub fn from_config(config: &crate::config::Config, now: DateTime<Utc>) -> Context {
+        Context {
+            now,
+            cadence: config.cadence.clone(),
+            retry: crate::policy::transient_backoff(&config.backoff),
+            not_found_after: config.backoff.not_found_after,
+            emit: config.emitted_event_types(),
+        }
+    }
+}
+
 /// A status change to record in `cart_transitions`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {

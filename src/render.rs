@@ -199,3 +199,31 @@ pub fn render_dead_letter(letter: &DeadLetter) -> String {
         delivery.last_error.as_deref().unwrap_or("-"),
     )
 }
+
+/// One cart item as confirmed by the partner.
+pub fn render_cart_item(item: &crate::provider::imaterialise::items::CartItem) -> String {
+    let price = |price: Option<rust_decimal::Decimal>| price.map_or("-".to_owned(), |p| p.to_string());
+    format!(
+        "  {}  quantity {}  your price {} {}  i.materialise price {}{}",
+        item.cart_item_id,
+        item.quantity.map_or("-".to_owned(), |q| q.to_string()),
+        price(item.my_sales_unit_price),
+        item.currency.as_deref().unwrap_or(""),
+        price(item.imat_unit_price),
+        item.valid_until.as_deref().map(|until| format!("  valid until {until}")).unwrap_or_default(),
+    )
+}
+
+/// One recorded item change for `cartwatch items list`.
+pub fn render_item_change(change: &crate::store::ItemChange) -> String {
+    format!(
+        "{}  {:<6} {}  quantity {}  your price {} {}  i.materialise price {}",
+        change.changed_at,
+        change.action,
+        change.cart_item_id,
+        change.quantity.map_or("-".to_owned(), |q| q.to_string()),
+        change.my_sales_unit_price.as_deref().unwrap_or("-"),
+        change.currency.as_deref().unwrap_or(""),
+        change.imat_unit_price.as_deref().unwrap_or("-"),
+    )
+}

@@ -510,13 +510,7 @@ impl Poller {
     }
 
     fn context(&self) -> Context {
-        Context {
-            now: Utc::now(),
-            cadence: self.config.cadence.clone(),
-            retry: crate::policy::transient_backoff(&self.config.backoff),
-            not_found_after: self.config.backoff.not_found_after,
-            emit: self.config.emitted_event_types(),
-        }
+        Context::from_config(&self.config, Utc::now())
     }
 
     /// Logs a health change, persists the new state and writes the authentication events.

@@ -17,7 +17,10 @@ use crate::provider::imaterialise::wire::{get_ci, json_text};
 use crate::status::CartStatus;
 
 pub(super) fn router(state: Arc<SimState>) -> Router {
-    Router::new().route("/web-api/cartstatus/statuses", post(statuses)).with_state(state)
+    Router::new()
+        .route("/web-api/cartstatus/statuses", post(statuses))
+        .route("/web-api/cart/{cart_id}/items", post(cart_items).delete(cart_items))
+        .with_state(state)
 }
 
 async fn statuses(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -229,4 +232,180 @@ fn xml_response(entries: &[Entry]) -> Response {
     }
     body.push_str("</Carts></CartStatusResponse>");
     (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
+}
+
+/// `POST` (add) and `DELETE` (remove) `/web-api/cart/{cartid}/items`, with the documented
+/// error codes. A change is all or nothing; a successful one makes the cart Pending.
+pub(super) async fn cart_items(
+    State(state): State<Arc<SimState>>,
+    axum::extract::Path(cart_id): axum::extract::Path<String>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    state.item_requests.fetch_add(1, Ordering::Relaxed);
+    let xml = wants_xml(&headers);
+    let api_code = headers.get("apicode").and_then(|value| value.to_str().ok()).unwrap_or_default();
+    if !api_code.trim().eq_ignore_ascii_case(lock(&state.api_code).as_str()) {
+        return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+    }
+    let adding = method == axum::http::Method::POST;
+    let Some(item_ids) = requested_items(&body, xml) else {
+        return item_refusal(xml, None, 103, "CartItemID is of wrong format");
+    };
+    let cart_id = cart_id.trim().to_ascii_lowercase();
+    let mut carts = lock(&state.carts);
+    let Some(cart) = carts.get_mut(&cart_id) else {
+        return item_refusal(xml, None, 102, "Specified Cart was not found or wrong format.");
+    };
+    if cart.foreign {
+        return item_refusal(xml, None, 101, "Specified Cart does not belong to partner.");
+    }
+    if cart.expired {
+        return item_refusal(xml, None, 111, "Cannot add/remove items. Specified Cart has expired.");
+    }
+    match cart.status() {
+        CartStatus::Ordered => {
+            return item_refusal(xml, None, 105, "Cannot add/remove items. Specified Cart was already ordered.");
+        }
+        CartStatus::CheckedOut => {
+            return item_refusal(
+                xml,
+                None,
+                110,
+                "Cannot add/remove items. Specified Cart was already checked out or ordered.",
+            );
+        }
+        _ => {}
+    }
+    let catalog = lock(&state.catalog).clone();
+    let mut refusals = Vec::new();
+    for item in &item_ids {
+        let canonical = crate::cart_id::ItemId::parse(item).map(|id| id.to_string());
+        let refusal = match (&canonical, canonical.as_ref().ok().and_then(|id| catalog.get(id))) {
+            (Err(_), _) => Some((103, "CartItemID is of wrong format".to_owned())),
+            (Ok(_), None) => Some((106, "Not found".to_owned())),
+            (Ok(_), Some(true)) => {
+                Some((107, "CartItem validity period expired on 2014-11-26T16:54:34.937".to_owned()))
+            }
+            (Ok(id), Some(false)) if adding && cart.items.contains(id) => {
+                Some((108, "CartItem already added to cart".to_owned()))
+            }
+            (Ok(id), Some(false)) if !adding && !cart.items.contains(id) => {
+                Some((109, "CartItem not found in cart".to_owned()))
+            }
+            _ => None,
+        };
+        if let Some((code, message)) = refusal {
+            refusals.push((item.clone(), code, message));
+        }
+    }
+    if !refusals.is_empty() {
+        return item_refusals(xml, &refusals);
+    }
+    let canonical: Vec<String> =
+        item_ids.iter().filter_map(|item| crate::cart_id::ItemId::parse(item).ok()).map(|id| id.to_string()).collect();
+    for item in &canonical {
+        if adding {
+            cart.items.insert(item.clone());
+        } else {
+            cart.items.remove(item);
+        }
+    }
+    let becomes_pending = *cart.status() == CartStatus::NotOrdered;
+    drop(carts);
+    if becomes_pending {
+        state.force_status(&cart_id, CartStatus::Pending);
+    }
+    let items: Vec<Value> = canonical
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            // Prices as the partner writes them: decimals with four places, as JSON numbers.
+            let price = format!("{}.{:04}", 10 + index, 2500 + index);
+            json!({
+                "cartItemID": item,
+                "myCartItemReference": format!("item-{}", index + 1),
+                "toolID": "2054608d-b469-4cab-adeb-cf1c0569e7a1",
+                "modelID": "06515f8e-5d08-4fcb-912a-b87380d69927",
+                "fileUnits": "mm",
+                "fileScaleFactor": serde_json::Number::from_string_unchecked("1.0000000000".into()),
+                "materialID": "035f4772-da8a-400b-8be4-2dd344b28ddb",
+                "finishID": "bba2bebb-8895-4049-aeb0-ab651cee2597",
+                "quantity": 1,
+                "mySalesUnitPrice": serde_json::Number::from_string_unchecked(price.clone()),
+                "iMatUnitPrice": serde_json::Number::from_string_unchecked("12.5000".into()),
+                "currency": "EUR",
+                "validUntil": "2030-11-26T16:54:34.937",
+            })
+        })
+        .collect();
+    if xml {
+        let mut body = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><CartItemsResponse><CartItems>");
+        for item in &items {
+            body.push_str("<CartItem>");
+            for (key, value) in item.as_object().into_iter().flatten() {
+                let element = format!("{}{}", key[..1].to_ascii_uppercase(), &key[1..]);
+                let text = value.as_str().map(str::to_owned).unwrap_or_else(|| value.to_string());
+                body.push_str(&format!("<{element}>{}</{element}>", quick_xml::escape::escape(text.as_str())));
+            }
+            body.push_str("</CartItem>");
+        }
+        body.push_str("</CartItems></CartItemsResponse>");
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response();
+    }
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], json!({ "cartItems": items }).to_string())
+        .into_response()
+}
+
+fn requested_items(body: &[u8], xml: bool) -> Option<Vec<String>> {
+    if xml {
+        let root = crate::xml_tree::parse(body).ok()?;
+        let mut ids = Vec::new();
+        collect_named(&root, "cartitemid", &mut ids);
+        return (!ids.is_empty()).then_some(ids);
+    }
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let items = get_ci(&value, "cartitems")?.as_array()?;
+    items
+        .iter()
+        .map(|item| get_ci(item, "cartitemid").and_then(json_text))
+        .collect::<Option<Vec<_>>>()
+        .filter(|ids| !ids.is_empty())
+}
+
+fn collect_named(node: &crate::xml_tree::Node, name: &str, found: &mut Vec<String>) {
+    for child in &node.children {
+        if child.name == name {
+            found.push(child.text.trim().to_owned());
+        } else {
+            collect_named(child, name, found);
+        }
+    }
+}
+
+fn item_refusal(xml: bool, item: Option<&str>, code: i64, message: &str) -> Response {
+    item_refusals(xml, &[(item.unwrap_or_default().to_owned(), code, message.to_owned())])
+}
+
+/// The documented refusal: 403 with the errors per item.
+fn item_refusals(xml: bool, refusals: &[(String, i64, String)]) -> Response {
+    if xml {
+        let mut body = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><CartItemsResponse><CartItems>");
+        for (item, code, message) in refusals {
+            body.push_str(&format!(
+                "<CartItem><Error><Message>{}</Message><Code>{code}</Code></Error><CartItemID>{}</CartItemID></CartItem>",
+                quick_xml::escape::escape(message.as_str()),
+                quick_xml::escape::escape(item.as_str())
+            ));
+        }
+        body.push_str("</CartItems></CartItemsResponse>");
+        return (StatusCode::FORBIDDEN, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response();
+    }
+    let entries: Vec<Value> = refusals
+        .iter()
+        .map(|(item, code, message)| json!({ "error": { "message": message, "code": code }, "cartItemID": item }))
+        .collect();
+    (StatusCode::FORBIDDEN, [(header::CONTENT_TYPE, "application/json")], json!({ "cartItems": entries }).to_string())
+        .into_response()
 }

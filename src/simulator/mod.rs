@@ -87,6 +87,12 @@ struct SimCart {
     position: usize,
     served_here: u32,
     order_id: String,
+    /// Cart item ids in the cart (Add/Remove Cart Item API).
+    items: std::collections::BTreeSet<String>,
+    /// Belongs to another partner (item changes get 101).
+    foreign: bool,
+    /// Expired (item changes get 111).
+    expired: bool,
 }
 
 impl SimCart {
@@ -134,6 +140,10 @@ pub(crate) struct SimState {
     faults: Mutex<FaultSpec>,
     api_code: Mutex<String>,
     request_log: Mutex<Vec<RequestRecord>>,
+    /// Cart items that exist, with whether their validity has expired.
+    catalog: Mutex<HashMap<String, bool>>,
+    /// Requests to the Add/Remove Cart Item API.
+    item_requests: AtomicU64,
     stats: Stats,
     shutdown: CancellationToken,
 }
@@ -165,10 +175,18 @@ impl SimState {
                 order_id: None,
                 at: now,
             });
-            carts.insert(
-                id,
-                SimCart { created_raw, script, position: 0, served_here: 0, order_id: random_guid(&mut rng) },
-            );
+            let order_id = random_guid(&mut rng);
+            let cart = SimCart {
+                created_raw,
+                script,
+                position: 0,
+                served_here: 0,
+                order_id,
+                items: Default::default(),
+                foreign: false,
+                expired: false,
+            };
+            carts.insert(id, cart);
         }
         let unknown = (0..settings.unknown_carts).map(|_| random_guid(&mut rng)).collect();
         SimState {
@@ -180,6 +198,8 @@ impl SimState {
             truth: Mutex::new(truth),
             rng: Mutex::new(rng),
             request_log: Mutex::new(Vec::new()),
+            catalog: Mutex::new(HashMap::new()),
+            item_requests: AtomicU64::new(0),
             stats: Stats::default(),
             shutdown,
         }
@@ -207,6 +227,26 @@ impl SimState {
             });
         }
         Some(answer)
+    }
+
+    /// Moves a cart to `status` for good (its script ends there), recording the truth.
+    fn force_status(&self, cart_id: &str, status: CartStatus) -> bool {
+        let mut carts = lock(&self.carts);
+        let Some(cart) = carts.get_mut(cart_id) else { return false };
+        let previous = cart.status().clone();
+        cart.script = vec![(status.clone(), u32::MAX)];
+        cart.position = 0;
+        cart.served_here = 0;
+        if previous != status {
+            lock(&self.truth).push(TrueTransition {
+                cart_id: cart_id.to_owned(),
+                from: Some(previous.as_str().to_owned()),
+                order_id: (status == CartStatus::Ordered).then(|| cart.order_id.clone()),
+                to: status.as_str().to_owned(),
+                at: Utc::now(),
+            });
+        }
+        true
     }
 
     fn draw(&self) -> f64 {
@@ -323,6 +363,37 @@ impl Simulator {
     /// Every request received, in arrival order.
     pub fn request_log(&self) -> Vec<RequestRecord> {
         lock(&self.state.request_log).clone()
+    }
+
+    /// Creates a cart item the Add/Remove Cart Item API accepts (or refuses with 107 when
+    /// `expired`), and returns its id.
+    pub fn new_item(&self, expired: bool) -> String {
+        let id = random_guid(&mut lock(&self.state.rng));
+        lock(&self.state.catalog).insert(id.clone(), expired);
+        id
+    }
+
+    /// Moves a cart to `status` for good.
+    pub fn force_status(&self, cart_id: &str, status: CartStatus) -> bool {
+        self.state.force_status(cart_id, status)
+    }
+
+    /// Marks a cart as another partner's (101) or expired (111) for item changes.
+    pub fn mark_cart(&self, cart_id: &str, foreign: bool, expired: bool) {
+        if let Some(cart) = lock(&self.state.carts).get_mut(cart_id) {
+            cart.foreign = foreign;
+            cart.expired = expired;
+        }
+    }
+
+    /// The items in a cart.
+    pub fn cart_items(&self, cart_id: &str) -> Vec<String> {
+        lock(&self.state.carts).get(cart_id).map(|cart| cart.items.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Requests received by the Add/Remove Cart Item API.
+    pub fn item_requests(&self) -> u64 {
+        self.state.item_requests.load(Ordering::Relaxed)
     }
 
     /// Stops serving and waits for the server task.

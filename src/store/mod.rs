@@ -10,6 +10,7 @@
 //! I/O: callers fetch first, then hand the outcome to one short write transaction.
 
 mod carts;
+mod items;
 mod outbox;
 mod reports;
 pub mod schema;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 pub use carts::{AppliedBatch, DueCart, HandInsertReport, TrackOutcome, TrackRequest, UntrackOutcome};
+pub use items::ItemChange;
 pub use outbox::{DeadLetter, DeliveryResult, DeliveryState, PendingDelivery, SinkSpec, StoredEvent};
 pub use reports::{CartDetail, StoredTransition, Summary, SweepRecord, UpstreamRecord};
 

@@ -146,6 +146,23 @@ pub const MIGRATIONS: &[&str] = &[
         GROUP BY s.sink
         ORDER BY s.sink;
     "#,
+    // 3: the history of item changes made through the Add/Remove Cart Item API.
+    r#"
+    CREATE TABLE item_changes (
+        change_id           INTEGER PRIMARY KEY,
+        cart_id             TEXT NOT NULL,
+        cart_item_id        TEXT NOT NULL,
+        action              TEXT NOT NULL,
+        quantity            INTEGER,
+        my_sales_unit_price TEXT,
+        imat_unit_price     TEXT,
+        currency            TEXT,
+        valid_until         TEXT,
+        changed_at          TEXT NOT NULL,
+        event_id            TEXT
+    );
+    CREATE INDEX item_changes_by_cart ON item_changes (cart_id, change_id);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -1,6 +1,7 @@
 //! The i.materialise Cart Status API client: one request per batch of at most 10 cart IDs,
 //! answers matched back to the requested carts.
 
+pub mod items;
 pub mod wire;
 
 use std::collections::HashMap;
