@@ -19,9 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cart_id::CartId;
 use crate::config::{self, Config, ConfigError, Loaded, Purpose};
+use crate::confirm::{ConfirmError, ConfirmService};
 use crate::daemon;
 use crate::items::{ChangeError, ItemsService};
 use crate::provider::imaterialise::items::ItemAction;
+use crate::provider::titelive::check_domain;
+use crate::provider::{Provider, canonical_any};
 use crate::store::{Store, TrackOutcome, TrackRequest, UntrackOutcome};
 use crate::systemd::Systemd;
 
@@ -63,9 +66,15 @@ pub enum Command {
     PollOnce,
     /// Register carts to watch, by id (any GUID spelling), from a file, or from stdin.
     Track {
-        /// Cart ids (GUIDs).
+        /// Cart ids: GUIDs for i.materialise, session tokens for Titelive.
         #[arg(value_name = "CART_ID")]
         cart_ids: Vec<String>,
+        /// The platform the carts live on: imaterialise or titelive.
+        #[arg(long, value_name = "NAME", default_value = "imaterialise")]
+        provider: String,
+        /// The shop's domain code (Titelive) [default: titelive.default_domain].
+        #[arg(long, value_name = "CODE")]
+        domain: Option<String>,
         /// The shop's own reference, stored with the cart and sent in its events.
         #[arg(long, value_name = "TEXT")]
         reference: Option<String>,
@@ -73,6 +82,16 @@ pub enum Command {
         /// comment); `-` reads standard input.
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
+    },
+    /// Confirm a Titelive cart: turn the session's cart into a pending order, record it and
+    /// announce cart.ordered. Never done automatically.
+    Confirm {
+        /// The session token.
+        #[arg(value_name = "TOKEN")]
+        token: String,
+        /// The shop's domain code [default: the tracked cart's, else titelive.default_domain].
+        #[arg(long, value_name = "CODE")]
+        domain: Option<String>,
     },
     /// Stop watching carts. Their rows and history stay in the database.
     Untrack {
@@ -118,6 +137,9 @@ pub enum Command {
     /// Watch simulated carts being checked out and ordered: a built-in simulator, a
     /// temporary database, no config and no network. Ends within a minute.
     Demo {
+        /// Which partner to simulate: imaterialise or titelive.
+        #[arg(long, value_name = "NAME", default_value = "imaterialise")]
+        provider: String,
         /// How many simulated carts to track.
         #[arg(long, default_value_t = 40)]
         carts: usize,
@@ -233,7 +255,10 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Run => run(config_path).await,
         Command::PollOnce => poll_once(config_path).await,
-        Command::Track { cart_ids, reference, file } => track(config_path, cart_ids, reference, file).await,
+        Command::Track { cart_ids, provider, domain, reference, file } => {
+            track(config_path, cart_ids, provider, domain, reference, file).await
+        }
+        Command::Confirm { token, domain } => confirm(config_path, token, domain).await,
         Command::Untrack { cart_ids } => untrack(config_path, cart_ids).await,
         Command::Status { cart_id } => status(config_path, cart_id).await,
         Command::Events { action: None, after, limit, follow, json } => {
@@ -253,7 +278,15 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Items { action: ItemsCommand::List { cart_id } } => list_items(config_path, cart_id).await,
         Command::CheckConfig => check_config(config_path),
-        Command::Demo { carts, seed } => crate::demo::run(carts, seed).await.map_err(Failure::from),
+        Command::Demo { provider, carts, seed } => {
+            let provider = Provider::parse(&provider).ok_or_else(|| {
+                Failure::new(
+                    EXIT_REJECTED,
+                    anyhow::anyhow!("unknown provider {provider:?}; use imaterialise or titelive"),
+                )
+            })?;
+            crate::demo::run(provider, carts, seed).await.map_err(Failure::from)
+        }
     }
 }
 
@@ -359,16 +392,24 @@ async fn poll_once(config_path: Option<PathBuf>) -> Result<(), Failure> {
 /// Reads cart ids (and optional references) from arguments and an optional file; every
 /// malformed id is reported, with its line for files.
 fn collect_track_requests(
+    provider: Provider,
+    account: &str,
     cart_ids: &[String],
     reference: Option<&str>,
     lines: Option<Vec<(usize, String)>>,
 ) -> Result<Vec<TrackRequest>, Vec<String>> {
     let mut requests = Vec::new();
     let mut problems = Vec::new();
+    let request = |cart_id: String, reference: Option<&str>| TrackRequest {
+        provider,
+        cart_id,
+        account: account.to_owned(),
+        reference: reference.map(str::to_owned),
+    };
     for text in cart_ids {
-        match CartId::parse(text) {
-            Ok(cart_id) => requests.push(TrackRequest { cart_id, reference: reference.map(str::to_owned) }),
-            Err(error) => problems.push(error.to_string()),
+        match provider.canonical_cart_id(text) {
+            Ok(cart_id) => requests.push(request(cart_id, reference)),
+            Err(error) => problems.push(error),
         }
     }
     for (number, line) in lines.unwrap_or_default() {
@@ -380,10 +421,8 @@ fn collect_track_requests(
             Some((id, own)) => (id.trim(), Some(own.trim()).filter(|text| !text.is_empty())),
             None => (line, None),
         };
-        match CartId::parse(id) {
-            Ok(cart_id) => {
-                requests.push(TrackRequest { cart_id, reference: own_reference.or(reference).map(str::to_owned) })
-            }
+        match provider.canonical_cart_id(id) {
+            Ok(cart_id) => requests.push(request(cart_id, own_reference.or(reference))),
             Err(error) => problems.push(format!("line {number}: {error}")),
         }
     }
@@ -408,20 +447,39 @@ fn read_lines(file: &Path) -> anyhow::Result<Vec<(usize, String)>> {
 async fn track(
     config_path: Option<PathBuf>,
     cart_ids: Vec<String>,
+    provider: String,
+    domain: Option<String>,
     reference: Option<String>,
     file: Option<PathBuf>,
 ) -> Result<(), Failure> {
+    let provider = Provider::parse(&provider).ok_or_else(|| {
+        Failure::new(EXIT_REJECTED, anyhow::anyhow!("unknown provider {provider:?}; use imaterialise or titelive"))
+    })?;
     if cart_ids.is_empty() && file.is_none() {
         return Err(Failure::new(
             EXIT_REJECTED,
             anyhow::anyhow!("give cart ids as arguments or --file FILE (use - for standard input)"),
         ));
     }
-    let lines = file.as_deref().map(read_lines).transpose()?;
-    let requests = collect_track_requests(&cart_ids, reference.as_deref(), lines).map_err(|problems| {
-        Failure::new(EXIT_REJECTED, anyhow::anyhow!("nothing was registered:\n  {}", problems.join("\n  ")))
-    })?;
     let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
+    let account = match provider {
+        Provider::Imaterialise => String::new(),
+        Provider::Titelive => {
+            let domain = domain.unwrap_or_else(|| loaded.config.titelive.default_domain.clone());
+            if domain.is_empty() {
+                return Err(Failure::new(
+                    EXIT_REJECTED,
+                    anyhow::anyhow!("Titelive carts need the shop's domain code: --domain CODE"),
+                ));
+            }
+            check_domain(&domain).map_err(|message| Failure::new(EXIT_REJECTED, anyhow::anyhow!(message)))?
+        }
+    };
+    let lines = file.as_deref().map(read_lines).transpose()?;
+    let requests =
+        collect_track_requests(provider, &account, &cart_ids, reference.as_deref(), lines).map_err(|problems| {
+            Failure::new(EXIT_REJECTED, anyhow::anyhow!("nothing was registered:\n  {}", problems.join("\n  ")))
+        })?;
     let store = open_store(&loaded.config).await?;
     let outcomes = store.track(requests, Utc::now()).await.map_err(|error| Failure::new(EXIT_DATABASE, error))?;
     let mut added = 0;
@@ -440,7 +498,7 @@ async fn track(
 }
 
 async fn untrack(config_path: Option<PathBuf>, cart_ids: Vec<String>) -> Result<(), Failure> {
-    let parsed: Result<Vec<CartId>, _> = cart_ids.iter().map(|text| CartId::parse(text)).collect();
+    let parsed: Result<Vec<String>, _> = cart_ids.iter().map(|text| canonical_any(text)).collect();
     let parsed =
         parsed.map_err(|error| Failure::new(EXIT_REJECTED, anyhow::anyhow!("{error}; nothing was changed")))?;
     let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
@@ -471,8 +529,8 @@ async fn status(config_path: Option<PathBuf>, cart_id: Option<String>) -> Result
     let database = |error| Failure::new(EXIT_DATABASE, error);
     match cart_id {
         Some(text) => {
-            let cart_id = CartId::parse(&text).map_err(|error| Failure::new(EXIT_REJECTED, error))?;
-            let detail = store.cart_detail(cart_id.to_string()).await.map_err(database)?;
+            let cart_id = canonical_any(&text).map_err(|error| Failure::new(EXIT_REJECTED, anyhow::anyhow!(error)))?;
+            let detail = store.cart_detail(cart_id.clone()).await.map_err(database)?;
             let detail = detail
                 .ok_or_else(|| Failure::new(EXIT_REJECTED, anyhow::anyhow!("cart {cart_id} is not in the database")))?;
             print!("{}", crate::render::render_cart_detail(&detail));
@@ -629,6 +687,30 @@ async fn list_items(config_path: Option<PathBuf>, cart_id: String) -> Result<(),
     Ok(())
 }
 
+async fn confirm(config_path: Option<PathBuf>, token: String, domain: Option<String>) -> Result<(), Failure> {
+    let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
+    crate::logging::init(&loaded.config.logging);
+    let store = open_store(&loaded.config).await?;
+    let service =
+        ConfirmService::new(store, Arc::new(loaded.config)).map_err(|error| Failure::new(EXIT_UPSTREAM, error))?;
+    let order = service.confirm(&token, domain.as_deref()).await.map_err(|error| {
+        let code = match &error {
+            ConfirmError::Malformed(_) => EXIT_REJECTED,
+            ConfirmError::Refused(_) => EXIT_PARTNER_REFUSED,
+            ConfirmError::Upstream(_) => EXIT_UPSTREAM,
+            ConfirmError::Store(_) => EXIT_DATABASE,
+        };
+        Failure::new(code, error)
+    })?;
+    println!(
+        "order {} created (status {}, total {}); cart.ordered written",
+        order.id.as_deref().unwrap_or("?"),
+        order.status.map_or("?".to_owned(), |status| status.to_string()),
+        order.total_price.map_or("?".to_owned(), |total| total.to_string()),
+    );
+    Ok(())
+}
+
 fn check_config(config_path: Option<PathBuf>) -> Result<(), Failure> {
     let loaded = loaded(config_path.as_deref(), Purpose::Upstream)?;
     match &loaded.file {
@@ -655,9 +737,9 @@ mod tests {
             (3, "   ".to_owned()),
             (4, "59dcca18-05e7-4f5c-8b4e-89e987ea1e51  # trailing comment".to_owned()),
         ];
+        let arguments = ["921A2046-66A5-4C5F-B9A6-4BC646FA5E5A".to_owned()];
         let requests =
-            collect_track_requests(&["921A2046-66A5-4C5F-B9A6-4BC646FA5E5A".to_owned()], Some("batch-1"), Some(lines))
-                .unwrap();
+            collect_track_requests(Provider::Imaterialise, "", &arguments, Some("batch-1"), Some(lines)).unwrap();
         assert_eq!(requests.len(), 3);
         assert_eq!(requests[0].cart_id.as_str(), "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a");
         assert_eq!(requests[1].reference.as_deref(), Some("order-9"));
@@ -666,11 +748,23 @@ mod tests {
 
     #[test]
     fn every_malformed_id_is_reported_with_its_line() {
+        let lines = Some(vec![(7, "12345".to_owned())]);
         let problems =
-            collect_track_requests(&["nope".to_owned()], None, Some(vec![(7, "12345".to_owned())])).unwrap_err();
+            collect_track_requests(Provider::Imaterialise, "", &["nope".to_owned()], None, lines).unwrap_err();
         assert_eq!(problems.len(), 2);
         assert!(problems[0].contains("\"nope\""));
         assert!(problems[1].starts_with("line 7: malformed cart id \"12345\""));
+    }
+
+    #[test]
+    fn titelive_tokens_keep_their_case_and_carry_the_domain() {
+        let token = "AbCdEfGhIjKlMnOpQrStUvWxYz".to_owned();
+        let requests =
+            collect_track_requests(Provider::Titelive, "00000", std::slice::from_ref(&token), None, None).unwrap();
+        assert_eq!((requests[0].cart_id.as_str(), requests[0].account.as_str()), (token.as_str(), "00000"));
+        let problems =
+            collect_track_requests(Provider::Titelive, "00000", &["short".to_owned()], None, None).unwrap_err();
+        assert!(problems[0].contains("malformed Titelive session token"));
     }
 
     #[test]

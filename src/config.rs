@@ -31,6 +31,8 @@ pub struct Config {
     pub sweep: SweepConfig,
     /// The i.materialise Cart Status API.
     pub imaterialise: ImaterialiseConfig,
+    /// The Titelive MediaWeb cart API.
+    pub titelive: TiteliveConfig,
     /// How often carts are polled, by age and status.
     pub cadence: CadenceConfig,
     /// How the daemon backs off when the upstream misbehaves.
@@ -129,6 +131,44 @@ pub struct ImaterialiseConfig {
     pub connect_timeout: Duration,
     /// Largest response body accepted.
     pub max_response_bytes: u64,
+}
+
+/// `[titelive]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TiteliveConfig {
+    /// Whether this provider is polled.
+    pub enabled: bool,
+    /// Base URL, without the `/api/json/...` path.
+    pub base_url: String,
+    /// Domain code used when `track` names none.
+    pub default_domain: String,
+    /// Requests in flight at once.
+    pub concurrency: u32,
+    /// Requests started per second; 0 for no limit.
+    pub requests_per_second: f64,
+    /// Whole-request timeout.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Largest response body accepted.
+    pub max_response_bytes: u64,
+}
+
+/// What a poller needs to know about its provider, whichever it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PollerSettings {
+    /// The provider.
+    pub provider: crate::provider::Provider,
+    /// Cart ids per request.
+    pub batch_size: usize,
+    /// Requests in flight.
+    pub concurrency: usize,
+    /// Requests per second; 0 for no limit.
+    pub requests_per_second: f64,
+    /// Request timeout.
+    pub request_timeout: Duration,
 }
 
 /// One age tier of the polling cadence.
@@ -538,6 +578,34 @@ impl Config {
             }
         }
 
+        let titelive = &self.titelive;
+        if let Err(message) = check_base_url(&titelive.base_url) {
+            problem("titelive.base_url", message);
+        }
+        if !titelive.default_domain.is_empty()
+            && let Err(message) = crate::provider::titelive::check_domain(&titelive.default_domain)
+        {
+            problem("titelive.default_domain", message);
+        }
+        if !(1..=256).contains(&titelive.concurrency) {
+            problem("titelive.concurrency", format!("must be between 1 and 256, got {}", titelive.concurrency));
+        }
+        if !titelive.requests_per_second.is_finite() || titelive.requests_per_second < 0.0 {
+            problem(
+                "titelive.requests_per_second",
+                format!("must be 0 (no limit) or a positive number, got {}", titelive.requests_per_second),
+            );
+        }
+        if titelive.request_timeout.is_zero() || titelive.connect_timeout.is_zero() {
+            problem("titelive.request_timeout", "timeouts must be longer than zero".into());
+        }
+        if titelive.max_response_bytes < 1024 {
+            problem("titelive.max_response_bytes", "must be at least 1024".into());
+        }
+        if purpose == Purpose::Upstream && !imaterialise.enabled && !titelive.enabled {
+            problem("imaterialise.enabled", "no provider is enabled: enable imaterialise or titelive".into());
+        }
+
         let cadence = &self.cadence;
         let mut previous_age = Duration::ZERO;
         for (index, tier) in cadence.tiers.iter().enumerate() {
@@ -693,6 +761,30 @@ impl Config {
             warnings.push("sinks.log is disabled and no other sink is configured: events stay in the outbox".into());
         }
         warnings
+    }
+
+    /// The providers to poll, with their settings.
+    pub fn pollers(&self) -> Vec<PollerSettings> {
+        let mut pollers = Vec::new();
+        if self.imaterialise.enabled {
+            pollers.push(PollerSettings {
+                provider: crate::provider::Provider::Imaterialise,
+                batch_size: self.imaterialise.batch_size as usize,
+                concurrency: self.imaterialise.concurrency as usize,
+                requests_per_second: self.imaterialise.requests_per_second,
+                request_timeout: self.imaterialise.request_timeout,
+            });
+        }
+        if self.titelive.enabled {
+            pollers.push(PollerSettings {
+                provider: crate::provider::Provider::Titelive,
+                batch_size: 1,
+                concurrency: self.titelive.concurrency as usize,
+                requests_per_second: self.titelive.requests_per_second,
+                request_timeout: self.titelive.request_timeout,
+            });
+        }
+        pollers
     }
 
     /// The effective config as TOML, with secrets redacted.

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::confirm::ConfirmService;
 use crate::delivery::delivery_loop;
 use crate::http_api;
 use crate::items::ItemsService;
@@ -102,9 +103,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let store = open_store(&config).await?;
     let sinks = start_sinks(&store, &config, &shutdown).await?;
-    let alive = Arc::clone(&hooks.alive);
-    let poller =
-        Poller::new(store.clone(), Arc::clone(&config), Arc::clone(&metrics)).await?.with_heartbeat(move || alive());
+    let pollers = start_pollers(&store, &config, &metrics, &hooks.alive).await?;
     let http_listener = match config.http.address() {
         Some(address) => Some(http_api::bind(address).await.map_err(|source| DaemonError::Http { address, source })?),
         None => None,
@@ -137,8 +136,19 @@ pub async fn run(
     };
     if let Some(listener) = http_listener {
         let token = (!config.http.token.is_empty()).then(|| config.http.token.clone());
-        let state =
-            http_api::ApiState { store: store.clone(), metrics: Arc::clone(&metrics), token, items: items.clone() };
+        let confirm = match config.titelive.enabled {
+            true => {
+                Some(Arc::new(ConfirmService::new(store.clone(), Arc::clone(&config)).map_err(SetupError::Client)?))
+            }
+            false => None,
+        };
+        let state = http_api::ApiState {
+            store: store.clone(),
+            metrics: Arc::clone(&metrics),
+            token,
+            items: items.clone(),
+            confirm,
+        };
         let max_body = usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX);
         tracker.spawn(http_api::serve(listener, state, max_body, background_shutdown.clone()));
     }
@@ -149,17 +159,20 @@ pub async fn run(
     loop {
         if sweep_now {
             schedule.set_busy(true);
-            match poller.sweep(&shutdown).await {
-                Ok(record) if record.events > 0 => wake.notify_waiters(),
-                Ok(_) => {}
-                Err(error) => error!(error = %error, "sweep failed; the next tick retries"),
+            if sweep_all(&pollers, &shutdown).await.events > 0 {
+                wake.notify_waiters();
             }
             schedule.set_busy(false);
             sweep_now = false;
         }
         (hooks.alive)();
         // A paused upstream is probed when its delay ends, not at the next tick after.
-        let reopen = poller.reopens_at().and_then(|at| (at - Utc::now()).to_std().ok()).filter(|wait| !wait.is_zero());
+        let reopen = pollers
+            .iter()
+            .filter_map(Poller::reopens_at)
+            .min()
+            .and_then(|at| (at - Utc::now()).to_std().ok())
+            .filter(|wait| !wait.is_zero());
         let reopened = async move {
             match reopen {
                 Some(wait) => tokio::time::sleep(wait).await,
@@ -177,7 +190,9 @@ pub async fn run(
                 sweep_now = true;
             }
             Some(new_config) = reloads.recv() => {
-                poller.reload(&new_config);
+                for poller in &pollers {
+                    poller.reload(&new_config);
+                }
                 if let Some(items) = &items {
                     items.reload(&new_config);
                 }
@@ -214,15 +229,49 @@ async fn start_sinks(
     Ok(sinks)
 }
 
-/// Runs one sweep, then delivers what is pending once, and returns the sweep's figures.
+/// One poller per enabled provider.
+async fn start_pollers(
+    store: &Store,
+    config: &Arc<Config>,
+    metrics: &Arc<Metrics>,
+    alive: &Arc<dyn Fn() + Send + Sync>,
+) -> Result<Vec<Poller>, DaemonError> {
+    let mut pollers = Vec::new();
+    for settings in config.pollers() {
+        let alive = Arc::clone(alive);
+        let poller = Poller::new(store.clone(), Arc::clone(config), settings, Arc::clone(metrics)).await?;
+        pollers.push(poller.with_heartbeat(move || alive()));
+    }
+    Ok(pollers)
+}
+
+/// Sweeps every provider at once and adds up their figures. A provider whose sweep fails is
+/// logged; the others are not held up.
+async fn sweep_all(pollers: &[Poller], shutdown: &CancellationToken) -> SweepRecord {
+    let records = futures_util::future::join_all(pollers.iter().map(|poller| poller.sweep(shutdown))).await;
+    let mut total = SweepRecord::default();
+    for (poller, record) in pollers.iter().zip(records) {
+        match record {
+            Ok(record) => total.add(&record),
+            Err(error) => {
+                error!(provider = poller.provider().as_str(), error = %error, "sweep failed; the next tick retries")
+            }
+        }
+    }
+    total
+}
+
+/// Runs one sweep of every enabled provider, then delivers what is pending once, and returns
+/// the sweeps' figures added up.
 ///
-/// Fails when the database cannot be opened or the poller cannot be set up.
+/// Fails when the database cannot be opened or a poller cannot be set up.
 pub async fn poll_once(config: Config, shutdown: CancellationToken) -> Result<SweepRecord, DaemonError> {
     let config = Arc::new(config);
     let store = open_store(&config).await?;
     let sinks = start_sinks(&store, &config, &shutdown).await?;
-    let poller = Poller::new(store.clone(), Arc::clone(&config), Arc::new(Metrics::default())).await?;
-    let record = poller.sweep(&shutdown).await?;
+    let no_watchdog: Arc<dyn Fn() + Send + Sync> = Arc::new(|| {});
+    let pollers = start_pollers(&store, &config, &Arc::new(Metrics::default()), &no_watchdog).await?;
+    let record = sweep_all(&pollers, &shutdown).await;
     for sink in sinks {
         drain_once(&store, &sink, &shutdown).await;
     }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{CadenceTier, Config};
 use crate::daemon::{self, Hooks};
+use crate::provider::Provider;
 use crate::render::render_event_line;
 use crate::secret::Secret;
 use crate::simulator::{DEMO_API_CODE, Simulator, SimulatorSettings};
@@ -44,17 +45,32 @@ pub fn simulator_config(base_url: &str, database: &Path) -> Config {
     config
 }
 
-/// Runs the demo: `carts` simulated carts on the timeline of `seed`.
+/// Runs the demo: `carts` simulated carts of `provider` on the timeline of `seed`.
 ///
 /// Fails when the simulator cannot bind a loopback port or the temporary database cannot be
 /// created.
-pub async fn run(carts: usize, seed: u64) -> anyhow::Result<()> {
+pub async fn run(provider: Provider, carts: usize, seed: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     let directory = tempfile::tempdir().context("while creating a temporary directory")?;
-    let settings =
-        SimulatorSettings { seed, carts: carts.clamp(1, 10_000), unknown_carts: 3, ..SimulatorSettings::default() };
+    let carts = carts.clamp(1, 10_000);
+    let settings = match provider {
+        Provider::Imaterialise => SimulatorSettings { seed, carts, unknown_carts: 3, ..SimulatorSettings::default() },
+        Provider::Titelive => SimulatorSettings {
+            seed,
+            carts: 0,
+            unknown_carts: 0,
+            titelive_sessions: carts,
+            ..SimulatorSettings::default()
+        },
+    };
     let simulator = Simulator::start(settings, "127.0.0.1:0".parse()?).await.context("while starting the simulator")?;
     let mut config = simulator_config(&simulator.base_url(), &directory.path().join("cartwatch.db"));
+    if provider == Provider::Titelive {
+        config.imaterialise.enabled = false;
+        config.titelive.enabled = true;
+        config.titelive.base_url = simulator.base_url();
+        config.titelive.requests_per_second = 0.0;
+    }
     let events_file = directory.path().join("events.jsonl");
     config.sinks.log.path = events_file.clone();
     crate::logging::init(&config.logging);
@@ -64,18 +80,37 @@ pub async fn run(carts: usize, seed: u64) -> anyhow::Result<()> {
         simulator.base_url()
     );
     let store = daemon::open_store(&config).await?;
-    let requests = simulator
-        .cart_ids()
-        .into_iter()
-        .enumerate()
-        .map(|(index, cart_id)| TrackRequest { cart_id, reference: Some(format!("demo-{:02}", index + 1)) })
-        .collect::<Vec<_>>();
+    let reference = |index: usize| Some(format!("demo-{:02}", index + 1));
+    let requests: Vec<TrackRequest> = match provider {
+        Provider::Imaterialise => simulator
+            .cart_ids()
+            .into_iter()
+            .enumerate()
+            .map(|(index, cart_id)| TrackRequest::imaterialise(cart_id, reference(index)))
+            .collect(),
+        Provider::Titelive => simulator
+            .session_tokens()
+            .into_iter()
+            .enumerate()
+            .map(|(index, token)| TrackRequest {
+                provider,
+                cart_id: token,
+                account: "00000".into(),
+                reference: reference(index),
+            })
+            .collect(),
+    };
     let tracked = requests.len();
     store.track(requests, Utc::now()).await?;
-    println!(
-        "Tracking {tracked} carts ({} of them unknown to the partner). Events as they happen:\n",
-        simulator.unknown_cart_ids().len()
-    );
+    match provider {
+        Provider::Imaterialise => println!(
+            "Tracking {tracked} i.materialise carts ({} of them unknown to the partner). Events as they happen:\n",
+            simulator.unknown_cart_ids().len()
+        ),
+        Provider::Titelive => {
+            println!("Tracking {tracked} Titelive sessions (shop domain 00000). Events as they happen:\n")
+        }
+    }
 
     let shutdown = CancellationToken::new();
     let (_reload_sender, reloads) = mpsc::channel(1);
@@ -114,14 +149,36 @@ pub async fn run(carts: usize, seed: u64) -> anyhow::Result<()> {
     let found = |event_type: &str| counts.get(event_type).copied().unwrap_or(0);
     println!("\nSummary after {:.1}s", started.elapsed().as_secs_f64());
     println!("  carts tracked          {tracked}");
-    println!(
-        "  checkouts found        {} (the simulator made {})",
-        found("cart.checked_out"),
-        true_count("CheckedOut")
-    );
-    println!("  orders found           {} (the simulator made {})", found("cart.ordered"), true_count("Ordered"));
-    println!("  carts not found        {}", found("cart.not_found"));
-    println!("  requests sent          {} (at most 10 carts each)", simulator.requests());
+    match provider {
+        Provider::Imaterialise => {
+            println!(
+                "  checkouts found        {} (the simulator made {})",
+                found("cart.checked_out"),
+                true_count("CheckedOut")
+            );
+            println!(
+                "  orders found           {} (the simulator made {})",
+                found("cart.ordered"),
+                true_count("Ordered")
+            );
+            println!("  carts not found        {}", found("cart.not_found"));
+            println!("  requests sent          {} (at most 10 carts each)", simulator.requests());
+        }
+        Provider::Titelive => {
+            println!("  carts ready found      {} (the simulator made {})", found("cart.ready"), true_count("Valid"));
+            println!(
+                "  orders found           {} (the simulator made {})",
+                found("cart.ordered"),
+                true_count("Ordered")
+            );
+            println!(
+                "  sessions expired       {} (the simulator ended {})",
+                found("cart.session_expired"),
+                true_count("NoSession")
+            );
+            println!("  requests sent          {} (one session each)", simulator.requests());
+        }
+    }
     println!("  events written to      {} (deleted with the demo's temporary directory)", events_file.display());
     simulator.stop().await;
     Ok(())

@@ -24,6 +24,10 @@ pub enum EventType {
     CartNotFound,
     /// The cart reached the configured maximum age without an order.
     CartExpired,
+    /// A Titelive cart became valid: it has everything an order needs.
+    CartReady,
+    /// A Titelive session ended; its cart can no longer be followed.
+    CartSessionExpired,
     /// The partner rejected the apiCode; polling is paused.
     UpstreamAuthFailed,
     /// A probe after an authentication failure succeeded; polling resumed.
@@ -32,7 +36,7 @@ pub enum EventType {
 
 impl EventType {
     /// All types, in documentation order.
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 11] = [
         EventType::CartCheckedOut,
         EventType::CartOrdered,
         EventType::CartPending,
@@ -40,6 +44,8 @@ impl EventType {
         EventType::CartItemsChanged,
         EventType::CartNotFound,
         EventType::CartExpired,
+        EventType::CartReady,
+        EventType::CartSessionExpired,
         EventType::UpstreamAuthFailed,
         EventType::UpstreamAuthRecovered,
     ];
@@ -54,6 +60,8 @@ impl EventType {
             EventType::CartItemsChanged => "cart.items_changed",
             EventType::CartNotFound => "cart.not_found",
             EventType::CartExpired => "cart.expired",
+            EventType::CartReady => "cart.ready",
+            EventType::CartSessionExpired => "cart.session_expired",
             EventType::UpstreamAuthFailed => "upstream.auth_failed",
             EventType::UpstreamAuthRecovered => "upstream.auth_recovered",
         }

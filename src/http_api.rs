@@ -23,10 +23,11 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
-use crate::cart_id::CartId;
+use crate::confirm::{ConfirmError, ConfirmService};
 use crate::items::{ChangeError, ItemsService};
 use crate::metrics::Metrics;
 use crate::provider::imaterialise::items::{ItemAction, ItemsError};
+use crate::provider::{Provider, canonical_any};
 use crate::secret::Secret;
 use crate::store::{Store, TrackOutcome, TrackRequest, UntrackOutcome};
 use crate::upstream::Mode;
@@ -45,6 +46,8 @@ pub struct ApiState {
     pub token: Option<Secret>,
     /// Item changes, when the i.materialise provider is enabled.
     pub items: Option<Arc<ItemsService>>,
+    /// Titelive confirmations, when that provider is enabled.
+    pub confirm: Option<Arc<ConfirmService>>,
 }
 
 /// An error answer: a status and a JSON body `{"error": "..."}`.
@@ -84,6 +87,7 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .route("/v1/carts", axum::routing::post(register_carts))
         .route("/v1/carts/{cart_id}", get(show_cart).delete(untrack_cart))
         .route("/v1/carts/{cart_id}/items", axum::routing::post(add_items).delete(remove_items))
+        .route("/v1/carts/{cart_id}/confirm", axum::routing::post(confirm_cart))
         .route("/v1/events", get(list_events))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -198,26 +202,37 @@ fn track_requests(body: &Value) -> Result<Vec<TrackRequest>, ApiError> {
     let mut requests = Vec::with_capacity(items.len());
     let mut problems = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
-        let (id, reference) = match item {
-            Value::String(id) => (Some(id.as_str()), None),
-            Value::Object(object) => {
-                let id = object.get("cartId").or_else(|| object.get("cart_id")).and_then(Value::as_str);
-                let reference = match object.get("reference") {
-                    None | Some(Value::Null) => None,
-                    Some(Value::String(reference)) => Some(reference.clone()),
-                    Some(_) => {
-                        problems.push(format!("carts[{index}].reference must be a string"));
-                        None
-                    }
-                };
-                (id, reference)
+        let mut text_field = |object: &serde_json::Map<String, Value>, name: &str| match object.get(name) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => Some(text.clone()),
+            Some(_) => {
+                problems.push(format!("carts[{index}].{name} must be a string"));
+                None
             }
-            _ => (None, None),
         };
-        match id.map(CartId::parse) {
-            Some(Ok(cart_id)) => requests.push(TrackRequest { cart_id, reference }),
-            Some(Err(error)) => problems.push(format!("carts[{index}]: {error}")),
-            None => problems.push(format!("carts[{index}] has no cartId")),
+        let (id, reference, provider, domain) = match item {
+            Value::String(id) => (Some(id.clone()), None, None, None),
+            Value::Object(object) => (
+                text_field(object, "cartId"),
+                text_field(object, "reference"),
+                text_field(object, "provider"),
+                text_field(object, "domain"),
+            ),
+            _ => (None, None, None, None),
+        };
+        let Some(provider) = provider.as_deref().map_or(Some(Provider::Imaterialise), Provider::parse) else {
+            problems.push(format!("carts[{index}].provider must be imaterialise or titelive"));
+            continue;
+        };
+        let account = match (provider, domain) {
+            (Provider::Imaterialise, _) => Ok(String::new()),
+            (Provider::Titelive, Some(domain)) => crate::provider::titelive::check_domain(&domain),
+            (Provider::Titelive, None) => Err("Titelive carts need a domain".to_owned()),
+        };
+        match (id.map(|id| provider.canonical_cart_id(&id)), account) {
+            (Some(Ok(cart_id)), Ok(account)) => requests.push(TrackRequest { provider, cart_id, account, reference }),
+            (Some(Err(error)), _) | (_, Err(error)) => problems.push(format!("carts[{index}]: {error}")),
+            (None, _) => problems.push(format!("carts[{index}] has no cartId")),
         }
     }
     if problems.is_empty() {
@@ -250,8 +265,8 @@ async fn register_carts(
     Ok(axum::Json(json!({ "carts": carts })).into_response())
 }
 
-fn path_cart_id(text: &str) -> Result<CartId, ApiError> {
-    CartId::parse(text).map_err(|error| ApiError::bad_request(error.to_string()))
+fn path_cart_id(text: &str) -> Result<String, ApiError> {
+    canonical_any(text).map_err(ApiError::bad_request)
 }
 
 async fn untrack_cart(State(state): State<ApiState>, Path(cart_id): Path<String>) -> Result<Response, ApiError> {
@@ -364,6 +379,39 @@ async fn change_items(
             Err(ApiError::new(StatusCode::BAD_GATEWAY, error.to_string()))
         }
         Err(ChangeError::Store(error)) => Err(error.into()),
+    }
+}
+
+/// Confirms a Titelive cart; an optional body `{"domain": "00000"}`.
+async fn confirm_cart(
+    State(state): State<ApiState>,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let service = state
+        .confirm
+        .clone()
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "the Titelive provider is not enabled"))?;
+    let body = body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+    let domain = if body.is_empty() {
+        None
+    } else {
+        let value = json_body(Ok(body), &headers)?;
+        match value.get("domain") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(domain)) => Some(domain.clone()),
+            Some(_) => return Err(ApiError::bad_request("`domain` must be a string")),
+        }
+    };
+    match service.confirm(&token, domain.as_deref()).await {
+        Ok(order) => Ok(axum::Json(json!({ "cartId": token.trim(), "order": order })).into_response()),
+        Err(ConfirmError::Malformed(message)) => Err(ApiError::bad_request(message)),
+        Err(error @ ConfirmError::Refused(_)) => {
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string()))
+        }
+        Err(error @ ConfirmError::Upstream(_)) => Err(ApiError::new(StatusCode::BAD_GATEWAY, error.to_string())),
+        Err(ConfirmError::Store(error)) => Err(error.into()),
     }
 }
 

@@ -12,8 +12,9 @@ use crate::cart_id::{CartId, ItemId};
 use crate::config::Config;
 use crate::events::{EventType, ItemsChangedData, NewEvent};
 use crate::provider::UpstreamError;
+use crate::provider::imaterialise::StatusClient;
 use crate::provider::imaterialise::items::{CartItem, ItemAction, ItemErrorKind, ItemsClient, ItemsError};
-use crate::provider::imaterialise::{CartReport, StatusClient};
+use crate::provider::{CartReport, Provider};
 use crate::reconcile::{CartRow, CartState, Context, PollOutcome, event_data};
 use crate::status::CartStatus;
 use crate::store::{Store, StoreError};
@@ -154,9 +155,7 @@ impl ItemsService {
         let Some((_, report)) = reply.reports.into_iter().next() else {
             return Ok(());
         };
-        if let CartReport::Error(error) = &report
-            && error.code == Some(101)
-        {
+        if let CartReport::NotFound(_) = &report {
             tracing::warn!(cart_id = %cart_id, "the partner does not know this cart");
         }
         let context = Arc::new(Context::from_config(&self.config, Utc::now()));
@@ -233,6 +232,12 @@ fn guard(cart_id: &CartId, row: Option<&CartRow>) -> Result<(), ChangeError> {
     let Some(row) = row else {
         return Err(ChangeError::Refused(format!("cart {cart_id} is not tracked; track it first, or use --force")));
     };
+    if Provider::parse(&row.provider) != Some(Provider::Imaterialise) {
+        return Err(ChangeError::Refused(format!(
+            "cart {cart_id} is a {} cart; item changes are an i.materialise API",
+            row.provider
+        )));
+    }
     match CartState::parse(&row.state) {
         Some(CartState::Tracking) => {}
         _ => {

@@ -23,6 +23,7 @@
 pub mod cart_id;
 pub mod cli;
 pub mod config;
+pub mod confirm;
 pub mod daemon;
 pub mod delivery;
 pub mod demo;

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use crate::config::{BackoffConfig, CadenceConfig};
 use crate::provider::UpstreamError;
-use crate::status::CartStatus;
 
 /// An exponential delay: `initial`, doubling per attempt, capped at `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,9 +76,10 @@ pub fn classify(error: &UpstreamError, batch_len: usize) -> FailureKind {
     }
 }
 
-/// How long to wait before polling a cart again, by its age and status, before jitter.
-pub fn poll_interval(cadence: &CadenceConfig, age: Duration, status: Option<&CartStatus>) -> Duration {
-    if matches!(status, Some(CartStatus::CheckedOut)) {
+/// How long to wait before polling a cart again, by its age and whether an order is near
+/// (CheckedOut, or Valid on Titelive), before jitter.
+pub fn poll_interval(cadence: &CadenceConfig, age: Duration, order_is_near: bool) -> Duration {
+    if order_is_near {
         return cadence.checked_out_every;
     }
     cadence.tiers.iter().find(|tier| age < tier.younger_than).map_or(cadence.older_every, |tier| tier.every)
@@ -165,12 +165,12 @@ mod tests {
     fn cadence_by_age_and_status() {
         let cadence = Config::default().cadence;
         let minutes = |m: u64| S(60 * m);
-        assert_eq!(poll_interval(&cadence, minutes(0), None), minutes(1));
-        assert_eq!(poll_interval(&cadence, minutes(59), Some(&CartStatus::Pending)), minutes(1));
-        assert_eq!(poll_interval(&cadence, minutes(60), Some(&CartStatus::Pending)), minutes(5));
-        assert_eq!(poll_interval(&cadence, minutes(60 * 30), Some(&CartStatus::Pending)), minutes(30));
-        assert_eq!(poll_interval(&cadence, minutes(60 * 24 * 8), Some(&CartStatus::Pending)), minutes(360));
-        assert_eq!(poll_interval(&cadence, minutes(60 * 24 * 8), Some(&CartStatus::CheckedOut)), minutes(1));
+        assert_eq!(poll_interval(&cadence, minutes(0), false), minutes(1));
+        assert_eq!(poll_interval(&cadence, minutes(59), false), minutes(1));
+        assert_eq!(poll_interval(&cadence, minutes(60), false), minutes(5));
+        assert_eq!(poll_interval(&cadence, minutes(60 * 30), false), minutes(30));
+        assert_eq!(poll_interval(&cadence, minutes(60 * 24 * 8), false), minutes(360));
+        assert_eq!(poll_interval(&cadence, minutes(60 * 24 * 8), true), minutes(1));
     }
 
     #[test]

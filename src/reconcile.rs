@@ -12,8 +12,7 @@ use chrono::{DateTime, Utc};
 use crate::config::CadenceConfig;
 use crate::events::{CartEventData, EventType};
 use crate::policy::{Exponential, poll_interval, spread};
-use crate::provider::imaterialise::CartReport;
-use crate::status::CartStatus;
+use crate::provider::{CartReport, Ending, Provider};
 use crate::time::{add, format_naive, format_ts, parse_ts};
 
 /// The lifecycle of a tracked cart, stored in `carts.state`.
@@ -71,14 +70,22 @@ pub struct CartRow {
     pub cart_id: String,
     /// Which partner API.
     pub provider: String,
+    /// The partner account the cart lives in (Titelive: the shop's domain code).
+    pub account: String,
     /// The shop's reference.
     pub reference: Option<String>,
     /// Lifecycle state as stored (text, since hand edits may hold anything).
     pub state: String,
     /// Last status seen, canonical spelling.
     pub status: Option<String>,
+    /// More about the status (Titelive: which requirement is missing).
+    pub status_detail: Option<String>,
     /// The OrderID, once ordered.
     pub order_id: Option<String>,
+    /// The order's status, when the partner gave it.
+    pub order_status: Option<String>,
+    /// The order's total, exact decimal text, when the partner gave it.
+    pub order_total: Option<String>,
     /// The partner's creation date, parsed, without zone.
     pub cart_created_at: Option<String>,
     /// The partner's creation date as written.
@@ -172,50 +179,54 @@ pub fn decide(row: &CartRow, outcome: &PollOutcome, context: &Context, unit: f64
     let mut transition = None;
     let mut unknown_status = None;
     let mut event_types = Vec::new();
+    let provider = Provider::parse(&row.provider).unwrap_or(Provider::Imaterialise);
     match outcome {
-        PollOutcome::Report(CartReport::Status(reported)) => {
+        PollOutcome::Report(CartReport::Status(observed)) => {
             next.last_polled_at = Some(format_ts(now));
             next.consecutive_errors = 0;
             next.consecutive_not_found = 0;
             next.last_error = None;
-            if reported.created_at_raw.is_some() {
-                next.cart_created_at_raw = reported.created_at_raw.clone();
-                next.cart_created_at = reported.created_at.map(format_naive);
+            next.status_detail = observed.detail.clone();
+            if observed.created_at_raw.is_some() {
+                next.cart_created_at_raw = observed.created_at_raw.clone();
+                next.cart_created_at = observed.created_at.map(format_naive);
             }
-            let status = reported.status.as_str().to_owned();
-            if let CartStatus::Other(raw) = &reported.status {
-                unknown_status = Some(raw.clone());
+            if !observed.known_status {
+                unknown_status = Some(observed.status.clone());
             }
-            if row.status.as_deref() != Some(status.as_str()) {
-                let previous = row.status.as_deref().map(CartStatus::parse);
-                if let Some(event_type) = transition_event(previous.as_ref(), &reported.status) {
+            if row.status.as_deref() != Some(observed.status.as_str()) {
+                if let Some(event_type) = provider.transition_event(row.status.as_deref(), &observed.status) {
                     event_types.push(event_type);
                 }
-                transition = Some(Transition { from: row.status.clone(), to: status.clone() });
-                next.status = Some(status);
+                transition = Some(Transition { from: row.status.clone(), to: observed.status.clone() });
+                next.status = Some(observed.status.clone());
                 next.status_changed_at = Some(format_ts(now));
             }
-            if reported.status == CartStatus::Ordered {
-                next.order_id = reported.order_id.clone().or(next.order_id);
-                finish(&mut next, CartState::Ordered, now);
-            } else {
-                schedule_or_expire(&mut next, context, unit, &mut event_types);
+            match provider.ending(&observed.status) {
+                Ending::Ordered => {
+                    next.order_id = observed.order_id.clone().or(next.order_id);
+                    next.order_status = observed.order_status.clone().or(next.order_status);
+                    next.order_total = observed.order_total.clone().or(next.order_total);
+                    finish(&mut next, CartState::Ordered, now);
+                }
+                Ending::Expired => finish(&mut next, CartState::Expired, now),
+                Ending::Continue => schedule_or_expire(&mut next, provider, context, unit, &mut event_types),
             }
         }
-        PollOutcome::Report(CartReport::Error(error)) if error.code == Some(101) => {
+        PollOutcome::Report(CartReport::NotFound(message)) => {
             next.last_polled_at = Some(format_ts(now));
             next.consecutive_not_found = next.consecutive_not_found.saturating_add(1);
-            next.last_error = Some(format!("partner error 101: {}", error.message));
+            next.last_error = Some(format!("partner error 101: {message}"));
             if next.consecutive_not_found >= context.not_found_after {
                 finish(&mut next, CartState::NotFound, now);
                 event_types.push(EventType::CartNotFound);
             } else {
-                schedule_or_expire(&mut next, context, unit, &mut event_types);
+                schedule_or_expire(&mut next, provider, context, unit, &mut event_types);
             }
         }
-        PollOutcome::Report(CartReport::Error(error)) => {
-            let code = error.code.map_or("without a code".to_owned(), |code| code.to_string());
-            retry_later(&mut next, format!("partner error {code}: {}", error.message), context, unit);
+        PollOutcome::Report(CartReport::Error(code, message)) => {
+            let code = code.map_or("without a code".to_owned(), |code| code.to_string());
+            retry_later(&mut next, format!("partner error {code}: {message}"), context, unit);
         }
         PollOutcome::Report(CartReport::Malformed(reason)) => {
             retry_later(&mut next, format!("unreadable entry: {reason}"), context, unit);
@@ -232,23 +243,6 @@ pub fn decide(row: &CartRow, outcome: &PollOutcome, context: &Context, unit: f64
         .map(|event_type| (event_type, data.clone()))
         .collect();
     Some(Decision { row: next, transition, events, unknown_status })
-}
-
-/// The event a status change announces, if any.
-pub fn transition_event(from: Option<&CartStatus>, to: &CartStatus) -> Option<EventType> {
-    let went_back = match (from.and_then(CartStatus::rank), to.rank()) {
-        (Some(from), Some(to)) => to < from,
-        _ => false,
-    };
-    if went_back {
-        return Some(EventType::CartReopened);
-    }
-    match to {
-        CartStatus::Ordered => Some(EventType::CartOrdered),
-        CartStatus::CheckedOut => Some(EventType::CartCheckedOut),
-        CartStatus::Pending => Some(EventType::CartPending),
-        CartStatus::NotOrdered | CartStatus::Other(_) => None,
-    }
 }
 
 /// Builds the event data for a cart row.
@@ -278,15 +272,21 @@ pub fn cart_age(row: &CartRow, now: DateTime<Utc>) -> Duration {
     (now - created).to_std().unwrap_or(Duration::ZERO)
 }
 
-fn schedule_or_expire(row: &mut CartRow, context: &Context, unit: f64, event_types: &mut Vec<EventType>) {
+fn schedule_or_expire(
+    row: &mut CartRow,
+    provider: Provider,
+    context: &Context,
+    unit: f64,
+    event_types: &mut Vec<EventType>,
+) {
     let age = cart_age(row, context.now);
     if age >= context.cadence.max_age {
         finish(row, CartState::Expired, context.now);
         event_types.push(EventType::CartExpired);
         return;
     }
-    let status = row.status.as_deref().map(CartStatus::parse);
-    let interval = poll_interval(&context.cadence, age, status.as_ref());
+    let order_is_near = row.status.as_deref().is_some_and(|status| provider.order_is_near(status));
+    let interval = poll_interval(&context.cadence, age, order_is_near);
     let delay = spread(interval, context.cadence.jitter, unit);
     row.next_poll_at = Some(format_ts(add(context.now, delay)));
 }
@@ -303,7 +303,8 @@ fn retry_later(row: &mut CartRow, message: String, context: &Context, unit: f64)
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::provider::imaterialise::wire::{ApiError, ReportedStatus};
+    use crate::provider::Observation;
+    use crate::status::CartStatus;
     use chrono::TimeZone;
 
     fn context() -> Context {
@@ -322,10 +323,14 @@ mod tests {
             key: 1,
             cart_id: "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a".into(),
             provider: "imaterialise".into(),
+            account: String::new(),
             reference: Some("order-form-17".into()),
             state: "tracking".into(),
             status: status.map(str::to_owned),
+            status_detail: None,
             order_id: None,
+            order_status: None,
+            order_total: None,
             cart_created_at: None,
             cart_created_at_raw: None,
             registered_at: "2026-11-25T07:30:00.000Z".into(),
@@ -340,11 +345,14 @@ mod tests {
     }
 
     fn reported(status: &str, order_id: Option<&str>) -> PollOutcome {
-        PollOutcome::Report(CartReport::Status(ReportedStatus {
-            status: CartStatus::parse(status),
+        let parsed = CartStatus::parse(status);
+        PollOutcome::Report(CartReport::Status(Observation {
+            known_status: !matches!(parsed, CartStatus::Other(_)),
+            status: parsed.as_str().to_owned(),
             order_id: order_id.map(str::to_owned),
             created_at_raw: Some("2026-11-25T07:00:00".into()),
             created_at: crate::time::parse_naive("2026-11-25T07:00:00"),
+            ..Observation::default()
         }))
     }
 
@@ -403,10 +411,8 @@ mod tests {
     #[test]
     fn not_found_after_n_in_a_row() {
         let context = context();
-        let not_found = PollOutcome::Report(CartReport::Error(ApiError {
-            code: Some(101),
-            message: "Specified Cart was not found or wrong format.".into(),
-        }));
+        let not_found =
+            PollOutcome::Report(CartReport::NotFound("Specified Cart was not found or wrong format.".into()));
         let mut current = row(None);
         for _ in 0..2 {
             current = decide(&current, &not_found, &context, 0.5).unwrap().row;
@@ -447,6 +453,35 @@ mod tests {
         let decision = decide(&current, &outcome, &context(), 0.5).unwrap();
         assert_eq!(decision.row.state, "expired");
         assert_eq!(event_types(&decision), [EventType::CartExpired]);
+    }
+
+    #[test]
+    fn titelive_statuses_announce_ready_ordered_and_session_expired() {
+        let titelive = |status: Option<&str>| CartRow { provider: "titelive".into(), ..row(status) };
+        let observed = |status: &str| {
+            PollOutcome::Report(CartReport::Status(Observation {
+                status: status.into(),
+                known_status: true,
+                ..Observation::default()
+            }))
+        };
+        let decision = decide(&titelive(Some("NoPaymentMethod")), &observed("Valid"), &context(), 0.5).unwrap();
+        assert_eq!(event_types(&decision), [EventType::CartReady]);
+        assert_eq!(
+            decision.row.next_poll_at.as_deref(),
+            Some("2026-11-25T08:01:00.000Z"),
+            "a valid cart is polled fast"
+        );
+        let decision = decide(&titelive(Some("Valid")), &observed("Ordered"), &context(), 0.5).unwrap();
+        assert_eq!((event_types(&decision), decision.row.state.as_str()), (vec![EventType::CartOrdered], "ordered"));
+        let decision = decide(&titelive(Some("Valid")), &observed("NoSession"), &context(), 0.5).unwrap();
+        assert_eq!(
+            (event_types(&decision), decision.row.state.as_str()),
+            (vec![EventType::CartSessionExpired], "expired")
+        );
+        let decision = decide(&titelive(None), &observed("NoProducts"), &context(), 0.5).unwrap();
+        assert!(decision.events.is_empty(), "a missing requirement is recorded, not announced");
+        assert!(decision.transition.is_some());
     }
 
     #[test]

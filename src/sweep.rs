@@ -20,11 +20,14 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::cart_id::{CartId, shorten};
 use crate::config::Config;
+use crate::config::PollerSettings;
 use crate::events::{EventType, NewEvent, UpstreamEventData};
 use crate::metrics::{EventLabels, Metrics, TransitionLabels};
 use crate::policy::{FailureKind, classify};
 use crate::provider::UpstreamError;
-use crate::provider::imaterialise::{self, BatchReply, CartReport, StatusClient};
+use crate::provider::imaterialise::StatusClient;
+use crate::provider::titelive::TiteliveClient;
+use crate::provider::{BatchReply, CartReport, Provider};
 use crate::reconcile::{Context, PollOutcome};
 use crate::store::{AppliedBatch, DueCart, Store, StoreError, SweepRecord, retrying};
 use crate::time::format_ts;
@@ -79,10 +82,46 @@ impl SweepRun {
     }
 }
 
+/// A due cart on its way to the partner.
+#[derive(Debug, Clone)]
+struct Due {
+    key: i64,
+    cart_id: String,
+    account: String,
+}
+
+/// A provider's client.
+#[derive(Debug)]
+enum Client {
+    Imaterialise(StatusClient),
+    Titelive(TiteliveClient),
+}
+
+impl Client {
+    /// Asks about a batch of carts (Titelive: one request per cart, the batch being one).
+    async fn fetch(&self, part: &[Due]) -> Result<BatchReply, UpstreamError> {
+        match self {
+            Client::Imaterialise(client) => {
+                let ids: Vec<CartId> = part.iter().filter_map(|due| CartId::from_canonical(&due.cart_id)).collect();
+                client.fetch(&ids).await
+            }
+            Client::Titelive(client) => {
+                let mut reports = Vec::with_capacity(part.len());
+                for due in part {
+                    reports.push((due.cart_id.clone(), client.poll(&due.account, &due.cart_id).await?));
+                }
+                Ok(BatchReply { reports, unexpected: Vec::new(), unidentified: 0 })
+            }
+        }
+    }
+}
+
 /// Polls one upstream on behalf of the daemon.
 pub struct Poller {
     store: Store,
-    client: StatusClient,
+    client: Client,
+    provider: Provider,
+    settings: PollerSettings,
     config: Arc<Config>,
     health: Mutex<UpstreamHealth>,
     probe_done: Notify,
@@ -99,25 +138,32 @@ impl std::fmt::Debug for Poller {
 }
 
 impl Poller {
-    /// Builds the poller for the i.materialise upstream and resumes any pause persisted by
-    /// an earlier run.
+    /// Builds the poller for one provider and resumes any pause persisted by an earlier run.
     ///
     /// Fails when the client cannot be built or the persisted state cannot be read.
-    pub async fn new(store: Store, config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Poller, SetupError> {
-        let settings = &config.imaterialise;
-        let client = StatusClient::new(settings)?;
+    pub async fn new(
+        store: Store,
+        config: Arc<Config>,
+        settings: PollerSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Poller, SetupError> {
+        let provider = settings.provider;
+        let client = match provider {
+            Provider::Imaterialise => Client::Imaterialise(StatusClient::new(&config.imaterialise)?),
+            Provider::Titelive => Client::Titelive(TiteliveClient::new(&config.titelive)?),
+        };
         let mut health = UpstreamHealth::new(
             crate::policy::transient_backoff(&config.backoff),
             crate::policy::auth_backoff(&config.backoff),
             config.backoff.circuit_after,
-            settings.batch_size as usize,
+            settings.batch_size.clamp(1, provider.max_batch()),
         );
         let records = store.upstream_records().await?;
-        if let Some(record) = records.iter().find(|record| record.provider == imaterialise::PROVIDER) {
+        if let Some(record) = records.iter().find(|record| record.provider == provider.as_str()) {
             health.resume(&record.snapshot, Utc::now());
             if health.mode() != crate::upstream::Mode::Healthy {
                 warn!(
-                    provider = imaterialise::PROVIDER,
+                    provider = provider.as_str(),
                     mode = health.mode().as_str(),
                     "resuming a pause from the previous run; probing at once"
                 );
@@ -126,7 +172,9 @@ impl Poller {
         Ok(Poller {
             store,
             client,
+            provider,
             limiter: rate_limiter(settings.requests_per_second),
+            settings,
             config,
             health: Mutex::new(health),
             probe_done: Notify::new(),
@@ -145,8 +193,15 @@ impl Poller {
 
     /// Applies a reloaded config's apiCode and probes a paused upstream at once.
     pub fn reload(&self, config: &Config) {
-        self.client.set_api_code(config.imaterialise.api_code.clone());
+        if let Client::Imaterialise(client) = &self.client {
+            client.set_api_code(config.imaterialise.api_code.clone());
+        }
         self.lock_health().probe_now(Utc::now());
+    }
+
+    /// The provider this poller polls.
+    pub fn provider(&self) -> Provider {
+        self.provider
     }
 
     fn lock_health(&self) -> std::sync::MutexGuard<'_, UpstreamHealth> {
@@ -210,7 +265,7 @@ impl Poller {
                 if run.stopped() || shutdown.is_cancelled() {
                     return None;
                 }
-                match self.store.due_page(started, after, page_size).await {
+                match self.store.due_page(self.provider, started, after, page_size).await {
                     Ok(page) if page.is_empty() => None,
                     Ok(page) => {
                         let last = page.last().map(|cart| (cart.next_poll_at.clone(), cart.key));
@@ -225,7 +280,7 @@ impl Poller {
                 }
             }
         });
-        let concurrency = self.config.imaterialise.concurrency as usize;
+        let concurrency = self.settings.concurrency.max(1);
         pages
             .flat_map(futures_util::stream::iter)
             .for_each_concurrent(concurrency, |batch| {
@@ -239,6 +294,7 @@ impl Poller {
 
         let counters = &run.counters;
         let record = SweepRecord {
+            provider: self.provider.as_str().to_owned(),
             started_at: format_ts(started),
             finished_at: Some(format_ts(Utc::now())),
             carts_polled: counters.carts_polled.load(Ordering::Relaxed),
@@ -275,19 +331,17 @@ impl Poller {
 
     /// Validates the ids of a page (repairing or flagging hand-edited rows) and cuts it into
     /// batches of the current batch size.
-    async fn batches_of(&self, page: Vec<DueCart>) -> Vec<Vec<(i64, CartId)>> {
+    async fn batches_of(&self, page: Vec<DueCart>) -> Vec<Vec<Due>> {
         let mut carts = Vec::with_capacity(page.len());
         for due in page {
-            if let Some(id) = CartId::from_canonical(&due.cart_id) {
-                carts.push((due.key, id));
+            if self.provider.canonical_cart_id(&due.cart_id).is_ok_and(|canonical| canonical == due.cart_id) {
+                carts.push(Due { key: due.key, cart_id: due.cart_id, account: due.account });
                 continue;
             }
-            match self.store.repair_due_cart(due.key, due.cart_id.clone(), Utc::now()).await {
+            match self.store.repair_due_cart(due.key, due.cart_id.clone(), self.provider, Utc::now()).await {
                 Ok(Ok(canonical)) => {
                     info!(cart_id = %canonical, "normalised a hand-edited cart id");
-                    if let Some(id) = CartId::from_canonical(&canonical) {
-                        carts.push((due.key, id));
-                    }
+                    carts.push(Due { key: due.key, cart_id: canonical, account: due.account });
                 }
                 Ok(Err(reason)) => {
                     warn!(cart_id = %shorten(&due.cart_id, 60), reason = %reason, "flagged a cart as invalid; it will not be polled")
@@ -297,7 +351,7 @@ impl Poller {
                 }
             }
         }
-        let batch_size = self.lock_health().batch_size().clamp(1, imaterialise::MAX_BATCH);
+        let batch_size = self.lock_health().batch_size().clamp(1, self.provider.max_batch());
         let mut batches = Vec::with_capacity(carts.len().div_ceil(batch_size));
         let mut carts = carts.into_iter().peekable();
         while carts.peek().is_some() {
@@ -307,7 +361,7 @@ impl Poller {
     }
 
     /// Sends one batch, splitting it when the upstream asks for that, and applies the outcome.
-    async fn run_batch(&self, batch: Vec<(i64, CartId)>, run: &SweepRun, shutdown: &CancellationToken) {
+    async fn run_batch(&self, batch: Vec<Due>, run: &SweepRun, shutdown: &CancellationToken) {
         let mut work = VecDeque::from([batch]);
         while let Some(part) = work.pop_front() {
             // A batch formed before the batch size was halved is cut down before it goes.
@@ -327,17 +381,16 @@ impl Poller {
                 self.abandon_probe(probe);
                 return;
             }
-            let ids: Vec<CartId> = part.iter().map(|(_, id)| id.clone()).collect();
             run.counters.requests.fetch_add(1, Ordering::Relaxed);
             // A shutdown drops the request in flight: nothing of this batch is written, and
             // the next run fetches the same statuses again.
-            let Some(result) = shutdown.run_until_cancelled(self.client.fetch(&ids)).await else {
+            let Some(result) = shutdown.run_until_cancelled(self.client.fetch(&part)).await else {
                 self.abandon_probe(probe);
                 return;
             };
             match result {
                 Ok(reply) => {
-                    self.metrics.request(imaterialise::PROVIDER, "ok");
+                    self.metrics.request(self.provider.as_str(), "ok");
                     let change = self.lock_health().on_success();
                     self.after_probe(probe);
                     if let Some(change) = change {
@@ -346,7 +399,7 @@ impl Poller {
                     self.apply_reply(&part, reply, run, shutdown).await;
                 }
                 Err(upstream_error) => {
-                    self.metrics.request(imaterialise::PROVIDER, upstream_error.label());
+                    self.metrics.request(self.provider.as_str(), upstream_error.label());
                     run.counters.failures.fetch_add(1, Ordering::Relaxed);
                     let kind = classify(&upstream_error, part.len());
                     let change = {
@@ -369,7 +422,7 @@ impl Poller {
                         FailureKind::Transient => {
                             let outcomes = part
                                 .iter()
-                                .map(|(key, _)| (*key, PollOutcome::Failed(upstream_error.to_string())))
+                                .map(|due| (due.key, PollOutcome::Failed(upstream_error.to_string())))
                                 .collect();
                             self.apply_outcomes(outcomes, run, shutdown).await;
                         }
@@ -380,10 +433,10 @@ impl Poller {
                             work.push_front(left.to_vec());
                         }
                         FailureKind::WrongBody => {
-                            let (key, id) = &part[0];
-                            warn!(cart_id = %id, error = %upstream_error, "the partner rejects requests containing this cart");
+                            let due = &part[0];
+                            warn!(cart_id = %due.cart_id, error = %upstream_error, "the partner rejects requests containing this cart");
                             let outcome = PollOutcome::Failed(format!("{upstream_error} (isolated to this cart)"));
-                            self.apply_outcomes(vec![(*key, outcome)], run, shutdown).await;
+                            self.apply_outcomes(vec![(due.key, outcome)], run, shutdown).await;
                         }
                     }
                 }
@@ -408,7 +461,7 @@ impl Poller {
                     return Some(true);
                 }
                 Gate::Wait { probe_in_flight: true, .. } => {
-                    let wait = tokio::time::timeout(self.config.imaterialise.request_timeout * 2, probe_finished);
+                    let wait = tokio::time::timeout(self.settings.request_timeout * 2, probe_finished);
                     shutdown.run_until_cancelled(wait).await?.ok();
                 }
                 Gate::Wait { until, .. } => {
@@ -437,13 +490,7 @@ impl Poller {
         }
     }
 
-    async fn apply_reply(
-        &self,
-        part: &[(i64, CartId)],
-        reply: BatchReply,
-        run: &SweepRun,
-        shutdown: &CancellationToken,
-    ) {
+    async fn apply_reply(&self, part: &[Due], reply: BatchReply, run: &SweepRun, shutdown: &CancellationToken) {
         if !reply.unexpected.is_empty() || reply.unidentified > 0 {
             warn!(
                 unexpected = %shorten(&reply.unexpected.join(","), 200),
@@ -454,12 +501,12 @@ impl Poller {
         let outcomes = part
             .iter()
             .zip(reply.reports)
-            .map(|((key, id), (reported_id, report))| {
-                debug_assert_eq!(id, &reported_id);
+            .map(|(due, (reported_id, report))| {
+                debug_assert_eq!(due.cart_id, reported_id);
                 if report == CartReport::Missing {
-                    warn!(cart_id = %id, "the partner's answer did not mention this cart");
+                    warn!(cart_id = %due.cart_id, "the partner's answer did not mention this cart");
                 }
-                (*key, PollOutcome::Report(report))
+                (due.key, PollOutcome::Report(report))
             })
             .collect();
         self.apply_outcomes(outcomes, run, shutdown).await;
@@ -515,7 +562,7 @@ impl Poller {
 
     /// Logs a health change, persists the new state and writes the authentication events.
     async fn handle_change(&self, change: Change, cause: Option<&UpstreamError>) {
-        let provider = imaterialise::PROVIDER;
+        let provider = self.provider.as_str();
         let now = Utc::now();
         let mut event = None;
         match &change {

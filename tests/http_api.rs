@@ -187,7 +187,10 @@ async fn the_http_api_end_to_end() {
     assert!(after.contains_key("cartwatch_outbox_backlog{sink=log}"));
     // Deliveries are counted once the first checkout or order has been announced.
     let delivered = wait_until(Duration::from_secs(15), async || {
-        api.metrics().await.get("cartwatch_deliveries_total{outcome=delivered,sink=log}").is_some_and(|count| *count >= 1.0)
+        api.metrics()
+            .await
+            .get("cartwatch_deliveries_total{outcome=delivered,sink=log}")
+            .is_some_and(|count| *count >= 1.0)
     })
     .await;
     assert!(delivered);

@@ -205,10 +205,7 @@ async fn guarded(
     config.database.path = directory.path().join("cartwatch.db");
     config.sinks.log.enabled = false;
     let store = store_for(&config).await;
-    store
-        .track(vec![TrackRequest { cart_id: cart(), reference: Some("order-9".into()) }], chrono::Utc::now())
-        .await
-        .unwrap();
+    store.track(vec![TrackRequest::imaterialise(cart(), Some("order-9".into()))], chrono::Utc::now()).await.unwrap();
     let polled_at = cartwatch::time::format_ts(chrono::Utc::now() - chrono::Duration::from_std(polled_ago).unwrap());
     rusqlite::Connection::open(&config.database.path)
         .unwrap()
@@ -245,7 +242,7 @@ async fn the_guard_refuses_locally_unless_forced() {
     let server = MockServer::start().await;
     mount_items(&server, 1).await;
     let (service, store, _directory) = guarded(&server, Some("Pending"), "tracking", Duration::ZERO).await;
-    store.untrack(vec![cart()], chrono::Utc::now()).await.unwrap();
+    store.untrack(vec![CART.to_owned()], chrono::Utc::now()).await.unwrap();
     let other = "bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b";
     let error = service.change(ItemAction::Add, other, &[ITEM.into()], false).await.unwrap_err();
     assert!(error.to_string().contains("is not tracked"), "{error}");

@@ -1,11 +1,201 @@
-//! The partner APIs cartwatch talks to, and what every provider client shares: the errors a
-//! request can end in, HTTP plumbing with a response size limit, and `Retry-After`.
+//! The partner APIs cartwatch talks to, behind one boundary: which provider a cart lives on,
+//! how its ids look, what its statuses mean (which changes announce what, which end
+//! polling), what a poll observed, and what every client shares: the errors a request can end
+//! in, HTTP plumbing with a response size limit, and `Retry-After`.
 
 pub mod imaterialise;
+pub mod titelive;
 
 use std::time::Duration;
 
+use chrono::NaiveDateTime;
+
+use crate::events::EventType;
+
 use reqwest::{Response, StatusCode};
+
+/// A partner platform carts can live on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Provider {
+    /// i.materialise: Cart Status API, carts by GUID, batches of up to 10.
+    Imaterialise,
+    /// Titelive MediaWeb: carts by session token, one per request.
+    Titelive,
+}
+
+/// How a status change ends polling, if it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Polling goes on.
+    Continue,
+    /// The cart became an order.
+    Ordered,
+    /// The cart can no longer be followed (a dead session).
+    Expired,
+}
+
+impl Provider {
+    /// Every provider.
+    pub const ALL: [Provider; 2] = [Provider::Imaterialise, Provider::Titelive];
+
+    /// The name stored with carts and sent in events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Imaterialise => "imaterialise",
+            Provider::Titelive => "titelive",
+        }
+    }
+
+    /// Reads a stored or typed name.
+    pub fn parse(name: &str) -> Option<Provider> {
+        Provider::ALL.into_iter().find(|provider| provider.as_str().eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// The canonical form of a cart id on this provider: a lower-case GUID for
+    /// i.materialise, a 26-character session token (case kept) for Titelive. Returns a
+    /// message naming the problem otherwise.
+    pub fn canonical_cart_id(self, text: &str) -> Result<String, String> {
+        match self {
+            Provider::Imaterialise => {
+                crate::cart_id::CartId::parse(text).map(|id| id.to_string()).map_err(|error| error.to_string())
+            }
+            Provider::Titelive => {
+                titelive::Token::parse(text).map(|token| token.as_str().to_owned()).map_err(|error| error.to_string())
+            }
+        }
+    }
+
+    /// The most cart ids one request may carry.
+    pub fn max_batch(self) -> usize {
+        match self {
+            Provider::Imaterialise => imaterialise::MAX_BATCH,
+            Provider::Titelive => 1,
+        }
+    }
+
+    /// The event a status change announces, if any. `from` is `None` for a first sighting.
+    pub fn transition_event(self, from: Option<&str>, to: &str) -> Option<EventType> {
+        let (from_rank, to_rank) = (from.and_then(|from| self.rank(from)), self.rank(to));
+        if let (Some(from_rank), Some(to_rank)) = (from_rank, to_rank)
+            && to_rank < from_rank
+            && self.ending(to) == Ending::Continue
+        {
+            return Some(EventType::CartReopened);
+        }
+        match self {
+            Provider::Imaterialise => match crate::status::CartStatus::parse(to) {
+                crate::status::CartStatus::Ordered => Some(EventType::CartOrdered),
+                crate::status::CartStatus::CheckedOut => Some(EventType::CartCheckedOut),
+                crate::status::CartStatus::Pending => Some(EventType::CartPending),
+                _ => None,
+            },
+            Provider::Titelive => match to {
+                titelive::STATUS_VALID => Some(EventType::CartReady),
+                titelive::STATUS_ORDERED => Some(EventType::CartOrdered),
+                titelive::STATUS_NO_SESSION => Some(EventType::CartSessionExpired),
+                _ => None,
+            },
+        }
+    }
+
+    /// Position of a status along the normal flow, to tell a step back; `None` when the
+    /// status is not on it.
+    pub fn rank(self, status: &str) -> Option<u8> {
+        match self {
+            Provider::Imaterialise => crate::status::CartStatus::parse(status).rank(),
+            Provider::Titelive => titelive::rank(status),
+        }
+    }
+
+    /// Whether reaching `status` ends polling, and how.
+    pub fn ending(self, status: &str) -> Ending {
+        match (self, status) {
+            (Provider::Imaterialise, status)
+                if crate::status::CartStatus::parse(status) == crate::status::CartStatus::Ordered =>
+            {
+                Ending::Ordered
+            }
+            (Provider::Titelive, titelive::STATUS_ORDERED) => Ending::Ordered,
+            (Provider::Titelive, titelive::STATUS_NO_SESSION) => Ending::Expired,
+            _ => Ending::Continue,
+        }
+    }
+
+    /// Whether a cart in `status` is polled at the fastest tier whatever its age, because
+    /// an order is near.
+    pub fn order_is_near(self, status: &str) -> bool {
+        match self {
+            Provider::Imaterialise => crate::status::CartStatus::parse(status) == crate::status::CartStatus::CheckedOut,
+            Provider::Titelive => status == titelive::STATUS_VALID,
+        }
+    }
+}
+
+impl std::fmt::Display for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The canonical form of a cart id given without its provider: a GUID (any spelling) or a
+/// Titelive session token. Returns a message naming the problem otherwise.
+pub fn canonical_any(text: &str) -> Result<String, String> {
+    Provider::Imaterialise.canonical_cart_id(text).or_else(|_| Provider::Titelive.canonical_cart_id(text)).map_err(
+        |_| {
+            format!(
+                "malformed cart id {:?}: expected a GUID, or a 26-character Titelive session token",
+                crate::cart_id::shorten(text.trim(), 60)
+            )
+        },
+    )
+}
+
+/// What a poll observed about one cart, in provider-neutral terms.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observation {
+    /// The status, in the provider's canonical spelling (unknown values verbatim).
+    pub status: String,
+    /// Whether the provider documents this status.
+    pub known_status: bool,
+    /// More about the status, for people (Titelive: which requirement is missing).
+    pub detail: Option<String>,
+    /// The partner's order id, when the cart became an order.
+    pub order_id: Option<String>,
+    /// The order's status, when known.
+    pub order_status: Option<String>,
+    /// The order's total, as an exact decimal, when known.
+    pub order_total: Option<String>,
+    /// The creation date exactly as sent.
+    pub created_at_raw: Option<String>,
+    /// The creation date parsed (no zone).
+    pub created_at: Option<NaiveDateTime>,
+}
+
+/// What the partner said about one requested cart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CartReport {
+    /// A status.
+    Status(Observation),
+    /// The partner does not know the cart (i.materialise per-cart 101).
+    NotFound(String),
+    /// Another per-cart error: code and message.
+    Error(Option<i64>, String),
+    /// An entry for the cart that made no sense.
+    Malformed(String),
+    /// The cart was requested but the answer did not mention it.
+    Missing,
+}
+
+/// The answer to one batch, matched to the requested carts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchReply {
+    /// One report per requested cart, in request order, by cart id.
+    pub reports: Vec<(String, CartReport)>,
+    /// Cart ids in the answer that were not requested, as the answer wrote them.
+    pub unexpected: Vec<String>,
+    /// Entries without a cart id.
+    pub unidentified: usize,
+}
 
 /// Why a request to a partner API failed as a whole.
 ///

@@ -8,6 +8,7 @@
 
 mod faults;
 mod imaterialise_api;
+mod titelive_api;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,6 +46,10 @@ pub struct SimulatorSettings {
     pub faults: FaultSpec,
     /// How long a "timeout" fault keeps the request waiting.
     pub hang_for: Duration,
+    /// Titelive sessions with scripted carts.
+    pub titelive_sessions: usize,
+    /// The Titelive domain code it serves.
+    pub titelive_domain: String,
 }
 
 impl Default for SimulatorSettings {
@@ -59,6 +64,8 @@ impl Default for SimulatorSettings {
             max_dwell: 3,
             faults: FaultSpec::default(),
             hang_for: Duration::from_secs(120),
+            titelive_sessions: 0,
+            titelive_domain: "00000".into(),
         }
     }
 }
@@ -144,6 +151,8 @@ pub(crate) struct SimState {
     catalog: Mutex<HashMap<String, bool>>,
     /// Requests to the Add/Remove Cart Item API.
     item_requests: AtomicU64,
+    /// Titelive sessions by token.
+    sessions: Mutex<HashMap<String, titelive_api::SimSession>>,
     stats: Stats,
     shutdown: CancellationToken,
 }
@@ -189,6 +198,25 @@ impl SimState {
             carts.insert(id, cart);
         }
         let unknown = (0..settings.unknown_carts).map(|_| random_guid(&mut rng)).collect();
+        let mut sessions = HashMap::new();
+        for _ in 0..settings.titelive_sessions {
+            let token: String = (0..26)
+                .map(|_| {
+                    let alphabet = b"abcdefghijklmnopqrstuvwxyz0123456789";
+                    char::from(alphabet[rng.random_range(0..alphabet.len())])
+                })
+                .collect();
+            let session =
+                titelive_api::random_session(&mut rng, settings.min_dwell, settings.max_dwell.max(settings.min_dwell));
+            truth.push(TrueTransition {
+                cart_id: token.clone(),
+                from: None,
+                to: titelive_api::status_name(session.script_start()),
+                order_id: None,
+                at: now,
+            });
+            sessions.insert(token, session);
+        }
         SimState {
             api_code: Mutex::new(settings.api_code.clone()),
             faults: Mutex::new(settings.faults.clone()),
@@ -200,6 +228,7 @@ impl SimState {
             request_log: Mutex::new(Vec::new()),
             catalog: Mutex::new(HashMap::new()),
             item_requests: AtomicU64::new(0),
+            sessions: Mutex::new(sessions),
             stats: Stats::default(),
             shutdown,
         }
@@ -288,7 +317,7 @@ impl Simulator {
         let state = Arc::new(SimState::new(settings, shutdown.clone()));
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let address = listener.local_addr()?;
-        let app = imaterialise_api::router(Arc::clone(&state));
+        let app = imaterialise_api::router(Arc::clone(&state)).merge(titelive_api::router(Arc::clone(&state)));
         let server = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned());
             if let Err(error) = serve.await {
@@ -327,12 +356,20 @@ impl Simulator {
 
     /// Whether every cart has reached the end of its script and been served there.
     pub fn settled(&self) -> bool {
-        lock(&self.state.carts).values().all(SimCart::settled)
+        self.unsettled() == 0
     }
 
-    /// How many carts have not settled yet.
+    /// How many carts (and Titelive sessions) have not settled yet.
     pub fn unsettled(&self) -> usize {
         lock(&self.state.carts).values().filter(|cart| !cart.settled()).count()
+            + lock(&self.state.sessions).values().filter(|session| !session.settled()).count()
+    }
+
+    /// The Titelive session tokens it knows.
+    pub fn session_tokens(&self) -> Vec<String> {
+        let mut tokens: Vec<String> = lock(&self.state.sessions).keys().cloned().collect();
+        tokens.sort();
+        tokens
     }
 
     /// Replaces the faults it injects.

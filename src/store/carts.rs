@@ -11,13 +11,15 @@ use super::outbox::insert_event;
 use super::{Store, StoreError};
 use crate::cart_id::CartId;
 use crate::events::{EventType, NewEvent};
+use crate::provider::Provider;
 use crate::reconcile::{CartRow, Context, PollOutcome, decide};
 use crate::time::format_ts;
 
 /// The columns of [`CartRow`], in the order [`read_cart_row`] expects.
 pub(super) const CART_COLUMNS: &str = "cart_key, cart_id, reference, state, status, order_id, cart_created_at, \
      cart_created_at_raw, registered_at, next_poll_at, last_polled_at, status_changed_at, \
-     consecutive_errors, consecutive_not_found, last_error, finished_at, 'imaterialise' AS provider";
+     consecutive_errors, consecutive_not_found, last_error, finished_at, provider, account, status_detail, \
+     order_status, order_total";
 
 /// Reads a row selected with [`CART_COLUMNS`]. Lenient about types, since people edit this
 /// table by hand: a number where text belongs is read as text, garbage counters as zero.
@@ -40,6 +42,10 @@ pub(super) fn read_cart_row(row: &Row<'_>) -> rusqlite::Result<CartRow> {
         last_error: lenient_text(row, 14)?,
         finished_at: lenient_text(row, 15)?,
         provider: lenient_text(row, 16)?.unwrap_or_else(|| crate::provider::imaterialise::PROVIDER.to_owned()),
+        account: lenient_text(row, 17)?.unwrap_or_default(),
+        status_detail: lenient_text(row, 18)?,
+        order_status: lenient_text(row, 19)?,
+        order_total: lenient_text(row, 20)?,
     })
 }
 
@@ -64,10 +70,26 @@ fn lenient_count(row: &Row<'_>, index: usize) -> rusqlite::Result<u32> {
 /// One cart to register.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackRequest {
-    /// The cart.
-    pub cart_id: CartId,
+    /// The provider it lives on.
+    pub provider: Provider,
+    /// The cart id in its provider's canonical form.
+    pub cart_id: String,
+    /// The partner account (Titelive: the domain code); empty for i.materialise.
+    pub account: String,
     /// The shop's reference, if any.
     pub reference: Option<String>,
+}
+
+impl TrackRequest {
+    /// An i.materialise cart.
+    pub fn imaterialise(cart_id: CartId, reference: Option<String>) -> TrackRequest {
+        TrackRequest {
+            provider: Provider::Imaterialise,
+            cart_id: cart_id.to_string(),
+            account: String::new(),
+            reference,
+        }
+    }
 }
 
 /// What registering a cart did.
@@ -103,6 +125,8 @@ pub struct DueCart {
     pub cart_id: String,
     /// When it became due, for keyset paging.
     pub next_poll_at: String,
+    /// The partner account (Titelive domain).
+    pub account: String,
 }
 
 /// What applying a batch wrote.
@@ -137,7 +161,7 @@ impl Store {
         &self,
         requests: Vec<TrackRequest>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<(CartId, TrackOutcome)>, StoreError> {
+    ) -> Result<Vec<(String, TrackOutcome)>, StoreError> {
         self.write(move |connection| {
             let transaction = connection.transaction()?;
             let now = format_ts(now);
@@ -155,9 +179,9 @@ impl Store {
     /// Stops polling carts. Their rows and history stay.
     pub async fn untrack(
         &self,
-        cart_ids: Vec<CartId>,
+        cart_ids: Vec<String>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<(CartId, UntrackOutcome)>, StoreError> {
+    ) -> Result<Vec<(String, UntrackOutcome)>, StoreError> {
         self.write(move |connection| {
             let transaction = connection.transaction()?;
             let now = format_ts(now);
@@ -166,13 +190,13 @@ impl Store {
                 let changed = transaction.execute(
                     "UPDATE carts SET state = 'untracked', next_poll_at = NULL, finished_at = ?2 \
                      WHERE cart_id = ?1 AND state = 'tracking'",
-                    params![cart_id.as_str(), now],
+                    params![cart_id, now],
                 )?;
                 let outcome = if changed > 0 {
                     UntrackOutcome::Untracked
                 } else {
                     let state: Option<String> = transaction
-                        .query_row("SELECT state FROM carts WHERE cart_id = ?1", [cart_id.as_str()], |row| row.get(0))
+                        .query_row("SELECT state FROM carts WHERE cart_id = ?1", [&cart_id], |row| row.get(0))
                         .optional()?;
                     state.map_or(UntrackOutcome::Unknown, UntrackOutcome::NotTracking)
                 };
@@ -190,18 +214,19 @@ impl Store {
     pub async fn check_hand_inserted(&self, now: DateTime<Utc>, limit: u32) -> Result<HandInsertReport, StoreError> {
         self.write(move |connection| {
             let transaction = connection.transaction()?;
-            let rows: Vec<(i64, String)> = {
+            let rows: Vec<(i64, String, String)> = {
                 let mut statement = transaction.prepare_cached(
-                    "SELECT cart_key, cart_id FROM carts WHERE state = 'tracking' AND next_poll_at IS NULL LIMIT ?1",
+                    "SELECT cart_key, cart_id, provider FROM carts WHERE state = 'tracking' AND next_poll_at IS NULL LIMIT ?1",
                 )?;
-                let rows =
-                    statement.query_map([limit], |row| Ok((row.get(0)?, lenient_text(row, 1)?.unwrap_or_default())))?;
+                let rows = statement.query_map([limit], |row| {
+                    Ok((row.get(0)?, lenient_text(row, 1)?.unwrap_or_default(), lenient_text(row, 2)?.unwrap_or_default()))
+                })?;
                 rows.collect::<Result<_, _>>()?
             };
             let mut report = HandInsertReport::default();
             let now = format_ts(now);
-            for (key, found) in rows {
-                match repair_cart_id(&transaction, key, &found, &now)? {
+            for (key, found, provider) in rows {
+                match repair_cart_id(&transaction, key, &found, &provider, &now)? {
                     Ok(canonical) => report.accepted.push(canonical),
                     Err(reason) => report.flagged.push((found, reason)),
                 }
@@ -218,21 +243,23 @@ impl Store {
         &self,
         key: i64,
         found: String,
+        provider: Provider,
         now: DateTime<Utc>,
     ) -> Result<Result<String, String>, StoreError> {
         self.write(move |connection| {
             let transaction = connection.transaction()?;
-            let result = repair_cart_id(&transaction, key, &found, &format_ts(now))?;
+            let result = repair_cart_id(&transaction, key, &found, provider.as_str(), &format_ts(now))?;
             transaction.commit()?;
             Ok(result)
         })
         .await
     }
 
-    /// One page of carts due at `now`, after the keyset cursor `after` (`next_poll_at`,
-    /// `cart_key`), in due order. Uses the `carts_due` index.
+    /// One page of `provider`'s carts due at `now`, after the keyset cursor `after`
+    /// (`next_poll_at`, `cart_key`), in due order. Uses the `carts_due` index.
     pub async fn due_page(
         &self,
+        provider: Provider,
         now: DateTime<Utc>,
         after: Option<(String, i64)>,
         limit: u32,
@@ -240,13 +267,17 @@ impl Store {
         self.read(move |connection| {
             let (after_time, after_key) = after.unwrap_or_default();
             let mut statement = connection.prepare_cached(DUE_PAGE_SQL)?;
-            let rows = statement.query_map(params![format_ts(now), after_time, after_key, limit], |row| {
-                Ok(DueCart {
-                    key: row.get(0)?,
-                    cart_id: lenient_text(row, 1)?.unwrap_or_default(),
-                    next_poll_at: lenient_text(row, 2)?.unwrap_or_default(),
-                })
-            })?;
+            let rows = statement.query_map(
+                params![provider.as_str(), format_ts(now), after_time, after_key, limit],
+                |row| {
+                    Ok(DueCart {
+                        key: row.get(0)?,
+                        cart_id: lenient_text(row, 1)?.unwrap_or_default(),
+                        next_poll_at: lenient_text(row, 2)?.unwrap_or_default(),
+                        account: lenient_text(row, 3)?.unwrap_or_default(),
+                    })
+                },
+            )?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
@@ -256,7 +287,7 @@ impl Store {
     pub async fn explain_due_page(&self) -> Result<Vec<String>, StoreError> {
         self.read(|connection| {
             let mut statement = connection.prepare(&format!("EXPLAIN QUERY PLAN {DUE_PAGE_SQL}"))?;
-            let rows = statement.query_map(params!["", "", 0, 1], |row| row.get::<_, String>(3))?;
+            let rows = statement.query_map(params!["imaterialise", "", "", 0, 1], |row| row.get::<_, String>(3))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
@@ -302,15 +333,15 @@ impl Store {
     }
 }
 
-const DUE_PAGE_SQL: &str = "SELECT cart_key, cart_id, next_poll_at FROM carts \
-     WHERE state = 'tracking' AND next_poll_at <= ?1 AND (next_poll_at, cart_key) > (?2, ?3) \
-     ORDER BY next_poll_at, cart_key LIMIT ?4";
+const DUE_PAGE_SQL: &str = "SELECT cart_key, cart_id, next_poll_at, account FROM carts \
+     WHERE state = 'tracking' AND provider = ?1 AND next_poll_at <= ?2 AND (next_poll_at, cart_key) > (?3, ?4) \
+     ORDER BY next_poll_at, cart_key LIMIT ?5";
 
 fn track_one(transaction: &Transaction<'_>, request: &TrackRequest, now: &str) -> Result<TrackOutcome, StoreError> {
     let inserted = transaction.execute(
-        "INSERT INTO carts (cart_id, reference, state, registered_at, next_poll_at) VALUES (?1, ?2, 'tracking', ?3, ?3) \
-         ON CONFLICT (cart_id) DO NOTHING",
-        params![request.cart_id.as_str(), request.reference, now],
+        "INSERT INTO carts (cart_id, provider, account, reference, state, registered_at, next_poll_at) \
+         VALUES (?1, ?2, ?3, ?4, 'tracking', ?5, ?5) ON CONFLICT (cart_id) DO NOTHING",
+        params![request.cart_id, request.provider.as_str(), request.account, request.reference, now],
     )?;
     if inserted > 0 {
         return Ok(TrackOutcome::Added);
@@ -323,7 +354,7 @@ fn track_one(transaction: &Transaction<'_>, request: &TrackRequest, now: &str) -
         "tracking" => {
             transaction.execute(
                 "UPDATE carts SET reference = coalesce(?2, reference) WHERE cart_id = ?1",
-                params![request.cart_id.as_str(), request.reference],
+                params![request.cart_id, request.reference],
             )?;
             Ok(TrackOutcome::AlreadyTracked)
         }
@@ -332,7 +363,7 @@ fn track_one(transaction: &Transaction<'_>, request: &TrackRequest, now: &str) -
                 "UPDATE carts SET state = 'tracking', next_poll_at = ?2, finished_at = NULL, \
                  consecutive_errors = 0, consecutive_not_found = 0, reference = coalesce(?3, reference) \
                  WHERE cart_id = ?1",
-                params![request.cart_id.as_str(), now, request.reference],
+                params![request.cart_id, now, request.reference],
             )?;
             Ok(TrackOutcome::Resumed)
         }
@@ -344,6 +375,7 @@ fn repair_cart_id(
     transaction: &Transaction<'_>,
     key: i64,
     found: &str,
+    provider: &str,
     now: &str,
 ) -> Result<Result<String, String>, StoreError> {
     let flag = |reason: String| -> Result<Result<String, String>, StoreError> {
@@ -353,9 +385,12 @@ fn repair_cart_id(
         )?;
         Ok(Err(reason))
     };
-    let canonical = match CartId::parse(found) {
-        Ok(id) => id.to_string(),
-        Err(error) => return flag(error.to_string()),
+    let Some(provider) = Provider::parse(provider) else {
+        return flag(format!("unknown provider {provider:?}; expected imaterialise or titelive"));
+    };
+    let canonical = match provider.canonical_cart_id(found) {
+        Ok(id) => id,
+        Err(message) => return flag(message),
     };
     if canonical != found {
         let duplicate: Option<i64> = transaction
@@ -386,7 +421,8 @@ fn apply_in(
     let mut update = transaction.prepare_cached(
         "UPDATE carts SET status = ?2, order_id = ?3, cart_created_at = ?4, cart_created_at_raw = ?5, state = ?6, \
          next_poll_at = ?7, last_polled_at = ?8, status_changed_at = ?9, consecutive_errors = ?10, \
-         consecutive_not_found = ?11, last_error = ?12, finished_at = ?13 WHERE cart_key = ?1",
+         consecutive_not_found = ?11, last_error = ?12, finished_at = ?13, status_detail = ?14, order_status = ?15, \
+         order_total = ?16 WHERE cart_key = ?1",
     )?;
     let mut insert_transition = transaction.prepare_cached(
         "INSERT INTO cart_transitions (cart_key, cart_id, from_status, to_status, order_id, detected_at, event_id) \
@@ -416,7 +452,10 @@ fn apply_in(
             row.consecutive_errors,
             row.consecutive_not_found,
             row.last_error,
-            row.finished_at
+            row.finished_at,
+            row.status_detail,
+            row.order_status,
+            row.order_total
         ])?;
         let mut first_event_id = None;
         for (event_type, data) in &decision.events {

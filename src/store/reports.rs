@@ -50,6 +50,8 @@ pub struct UpstreamRecord {
 /// One sweep's figures.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SweepRecord {
+    /// The provider swept (empty for the sum of several).
+    pub provider: String,
     /// When it started.
     pub started_at: String,
     /// When it ended.
@@ -66,6 +68,29 @@ pub struct SweepRecord {
     pub events: u64,
     /// Why the sweep stopped before reaching every due cart, if it did.
     pub stopped_early: Option<String>,
+}
+
+impl SweepRecord {
+    /// Adds another sweep's figures (of another provider, in the same round).
+    pub fn add(&mut self, other: &SweepRecord) {
+        if self.started_at.is_empty() || other.started_at < self.started_at {
+            self.started_at.clone_from(&other.started_at);
+        }
+        if other.finished_at > self.finished_at {
+            self.finished_at.clone_from(&other.finished_at);
+        }
+        self.carts_polled += other.carts_polled;
+        self.requests += other.requests;
+        self.failures += other.failures;
+        self.transitions += other.transitions;
+        self.events += other.events;
+        if let Some(reason) = &other.stopped_early {
+            self.stopped_early = Some(match self.stopped_early.take() {
+                Some(earlier) => format!("{earlier}; {reason}"),
+                None => reason.clone(),
+            });
+        }
+    }
 }
 
 /// Counts for `cartwatch status` and metrics.
@@ -146,8 +171,8 @@ impl Store {
             summary.events = connection.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |row| row.get(0))?;
             summary.last_sweep = connection
                 .query_row(
-                    "SELECT started_at, finished_at, carts_polled, requests, failures, transitions, events, stopped_early \
-                     FROM sweeps ORDER BY sweep_id DESC LIMIT 1",
+                    "SELECT started_at, finished_at, carts_polled, requests, failures, transitions, events, stopped_early, \
+                     coalesce(provider, 'imaterialise') FROM sweeps ORDER BY sweep_id DESC LIMIT 1",
                     [],
                     read_sweep,
                 )
@@ -231,8 +256,8 @@ impl Store {
     pub async fn record_sweep(&self, record: SweepRecord) -> Result<(), StoreError> {
         self.write(move |connection| {
             connection.execute(
-                "INSERT INTO sweeps (started_at, finished_at, carts_polled, requests, failures, transitions, events, stopped_early) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO sweeps (started_at, finished_at, carts_polled, requests, failures, transitions, events, stopped_early, provider) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     record.started_at,
                     record.finished_at,
@@ -241,7 +266,8 @@ impl Store {
                     record.failures,
                     record.transitions,
                     record.events,
-                    record.stopped_early
+                    record.stopped_early,
+                    record.provider
                 ],
             )?;
             connection.execute("DELETE FROM sweeps WHERE sweep_id <= (SELECT max(sweep_id) - 1000 FROM sweeps)", [])?;
@@ -261,5 +287,6 @@ fn read_sweep(row: &rusqlite::Row<'_>) -> rusqlite::Result<SweepRecord> {
         transitions: row.get(5)?,
         events: row.get(6)?,
         stopped_early: lenient_text(row, 7)?,
+        provider: lenient_text(row, 8)?.unwrap_or_default(),
     })
 }

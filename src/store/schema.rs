@@ -163,6 +163,17 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX item_changes_by_cart ON item_changes (cart_id, change_id);
     "#,
+    // 4: carts from more than one provider. Existing carts are i.materialise carts.
+    r#"
+    ALTER TABLE carts ADD COLUMN provider TEXT NOT NULL DEFAULT 'imaterialise';
+    ALTER TABLE carts ADD COLUMN account TEXT NOT NULL DEFAULT '';
+    ALTER TABLE carts ADD COLUMN status_detail TEXT;
+    ALTER TABLE carts ADD COLUMN order_status TEXT;
+    ALTER TABLE carts ADD COLUMN order_total TEXT;
+    ALTER TABLE sweeps ADD COLUMN provider TEXT;
+    DROP INDEX carts_due;
+    CREATE INDEX carts_due ON carts (provider, next_poll_at, cart_key) WHERE state = 'tracking';
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -49,7 +49,7 @@ pub async fn store_for(config: &Config) -> Store {
 /// Registers every cart the simulator knows (and the unknown ones).
 pub async fn track_all(store: &Store, simulator: &Simulator) -> usize {
     let requests: Vec<TrackRequest> =
-        simulator.cart_ids().into_iter().map(|cart_id| TrackRequest { cart_id, reference: None }).collect();
+        simulator.cart_ids().into_iter().map(|cart_id| TrackRequest::imaterialise(cart_id, None)).collect();
     let count = requests.len();
     store.track(requests, chrono::Utc::now()).await.unwrap();
     count

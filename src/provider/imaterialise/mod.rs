@@ -12,39 +12,18 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 
 use crate::cart_id::CartId;
 use crate::config::{ImaterialiseConfig, WireFormat};
-use crate::provider::{UpstreamError, http_client, read_limited, status_error, transport_error};
+use crate::provider::{
+    BatchReply, CartReport, Observation, UpstreamError, http_client, read_limited, status_error, transport_error,
+};
 use crate::secret::Secret;
-use wire::{ApiError, DecodeError, EntryOutcome, ReportedStatus, StatusReply};
+use crate::status::CartStatus;
+use wire::{DecodeError, EntryOutcome, StatusReply};
 
 /// The provider name stored with carts and sent in events.
 pub const PROVIDER: &str = "imaterialise";
 
 /// The API's own limit on cart IDs per request.
 pub const MAX_BATCH: usize = 10;
-
-/// What the API said about one requested cart.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CartReport {
-    /// A status.
-    Status(ReportedStatus),
-    /// A per-cart error, such as 101 (not found or wrong format).
-    Error(ApiError),
-    /// An entry for the cart that made no sense.
-    Malformed(String),
-    /// The cart was requested but the response did not mention it.
-    Missing,
-}
-
-/// The answer to one batch, matched to the requested carts.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BatchReply {
-    /// One report per requested cart, in request order.
-    pub reports: Vec<(CartId, CartReport)>,
-    /// Cart ids in the response that were not requested, as the response wrote them.
-    pub unexpected: Vec<String>,
-    /// Entries without a cart id.
-    pub unidentified: usize,
-}
 
 /// A Cart Status API client.
 pub struct StatusClient {
@@ -175,6 +154,23 @@ pub fn decode(body: &[u8], requested: WireFormat, content_type: &str) -> Result<
     if is_xml { wire::decode_xml(body) } else { wire::decode_json(body) }
 }
 
+/// Turns a response entry into the provider-neutral report: per-cart 101 means not found.
+fn report(outcome: EntryOutcome) -> CartReport {
+    match outcome {
+        EntryOutcome::Status(reported) => CartReport::Status(Observation {
+            known_status: !matches!(reported.status, CartStatus::Other(_)),
+            status: reported.status.as_str().to_owned(),
+            order_id: reported.order_id,
+            created_at_raw: reported.created_at_raw,
+            created_at: reported.created_at,
+            ..Observation::default()
+        }),
+        EntryOutcome::Error(error) if error.code == Some(101) => CartReport::NotFound(error.message),
+        EntryOutcome::Error(error) => CartReport::Error(error.code, error.message),
+        EntryOutcome::Malformed(reason) => CartReport::Malformed(reason),
+    }
+}
+
 /// Matches response entries to requested ids, case-insensitively and tolerating any GUID
 /// spelling. Every requested cart gets exactly one report.
 pub fn match_reply(requested: &[CartId], reply: StatusReply) -> BatchReply {
@@ -186,13 +182,7 @@ pub fn match_reply(requested: &[CartId], reply: StatusReply) -> BatchReply {
             .map(|id| id.to_string())
             .unwrap_or_else(|_| entry.cart_id.trim().to_ascii_lowercase());
         match index.get(canonical.as_str()) {
-            Some(&position) if reports[position].is_none() => {
-                reports[position] = Some(match entry.outcome {
-                    EntryOutcome::Status(status) => CartReport::Status(status),
-                    EntryOutcome::Error(error) => CartReport::Error(error),
-                    EntryOutcome::Malformed(reason) => CartReport::Malformed(reason),
-                });
-            }
+            Some(&position) if reports[position].is_none() => reports[position] = Some(report(entry.outcome)),
             // A second entry for the same cart is ignored: the first one wins.
             Some(_) => unexpected.push(entry.cart_id),
             None => unexpected.push(entry.cart_id),
@@ -201,7 +191,7 @@ pub fn match_reply(requested: &[CartId], reply: StatusReply) -> BatchReply {
     BatchReply {
         reports: requested
             .iter()
-            .cloned()
+            .map(ToString::to_string)
             .zip(reports.into_iter().map(|report| report.unwrap_or(CartReport::Missing)))
             .collect(),
         unexpected,
@@ -234,8 +224,8 @@ mod tests {
         )
         .unwrap();
         let matched = match_reply(&[a.clone(), b.clone()], reply);
-        assert!(matches!(matched.reports[0], (ref id, CartReport::Status(_)) if *id == a));
-        assert_eq!(matched.reports[1], (b, CartReport::Missing));
+        assert!(matches!(matched.reports[0], (ref id, CartReport::Status(_)) if *id == a.as_str()));
+        assert_eq!(matched.reports[1], (b.to_string(), CartReport::Missing));
         assert_eq!(matched.unexpected, ["59dcca18-05e7-4f5c-8b4e-89e987ea1e51"]);
     }
 
