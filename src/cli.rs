@@ -25,6 +25,8 @@ use crate::items::{ChangeError, ItemsService};
 use crate::provider::imaterialise::items::ItemAction;
 use crate::provider::titelive::check_domain;
 use crate::provider::{Provider, canonical_any};
+use crate::simulator::{DEMO_API_CODE, FaultSpec, Simulator, SimulatorSettings};
+use crate::status::CartStatus;
 use crate::store::{Store, TrackOutcome, TrackRequest, UntrackOutcome};
 use crate::systemd::Systemd;
 
@@ -63,7 +65,11 @@ pub enum Command {
     /// SIGHUP reloads the config (for a new apiCode) and probes a paused upstream at once.
     Run,
     /// Run one sweep over the carts due now, deliver pending events once, and exit.
-    PollOnce,
+    PollOnce {
+        /// Poll every tracked cart, not only those due.
+        #[arg(long)]
+        all: bool,
+    },
     /// Register carts to watch, by id (any GUID spelling), from a file, or from stdin.
     Track {
         /// Cart ids: GUIDs for i.materialise, session tokens for Titelive.
@@ -134,6 +140,51 @@ pub enum Command {
     },
     /// Validate the config and print the effective values, secrets redacted.
     CheckConfig,
+    /// Run the built-in partner simulator as its own process, until SIGTERM or Ctrl-C: the
+    /// Cart Status and Add/Remove Cart Item APIs, the Titelive cart API, and `/_sim/stats`,
+    /// `/_sim/carts`, `/_sim/truth` to see what it did.
+    Simulate {
+        /// Address to listen on.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8900")]
+        listen: std::net::SocketAddr,
+        /// Milliseconds added to every status request.
+        #[arg(long, value_name = "MS", default_value_t = 0)]
+        latency: u64,
+        /// Simulated i.materialise carts.
+        #[arg(long, value_name = "N", default_value_t = 30)]
+        carts: usize,
+        /// Cart ids it does not know (answered with 101).
+        #[arg(long, value_name = "N", default_value_t = 2)]
+        unknown: usize,
+        /// Simulated Titelive sessions (domain 00000).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        sessions: usize,
+        /// Seed of the scripts, ids and faults.
+        #[arg(long, value_name = "S", default_value_t = 1)]
+        seed: u64,
+        /// Faults to inject, e.g. `401:0.05,code1:0.05,5xx:0.05,timeout:0.01,malformed:0.05`.
+        #[arg(long, value_name = "SPEC", default_value = "")]
+        faults: String,
+        /// Every cart shows this status for good (NotOrdered, Pending, CheckedOut, Ordered).
+        #[arg(long, value_name = "STATUS")]
+        uniform_status: Option<String>,
+        /// Fewest times a status is served before a cart moves on.
+        #[arg(long, value_name = "N", default_value_t = 1)]
+        min_dwell: u32,
+        /// Most times a status is served before a cart moves on.
+        #[arg(long, value_name = "N", default_value_t = 3)]
+        max_dwell: u32,
+    },
+    /// Run a benchmark and print its figures as one JSON object per scenario: sweep, scale,
+    /// deliver, transitions, or all.
+    Bench {
+        /// The scenario.
+        #[arg(value_name = "SCENARIO", default_value = "all")]
+        scenario: String,
+        /// Scale the number of carts and events by this factor (1.0 is the documented size).
+        #[arg(long, value_name = "FACTOR", default_value_t = 1.0)]
+        scale: f64,
+    },
     /// Watch simulated carts being checked out and ordered: a built-in simulator, a
     /// temporary database, no config and no network. Ends within a minute.
     Demo {
@@ -254,7 +305,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
     let config_path = cli.config.clone();
     match cli.command {
         Command::Run => run(config_path).await,
-        Command::PollOnce => poll_once(config_path).await,
+        Command::PollOnce { all } => poll_once(config_path, all).await,
         Command::Track { cart_ids, provider, domain, reference, file } => {
             track(config_path, cart_ids, provider, domain, reference, file).await
         }
@@ -278,6 +329,40 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Items { action: ItemsCommand::List { cart_id } } => list_items(config_path, cart_id).await,
         Command::CheckConfig => check_config(config_path),
+        Command::Simulate {
+            listen,
+            latency,
+            carts,
+            unknown,
+            sessions,
+            seed,
+            faults,
+            uniform_status,
+            min_dwell,
+            max_dwell,
+        } => {
+            let faults =
+                FaultSpec::parse(&faults).map_err(|message| Failure::new(EXIT_REJECTED, anyhow::anyhow!(message)))?;
+            let uniform_status = uniform_status.map(|status| CartStatus::parse(&status));
+            let settings = SimulatorSettings {
+                seed,
+                carts,
+                unknown_carts: unknown,
+                titelive_sessions: sessions,
+                latency: std::time::Duration::from_millis(latency),
+                faults,
+                uniform_status,
+                min_dwell,
+                max_dwell,
+                ..SimulatorSettings::default()
+            };
+            simulate(settings, listen).await
+        }
+        Command::Bench { scenario, scale } => {
+            let scenarios = crate::bench::scenarios(&scenario)
+                .map_err(|message| Failure::new(EXIT_REJECTED, anyhow::anyhow!(message)))?;
+            crate::bench::run(&scenarios, scale).await.map_err(Failure::from)
+        }
         Command::Demo { provider, carts, seed } => {
             let provider = Provider::parse(&provider).ok_or_else(|| {
                 Failure::new(
@@ -369,10 +454,15 @@ fn spawn_signal_handlers(
     Ok(())
 }
 
-async fn poll_once(config_path: Option<PathBuf>) -> Result<(), Failure> {
+async fn poll_once(config_path: Option<PathBuf>, all: bool) -> Result<(), Failure> {
     let loaded = loaded(config_path.as_deref(), Purpose::Upstream)?;
     crate::logging::init(&loaded.config.logging);
     log_loaded(&loaded);
+    if all {
+        let store = open_store(&loaded.config).await?;
+        let due = store.make_all_due(Utc::now()).await.map_err(|error| Failure::new(EXIT_DATABASE, error))?;
+        eprintln!("{due} tracked cart(s) made due");
+    }
     let record = daemon::poll_once(loaded.config, CancellationToken::new()).await.map_err(|error| match error {
         daemon::DaemonError::Store(_) => Failure::new(EXIT_DATABASE, error),
         other => Failure::new(EXIT_FAILURE, other),
@@ -684,6 +774,27 @@ async fn list_items(config_path: Option<PathBuf>, cart_id: String) -> Result<(),
     for change in &changes {
         println!("{}", crate::render::render_item_change(change));
     }
+    Ok(())
+}
+
+async fn simulate(settings: SimulatorSettings, listen: std::net::SocketAddr) -> Result<(), Failure> {
+    crate::logging::init(&crate::config::LoggingConfig {
+        level: "warn".into(),
+        format: crate::config::LogFormat::Auto,
+    });
+    let simulator = Simulator::start(settings, listen)
+        .await
+        .map_err(|error| Failure::new(EXIT_FAILURE, anyhow::anyhow!("cannot listen on {listen}: {error}")))?;
+    // The first line is for programs that start the simulator and need its address.
+    println!("{}", simulator.base_url());
+    println!("apiCode {DEMO_API_CODE}; Titelive domain 00000; see {}/_sim/stats", simulator.base_url());
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("while installing signal handlers")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    simulator.stop().await;
     Ok(())
 }
 

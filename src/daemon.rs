@@ -87,6 +87,9 @@ impl Default for Hooks {
     }
 }
 
+/// How often the daemon copies the WAL back into the database.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Runs the daemon until `shutdown` is cancelled. Configs sent on `reloads` replace the
 /// apiCode and probe a paused upstream at once.
 ///
@@ -102,6 +105,8 @@ pub async fn run(
     let config = Arc::new(config);
     let metrics = Arc::new(Metrics::default());
     let store = open_store(&config).await?;
+    let checkpoints_shutdown = CancellationToken::new();
+    let checkpoints = store.start_background_checkpoints(CHECKPOINT_INTERVAL, checkpoints_shutdown.clone())?;
     let sinks = start_sinks(&store, &config, &shutdown).await?;
     let pollers = start_pollers(&store, &config, &metrics, &hooks.alive).await?;
     let http_listener = match config.http.address() {
@@ -209,6 +214,8 @@ pub async fn run(
     schedule.shutdown().await;
     background_shutdown.cancel();
     tracker.wait().await;
+    checkpoints_shutdown.cancel();
+    let _ = checkpoints.await;
     info!("cartwatch stopped");
     Ok(())
 }
@@ -282,14 +289,15 @@ pub async fn poll_once(config: Config, shutdown: CancellationToken) -> Result<Sw
 pub async fn drain_once(store: &Store, sink: &Sink, shutdown: &CancellationToken) {
     loop {
         let now = Utc::now();
-        let pending = match store.pending_deliveries(sink.name().to_owned(), now, sink.batch_limit()).await {
-            Ok(pending) if !pending.is_empty() => pending,
-            Ok(_) => return,
-            Err(error) => {
-                warn!(sink = sink.name(), error = %error, "cannot read pending deliveries");
-                return;
-            }
-        };
+        let pending =
+            match store.pending_deliveries(sink.name().to_owned(), now, sink.batch_limit(), sink.sequential()).await {
+                Ok(pending) if !pending.is_empty() => pending,
+                Ok(_) => return,
+                Err(error) => {
+                    warn!(sink = sink.name(), error = %error, "cannot read pending deliveries");
+                    return;
+                }
+            };
         let count = pending.len();
         let results = sink.deliver(pending, now).await.results;
         let delivered = results.iter().filter(|r| matches!(r, crate::store::DeliveryResult::Delivered { .. })).count();

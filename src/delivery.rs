@@ -38,7 +38,7 @@ pub async fn delivery_loop(
         }
         let woken = wake.notified();
         let now = Utc::now();
-        let pending = match store.pending_deliveries(name.clone(), now, sink.batch_limit()).await {
+        let pending = match store.pending_deliveries(name.clone(), now, sink.batch_limit(), sink.sequential()).await {
             Ok(pending) => pending,
             Err(error) => {
                 warn!(sink = %name, error = %error, "cannot read pending deliveries; retrying");

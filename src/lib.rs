@@ -14,12 +14,14 @@
 //! - [`daemon`]: `run(config, reloads, hooks, shutdown)`, the whole daemon as a function.
 //! - [`http_api`], [`metrics`], [`systemd`]: the local HTTP API, Prometheus metrics, and
 //!   readiness and watchdog notifications.
-//! - [`simulator`], [`demo`]: a fake partner on loopback and the demo built on it.
+//! - [`simulator`], [`demo`], [`bench`]: a fake partner on loopback, and the demo and the
+//!   benchmarks built on it.
 //! - [`cli`], [`render`], [`logging`]: the command line, text for people, diagnostics.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod cart_id;
 pub mod cli;
 pub mod config;

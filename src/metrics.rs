@@ -77,6 +77,8 @@ pub struct Metrics {
     pub sweeps_skipped: Counter,
     /// Sweep wall time.
     pub sweep_duration: Histogram,
+    /// Time to write one batch's outcome (its transaction, and waiting for the writer).
+    pub store_apply_duration: Histogram,
     /// Requests to partner APIs.
     pub upstream_requests: Family<RequestLabels, Counter>,
     /// Status changes recorded.
@@ -106,6 +108,7 @@ impl Default for Metrics {
         let sweeps = Counter::default();
         let sweeps_skipped = Counter::default();
         let sweep_duration = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        let store_apply_duration = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         let upstream_requests = Family::default();
         let transitions = Family::default();
         let events_written = Family::default();
@@ -122,6 +125,11 @@ impl Default for Metrics {
             sweeps_skipped.clone(),
         );
         registry.register("sweep_duration_seconds", "Wall time of each sweep", sweep_duration.clone());
+        registry.register(
+            "store_apply_duration_seconds",
+            "Time to write one batch's outcome to the database",
+            store_apply_duration.clone(),
+        );
         registry.register("upstream_requests", "Requests to partner APIs by outcome", upstream_requests.clone());
         registry.register("transitions", "Cart status changes recorded, by new status", transitions.clone());
         registry.register("events_written", "Events written to the outbox, by type", events_written.clone());
@@ -143,6 +151,7 @@ impl Default for Metrics {
             sweeps,
             sweeps_skipped,
             sweep_duration,
+            store_apply_duration,
             upstream_requests,
             transitions,
             events_written,

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +37,10 @@ use crate::upstream::{Change, Gate, UpstreamHealth};
 /// Longest wait inside a sweep for a short throttle to pass; longer pauses end the sweep and
 /// leave the remaining carts due for the next one.
 const MAX_IN_SWEEP_WAIT: Duration = Duration::from_secs(5);
+
+/// Batch outcomes being written at once; the writer commits those that arrive together in
+/// one transaction.
+const WRITES_IN_FLIGHT: usize = 64;
 
 /// How long a failed write of a batch's outcome is retried before the outcome is dropped
 /// (its carts stay due and are polled again: nothing is lost).
@@ -129,6 +134,8 @@ pub struct Poller {
     unknown_statuses: Mutex<HashSet<String>>,
     heartbeat: Box<dyn Fn() + Send + Sync>,
     metrics: Arc<Metrics>,
+    /// The parts of a decision's context that only change with the config.
+    context: Context,
 }
 
 impl std::fmt::Debug for Poller {
@@ -169,6 +176,7 @@ impl Poller {
                 );
             }
         }
+        let context = Context::from_config(&config, Utc::now());
         Ok(Poller {
             store,
             client,
@@ -181,6 +189,7 @@ impl Poller {
             unknown_statuses: Mutex::new(HashSet::new()),
             heartbeat: Box::new(|| {}),
             metrics,
+            context,
         })
     }
 
@@ -230,6 +239,53 @@ impl Poller {
         self.sweep_inner(shutdown, started).instrument(span).await
     }
 
+    /// Runs the sweep's two stages: requests, `concurrency` at a time, and writes of their
+    /// outcomes. A request's slot is free again as soon as its answer is in, so waiting for
+    /// the database never stretches the time between requests. Due carts are read a page at
+    /// a time, ahead of need.
+    async fn pipeline(&self, run: &SweepRun, shutdown: &CancellationToken, started: chrono::DateTime<Utc>) {
+        let concurrency = self.settings.concurrency.max(1);
+        let page_size = self.config.sweep.page_size;
+        let mut cursor: Option<Option<(String, i64)>> = Some(None);
+        let mut queue: VecDeque<Vec<Due>> = VecDeque::new();
+        let mut requests = FuturesUnordered::new();
+        let mut writes = FuturesUnordered::new();
+        loop {
+            while requests.len() < concurrency && !run.stopped() && !shutdown.is_cancelled() {
+                if queue.len() < concurrency
+                    && let Some(after) = cursor.take()
+                {
+                    match self.store.due_page(self.provider, started, after, page_size).await {
+                        Ok(page) => {
+                            let last = page.last().map(|cart| (cart.next_poll_at.clone(), cart.key));
+                            if page.len() == page_size as usize {
+                                cursor = Some(last);
+                            }
+                            queue.extend(self.batches_of(page).await);
+                        }
+                        Err(error) => {
+                            error!(error = %error, "cannot read due carts; the sweep ends here");
+                            run.stop(format!("cannot read due carts: {error}"));
+                        }
+                    }
+                }
+                let Some(batch) = queue.pop_front() else { break };
+                requests.push(self.run_batch(batch, run, shutdown));
+            }
+            if requests.is_empty() && writes.is_empty() {
+                return;
+            }
+            tokio::select! {
+                Some(outcome_groups) = requests.next(), if !requests.is_empty() && writes.len() < WRITES_IN_FLIGHT => {
+                    for outcomes in outcome_groups {
+                        writes.push(self.apply_outcomes(outcomes, run, shutdown));
+                    }
+                }
+                Some(()) = writes.next(), if !writes.is_empty() => (self.heartbeat)(),
+            }
+        }
+    }
+
     async fn sweep_inner(
         &self,
         shutdown: &CancellationToken,
@@ -252,45 +308,9 @@ impl Poller {
             Err(error) => return Err(error),
         }
 
-        let run = Arc::new(SweepRun {
-            counters: Counters::default(),
-            stop: AtomicBool::new(false),
-            stop_reason: Mutex::new(None),
-        });
-        let page_size = self.config.sweep.page_size;
-        let pages = futures_util::stream::unfold(Some(None::<(String, i64)>), |cursor| {
-            let run = Arc::clone(&run);
-            async move {
-                let after: Option<(String, i64)> = cursor?;
-                if run.stopped() || shutdown.is_cancelled() {
-                    return None;
-                }
-                match self.store.due_page(self.provider, started, after, page_size).await {
-                    Ok(page) if page.is_empty() => None,
-                    Ok(page) => {
-                        let last = page.last().map(|cart| (cart.next_poll_at.clone(), cart.key));
-                        let next_cursor = if page.len() < page_size as usize { None } else { Some(last) };
-                        Some((self.batches_of(page).await, next_cursor))
-                    }
-                    Err(error) => {
-                        error!(error = %error, "cannot read due carts; the sweep ends here");
-                        run.stop(format!("cannot read due carts: {error}"));
-                        None
-                    }
-                }
-            }
-        });
-        let concurrency = self.settings.concurrency.max(1);
-        pages
-            .flat_map(futures_util::stream::iter)
-            .for_each_concurrent(concurrency, |batch| {
-                let run = Arc::clone(&run);
-                async move {
-                    self.run_batch(batch, &run, shutdown).await;
-                    (self.heartbeat)();
-                }
-            })
-            .await;
+        let run =
+            SweepRun { counters: Counters::default(), stop: AtomicBool::new(false), stop_reason: Mutex::new(None) };
+        self.pipeline(&run, shutdown, started).await;
 
         let counters = &run.counters;
         let record = SweepRecord {
@@ -360,8 +380,15 @@ impl Poller {
         batches
     }
 
-    /// Sends one batch, splitting it when the upstream asks for that, and applies the outcome.
-    async fn run_batch(&self, batch: Vec<Due>, run: &SweepRun, shutdown: &CancellationToken) {
+    /// Sends one batch, splitting it when the upstream asks for that. Returns the outcomes to
+    /// write, one group per request that settled something.
+    async fn run_batch(
+        &self,
+        batch: Vec<Due>,
+        run: &SweepRun,
+        shutdown: &CancellationToken,
+    ) -> Vec<Vec<(i64, PollOutcome)>> {
+        let mut settled = Vec::new();
         let mut work = VecDeque::from([batch]);
         while let Some(part) = work.pop_front() {
             // A batch formed before the batch size was halved is cut down before it goes.
@@ -373,20 +400,20 @@ impl Poller {
                 continue;
             }
             let Some(probe) = self.wait_for_gate(run, shutdown).await else {
-                return;
+                return settled;
             };
             if let Some(limiter) = &self.limiter
                 && shutdown.run_until_cancelled(limiter.until_ready()).await.is_none()
             {
                 self.abandon_probe(probe);
-                return;
+                return settled;
             }
             run.counters.requests.fetch_add(1, Ordering::Relaxed);
             // A shutdown drops the request in flight: nothing of this batch is written, and
             // the next run fetches the same statuses again.
             let Some(result) = shutdown.run_until_cancelled(self.client.fetch(&part)).await else {
                 self.abandon_probe(probe);
-                return;
+                return settled;
             };
             match result {
                 Ok(reply) => {
@@ -396,7 +423,7 @@ impl Poller {
                     if let Some(change) = change {
                         self.handle_change(change, None).await;
                     }
-                    self.apply_reply(&part, reply, run, shutdown).await;
+                    settled.push(reply_outcomes(&part, reply));
                 }
                 Err(upstream_error) => {
                     self.metrics.request(self.provider.as_str(), upstream_error.label());
@@ -420,11 +447,9 @@ impl Poller {
                             // The carts stay due; the gate holds the next requests.
                         }
                         FailureKind::Transient => {
-                            let outcomes = part
-                                .iter()
-                                .map(|due| (due.key, PollOutcome::Failed(upstream_error.to_string())))
-                                .collect();
-                            self.apply_outcomes(outcomes, run, shutdown).await;
+                            let message = upstream_error.to_string();
+                            settled
+                                .push(part.iter().map(|due| (due.key, PollOutcome::Failed(message.clone()))).collect());
                         }
                         FailureKind::TooManyIds => work.push_front(part),
                         FailureKind::WrongBody if part.len() > 1 => {
@@ -436,12 +461,13 @@ impl Poller {
                             let due = &part[0];
                             warn!(cart_id = %due.cart_id, error = %upstream_error, "the partner rejects requests containing this cart");
                             let outcome = PollOutcome::Failed(format!("{upstream_error} (isolated to this cart)"));
-                            self.apply_outcomes(vec![(due.key, outcome)], run, shutdown).await;
+                            settled.push(vec![(due.key, outcome)]);
                         }
                     }
                 }
             }
         }
+        settled
     }
 
     /// Waits until a request may go. Returns whether it is a probe, or `None` when the sweep
@@ -490,38 +516,18 @@ impl Poller {
         }
     }
 
-    async fn apply_reply(&self, part: &[Due], reply: BatchReply, run: &SweepRun, shutdown: &CancellationToken) {
-        if !reply.unexpected.is_empty() || reply.unidentified > 0 {
-            warn!(
-                unexpected = %shorten(&reply.unexpected.join(","), 200),
-                unidentified = reply.unidentified,
-                "the partner's answer mentions carts that were not asked for; ignored"
-            );
-        }
-        let outcomes = part
-            .iter()
-            .zip(reply.reports)
-            .map(|(due, (reported_id, report))| {
-                debug_assert_eq!(due.cart_id, reported_id);
-                if report == CartReport::Missing {
-                    warn!(cart_id = %due.cart_id, "the partner's answer did not mention this cart");
-                }
-                (due.key, PollOutcome::Report(report))
-            })
-            .collect();
-        self.apply_outcomes(outcomes, run, shutdown).await;
-    }
-
     /// Writes a batch's outcomes, retrying while the database is locked or unwritable. When
     /// the budget runs out the outcome is dropped: the carts stay due and are fetched again.
     async fn apply_outcomes(&self, outcomes: Vec<(i64, PollOutcome)>, run: &SweepRun, shutdown: &CancellationToken) {
         let outcomes: Vec<(i64, PollOutcome, f64)> =
             outcomes.into_iter().map(|(key, outcome)| (key, outcome, rand::random::<f64>())).collect();
         let count = outcomes.len();
+        let writing = std::time::Instant::now();
         let applied = retrying("record a batch's outcome", STORE_RETRY_BUDGET, shutdown, || {
             self.store.apply(outcomes.clone(), Arc::new(self.context()))
         })
         .await;
+        self.metrics.store_apply_duration.observe(writing.elapsed().as_secs_f64());
         let applied = match applied {
             Ok(applied) => applied,
             Err(error) => {
@@ -557,7 +563,7 @@ impl Poller {
     }
 
     fn context(&self) -> Context {
-        Context::from_config(&self.config, Utc::now())
+        Context { now: Utc::now(), ..self.context.clone() }
     }
 
     /// Logs a health change, persists the new state and writes the authentication events.
@@ -627,6 +633,27 @@ impl Poller {
             warn!(error = %error, "cannot persist the upstream state");
         }
     }
+}
+
+/// Pairs an answer's reports with the requested carts, logging what does not fit.
+fn reply_outcomes(part: &[Due], reply: BatchReply) -> Vec<(i64, PollOutcome)> {
+    if !reply.unexpected.is_empty() || reply.unidentified > 0 {
+        warn!(
+            unexpected = %shorten(&reply.unexpected.join(","), 200),
+            unidentified = reply.unidentified,
+            "the partner's answer mentions carts that were not asked for; ignored"
+        );
+    }
+    part.iter()
+        .zip(reply.reports)
+        .map(|(due, (reported_id, report))| {
+            debug_assert_eq!(due.cart_id, reported_id);
+            if report == CartReport::Missing {
+                warn!(cart_id = %due.cart_id, "the partner's answer did not mention this cart");
+            }
+            (due.key, PollOutcome::Report(report))
+        })
+        .collect()
 }
 
 /// A direct rate limiter that lets one request through per `1 / requests_per_second`, with

@@ -15,17 +15,56 @@ use serde_json::{Value, json};
 use super::{Fault, RequestRecord, SimState, lock};
 use crate::provider::imaterialise::wire::{get_ci, json_text};
 use crate::status::CartStatus;
+use chrono::Utc;
 
 pub(super) fn router(state: Arc<SimState>) -> Router {
     Router::new()
         .route("/web-api/cartstatus/statuses", post(statuses))
         .route("/web-api/cart/{cart_id}/items", post(cart_items).delete(cart_items))
+        .route("/_sim/stats", axum::routing::get(sim_stats))
+        .route("/_sim/carts", axum::routing::get(sim_carts))
+        .route("/_sim/truth", axum::routing::get(sim_truth))
         .with_state(state)
+}
+
+/// Request figures, for a benchmark that runs the simulator as its own process.
+async fn sim_stats(State(state): State<Arc<SimState>>) -> Response {
+    let stats = &state.stats;
+    axum::Json(json!({
+        "requests": stats.requests.load(Ordering::Relaxed),
+        "faults": stats.faults.load(Ordering::Relaxed),
+        "cartLookups": stats.cart_lookups.load(Ordering::Relaxed),
+        "busyMicros": stats.busy_micros.load(Ordering::Relaxed),
+        "inFlight": stats.in_flight.load(Ordering::Relaxed),
+        "firstRequestUnixMicros": stats.first_request_unix_micros.load(Ordering::SeqCst),
+    }))
+    .into_response()
+}
+
+/// The cart ids and session tokens it knows.
+async fn sim_carts(State(state): State<Arc<SimState>>) -> Response {
+    let mut carts: Vec<String> = lock(&state.carts).keys().cloned().collect();
+    carts.sort();
+    let mut sessions: Vec<String> = lock(&state.sessions).keys().cloned().collect();
+    sessions.sort();
+    axum::Json(json!({ "carts": carts, "unknown": state.unknown, "sessions": sessions })).into_response()
+}
+
+/// Every status every cart entered.
+async fn sim_truth(State(state): State<Arc<SimState>>) -> Response {
+    let truth: Vec<Value> = lock(&state.truth)
+        .iter()
+        .map(|t| json!({ "cartId": t.cart_id, "from": t.from, "to": t.to, "orderId": t.order_id, "at": crate::time::format_ts(t.at) }))
+        .collect();
+    axum::Json(json!({ "truth": truth })).into_response()
 }
 
 async fn statuses(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
     let started = Instant::now();
-    state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    if state.stats.requests.fetch_add(1, Ordering::Relaxed) == 0 {
+        let now = Utc::now().timestamp_micros().max(0) as u64;
+        let _ = state.stats.first_request_unix_micros.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
+    }
     let _in_flight = InFlight::enter(&state.stats.in_flight);
     let mut record = RequestRecord { at: started, cart_ids: 0, outcome: "ok" };
     let response = answer(&state, &headers, &body, &mut record).await;

@@ -50,6 +50,8 @@ pub struct SimulatorSettings {
     pub titelive_sessions: usize,
     /// The Titelive domain code it serves.
     pub titelive_domain: String,
+    /// Every cart shows this status for good, instead of following a script.
+    pub uniform_status: Option<CartStatus>,
 }
 
 impl Default for SimulatorSettings {
@@ -66,6 +68,7 @@ impl Default for SimulatorSettings {
             hang_for: Duration::from_secs(120),
             titelive_sessions: 0,
             titelive_domain: "00000".into(),
+            uniform_status: None,
         }
     }
 }
@@ -136,6 +139,8 @@ pub struct Stats {
     pub busy_micros: AtomicU64,
     /// Requests being handled right now.
     pub in_flight: AtomicU64,
+    /// When the first request arrived, in Unix microseconds (0 before).
+    pub first_request_unix_micros: AtomicU64,
 }
 
 pub(crate) struct SimState {
@@ -169,7 +174,10 @@ impl SimState {
         let mut truth = Vec::new();
         for _ in 0..settings.carts {
             let id = random_guid(&mut rng);
-            let script = random_script(&mut rng, settings.min_dwell, settings.max_dwell.max(settings.min_dwell));
+            let mut script = random_script(&mut rng, settings.min_dwell, settings.max_dwell.max(settings.min_dwell));
+            if let Some(status) = &settings.uniform_status {
+                script = vec![(status.clone(), u32::MAX)];
+            }
             let created = now - chrono::Duration::seconds(rng.random_range(60..3600));
             // The partner writes zone-less dates with a varying number of fraction digits.
             let created_raw = match rng.random_range(0..3) {

@@ -50,6 +50,12 @@ impl Sink {
         }
     }
 
+    /// Whether it handles a batch in order, all or nothing (see
+    /// [`Store::pending_deliveries`](crate::store::Store::pending_deliveries)).
+    pub fn sequential(&self) -> bool {
+        matches!(self, Sink::Log(_))
+    }
+
     /// How many pending deliveries to hand it at once.
     pub fn batch_limit(&self) -> u32 {
         match self {

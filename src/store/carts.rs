@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use rusqlite::types::Value;
-use rusqlite::{OptionalExtension, Row, Transaction, params};
+use std::sync::{Mutex, PoisonError};
+
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
 use super::outbox::insert_event;
 use super::{Store, StoreError};
@@ -162,12 +164,25 @@ impl Store {
         requests: Vec<TrackRequest>,
         now: DateTime<Utc>,
     ) -> Result<Vec<(String, TrackOutcome)>, StoreError> {
+        self.track_due_at(requests, now, now).await
+    }
+
+    /// Registers carts like [`track`](Self::track), first due at `due_at`.
+    ///
+    /// Fails only on database errors, in which case nothing is registered.
+    pub async fn track_due_at(
+        &self,
+        requests: Vec<TrackRequest>,
+        now: DateTime<Utc>,
+        due_at: DateTime<Utc>,
+    ) -> Result<Vec<(String, TrackOutcome)>, StoreError> {
         self.write(move |connection| {
             let transaction = connection.transaction()?;
             let now = format_ts(now);
+            let due_at = format_ts(due_at);
             let mut outcomes = Vec::with_capacity(requests.len());
             for request in requests {
-                let outcome = track_one(&transaction, &request, &now)?;
+                let outcome = track_one(&transaction, &request, &now, &due_at)?;
                 outcomes.push((request.cart_id, outcome));
             }
             transaction.commit()?;
@@ -293,6 +308,14 @@ impl Store {
         .await
     }
 
+    /// Makes every tracked cart due at `now`, as for a full sweep on demand. Returns how many.
+    pub async fn make_all_due(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        self.write(move |connection| {
+            Ok(connection.execute("UPDATE carts SET next_poll_at = ?1 WHERE state = 'tracking'", [format_ts(now)])?)
+        })
+        .await
+    }
+
     /// How many carts are due at `now`.
     pub async fn due_count(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         self.read(move |connection| {
@@ -308,18 +331,21 @@ impl Store {
     /// Applies one batch's poll outcomes in one transaction: each cart's new row, its
     /// transition and its events (with their deliveries) are written together or not at all.
     /// `outcomes` pairs each cart key with its outcome and a jitter sample in `[0, 1)`.
+    ///
+    /// Batches that arrive while another commit is under way are written together, one
+    /// transaction for all and a savepoint for each, so concurrent batches share one commit
+    /// and never queue behind each other's.
     pub async fn apply(
         &self,
         outcomes: Vec<(i64, PollOutcome, f64)>,
         context: Arc<Context>,
     ) -> Result<AppliedBatch, StoreError> {
-        self.write(move |connection| {
-            let transaction = connection.transaction()?;
-            let applied = apply_in(&transaction, &outcomes, &context)?;
-            transaction.commit()?;
-            Ok(applied)
-        })
-        .await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.inner
+            .apply_queue
+            .send(ApplyJob { outcomes, context, reply })
+            .map_err(|_| StoreError::Task("the database writer thread has stopped".into()))?;
+        answer.await.map_err(|_| StoreError::Task("the database writer thread has stopped".into()))?
     }
 
     /// One cart by id, as stored.
@@ -337,12 +363,25 @@ const DUE_PAGE_SQL: &str = "SELECT cart_key, cart_id, next_poll_at, account FROM
      WHERE state = 'tracking' AND provider = ?1 AND next_poll_at <= ?2 AND (next_poll_at, cart_key) > (?3, ?4) \
      ORDER BY next_poll_at, cart_key LIMIT ?5";
 
-fn track_one(transaction: &Transaction<'_>, request: &TrackRequest, now: &str) -> Result<TrackOutcome, StoreError> {
-    let inserted = transaction.execute(
-        "INSERT INTO carts (cart_id, provider, account, reference, state, registered_at, next_poll_at) \
-         VALUES (?1, ?2, ?3, ?4, 'tracking', ?5, ?5) ON CONFLICT (cart_id) DO NOTHING",
-        params![request.cart_id, request.provider.as_str(), request.account, request.reference, now],
-    )?;
+fn track_one(
+    transaction: &Transaction<'_>,
+    request: &TrackRequest,
+    now: &str,
+    due_at: &str,
+) -> Result<TrackOutcome, StoreError> {
+    let inserted = transaction
+        .prepare_cached(
+            "INSERT INTO carts (cart_id, provider, account, reference, state, registered_at, next_poll_at) \
+             VALUES (?1, ?2, ?3, ?4, 'tracking', ?5, ?6) ON CONFLICT (cart_id) DO NOTHING",
+        )?
+        .execute(params![
+            request.cart_id,
+            request.provider.as_str(),
+            request.account,
+            request.reference,
+            now,
+            due_at
+        ])?;
     if inserted > 0 {
         return Ok(TrackOutcome::Added);
     }
@@ -411,8 +450,84 @@ fn repair_cart_id(
     Ok(Ok(canonical))
 }
 
+/// One batch's outcomes for the writer thread.
+pub(super) struct ApplyJob {
+    outcomes: Vec<(i64, PollOutcome, f64)>,
+    context: Arc<Context>,
+    reply: tokio::sync::oneshot::Sender<Result<AppliedBatch, StoreError>>,
+}
+
+/// Most batches written in one transaction.
+const MAX_GROUP: usize = 64;
+
+/// Starts the thread that writes batches' outcomes, grouping those that wait together.
+/// It ends when the store (and so the queue's sender) is dropped.
+pub(super) fn start_apply_thread(
+    writer: Arc<Mutex<Connection>>,
+) -> Result<std::sync::mpsc::Sender<ApplyJob>, StoreError> {
+    let (sender, receiver) = std::sync::mpsc::channel::<ApplyJob>();
+    std::thread::Builder::new()
+        .name("cartwatch-writer".into())
+        .spawn(move || {
+            while let Ok(first) = receiver.recv() {
+                let mut jobs = vec![first];
+                jobs.extend(receiver.try_iter().take(MAX_GROUP - 1));
+                let mut connection = writer.lock().unwrap_or_else(PoisonError::into_inner);
+                write_group(&mut connection, jobs);
+            }
+        })
+        .map_err(|error| StoreError::Task(format!("cannot start the database writer thread: {error}")))?;
+    Ok(sender)
+}
+
+/// Writes a group of batches in one transaction. Should one batch fail, the group is rolled
+/// back and each batch written in its own transaction, so a failure costs only its batch.
+/// (Savepoints would give the same isolation, but sub-journalling every page they touch
+/// costs more than the rare retry.) Every job gets its own answer.
+fn write_group(connection: &mut Connection, jobs: Vec<ApplyJob>) {
+    let together = (|| -> Result<Vec<AppliedBatch>, StoreError> {
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let applied = jobs
+            .iter()
+            .map(|job| apply_in(&transaction, &job.outcomes, &job.context))
+            .collect::<Result<Vec<_>, _>>()?;
+        transaction.commit()?;
+        Ok(applied)
+    })();
+    match together {
+        Ok(applied) => {
+            for (job, applied) in jobs.into_iter().zip(applied) {
+                let _ = job.reply.send(Ok(applied));
+            }
+        }
+        Err(error) if error.is_retryable() || jobs.len() == 1 => {
+            let mut jobs = jobs.into_iter();
+            let first = jobs.next();
+            for job in jobs {
+                let _ = job.reply.send(Err(error.duplicate()));
+            }
+            // The first (or only) job gets the error itself, so that a failure that will not
+            // pass (a constraint, a trigger) is not mistaken for one that will.
+            if let Some(first) = first {
+                let _ = first.reply.send(Err(error));
+            }
+        }
+        Err(_) => {
+            for job in jobs {
+                let alone = (|| -> Result<AppliedBatch, StoreError> {
+                    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let applied = apply_in(&transaction, &job.outcomes, &job.context)?;
+                    transaction.commit()?;
+                    Ok(applied)
+                })();
+                let _ = job.reply.send(alone);
+            }
+        }
+    }
+}
+
 fn apply_in(
-    transaction: &Transaction<'_>,
+    transaction: &Connection,
     outcomes: &[(i64, PollOutcome, f64)],
     context: &Context,
 ) -> Result<AppliedBatch, StoreError> {

@@ -75,6 +75,15 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Busy | StoreError::Unwritable(_) | StoreError::Task(_))
     }
+
+    /// An equivalent error, for telling several waiters about one failure.
+    pub(crate) fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::Busy => StoreError::Busy,
+            StoreError::Unwritable(message) => StoreError::Unwritable(message.clone()),
+            other => StoreError::Task(other.to_string()),
+        }
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -94,9 +103,12 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 struct Inner {
-    writer: Mutex<Connection>,
+    writer: Arc<Mutex<Connection>>,
     reader: Mutex<Connection>,
     path: PathBuf,
+    /// Batches' outcomes on their way to the writer thread, which commits the batches that
+    /// arrive together in one transaction (each batch in its own savepoint).
+    apply_queue: std::sync::mpsc::Sender<carts::ApplyJob>,
 }
 
 /// A handle to the database; cheap to clone.
@@ -121,6 +133,7 @@ impl Store {
             let connection = Connection::open_with_flags(path, flags)
                 .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
             connection.busy_timeout(busy_timeout)?;
+            rusqlite::vtab::array::load_module(&connection)?;
             Ok(connection)
         };
         let mut writer =
@@ -131,12 +144,13 @@ impl Store {
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(journal_mode = %mode, "the database is not in WAL mode; readers may block the daemon");
         }
-        writer.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")?;
+        // A larger page cache keeps the carts' index pages in memory between batches.
+        writer.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -8192;")?;
         schema::migrate(&mut writer)?;
         let reader = open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-        Ok(Store {
-            inner: Arc::new(Inner { writer: Mutex::new(writer), reader: Mutex::new(reader), path: path.to_owned() }),
-        })
+        let writer = Arc::new(Mutex::new(writer));
+        let apply_queue = carts::start_apply_thread(Arc::clone(&writer))?;
+        Ok(Store { inner: Arc::new(Inner { writer, reader: Mutex::new(reader), path: path.to_owned(), apply_queue }) })
     }
 
     /// The database file.
@@ -172,6 +186,47 @@ impl Store {
         })
         .await
         .map_err(|error| StoreError::Task(error.to_string()))?
+    }
+
+    /// Moves WAL checkpoints off the write path: the writer stops checkpointing on commit,
+    /// and a task on its own connection copies the WAL back into the database every
+    /// `interval` until `shutdown`, then once more. A checkpoint's fsync then never stalls a
+    /// batch's commit. For long-running processes (the daemon); one-shot commands keep
+    /// SQLite's automatic checkpoints.
+    ///
+    /// Fails when the checkpoint connection cannot be opened.
+    pub fn start_background_checkpoints(
+        &self,
+        interval: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<tokio::task::JoinHandle<()>, StoreError> {
+        let checkpointer = Connection::open_with_flags(
+            &self.inner.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open { path: self.inner.path.clone(), source })?;
+        checkpointer.busy_timeout(Duration::from_millis(100))?;
+        self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner).pragma_update(
+            None,
+            "wal_autocheckpoint",
+            0,
+        )?;
+        let checkpointer = Arc::new(Mutex::new(checkpointer));
+        let checkpoint = move || {
+            let checkpointer = Arc::clone(&checkpointer);
+            tokio::task::spawn_blocking(move || {
+                let connection = checkpointer.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::debug!(error = %error, "WAL checkpoint did not run; the next one will");
+                }
+            })
+        };
+        Ok(tokio::spawn(async move {
+            while shutdown.run_until_cancelled(tokio::time::sleep(interval)).await.is_some() {
+                let _ = checkpoint().await;
+            }
+            let _ = checkpoint().await;
+        }))
     }
 
     /// Checks that the database answers a trivial query, for readiness probes.

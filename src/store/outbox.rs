@@ -5,7 +5,7 @@
 //! never past an earlier pending event of the same cart.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{OptionalExtension, params};
 
 use super::carts::lenient_text;
 use super::{Store, StoreError};
@@ -114,7 +114,7 @@ pub struct DeadLetter {
 }
 
 /// Writes an event and one pending delivery per active sink that wants its type.
-pub(super) fn insert_event(transaction: &Transaction<'_>, event: &NewEvent) -> Result<i64, StoreError> {
+pub(super) fn insert_event(transaction: &rusqlite::Connection, event: &NewEvent) -> Result<i64, StoreError> {
     transaction
         .prepare_cached(
             "INSERT INTO events (event_id, event_type, cart_id, created_at, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -314,13 +314,38 @@ impl Store {
 
     /// Up to `limit` deliveries of `sink` that are due at `now`, oldest event first, never an
     /// event whose cart has an earlier delivery still pending on this sink.
+    ///
+    /// A `sequential` sink (one that handles a batch in order, all or nothing, like the log
+    /// sink) gets the oldest pending deliveries up to the first that is not due yet: the
+    /// order is kept across all events, so the per-cart check is not needed.
     pub async fn pending_deliveries(
         &self,
         sink: String,
         now: DateTime<Utc>,
         limit: u32,
+        sequential: bool,
     ) -> Result<Vec<PendingDelivery>, StoreError> {
         self.read(move |connection| {
+            let now = format_ts(now);
+            if sequential {
+                let mut statement = connection.prepare_cached(
+                    "SELECT e.seq, e.event_id, e.event_type, e.cart_id, e.created_at, e.payload, d.attempts, d.next_attempt_at \
+                     FROM deliveries d INDEXED BY deliveries_pending_in_order JOIN events e ON e.seq = d.event_seq \
+                     WHERE d.sink = ?1 AND d.state = 'pending' ORDER BY d.event_seq LIMIT ?2",
+                )?;
+                let mut rows = statement.query(params![sink, limit])?;
+                let mut pending = Vec::new();
+                while let Some(row) = rows.next()? {
+                    if lenient_text(row, 7)?.is_some_and(|due| due > now) {
+                        break;
+                    }
+                    pending.push(PendingDelivery {
+                        event: read_event(row)?,
+                        attempts: row.get::<_, i64>(6)?.clamp(0, i64::from(u32::MAX)) as u32,
+                    });
+                }
+                return Ok(pending);
+            }
             let mut statement = connection.prepare_cached(
                 "SELECT e.seq, e.event_id, e.event_type, e.cart_id, e.created_at, e.payload, d.attempts \
                  FROM deliveries d INDEXED BY deliveries_pending_in_order JOIN events e ON e.seq = d.event_seq \
@@ -330,13 +355,25 @@ impl Store {
                                      AND p.event_seq < d.event_seq) \
                  ORDER BY d.event_seq LIMIT ?3",
             )?;
-            let rows = statement.query_map(params![sink, format_ts(now), limit], |row| {
+            let rows = statement.query_map(params![sink, now, limit], |row| {
                 Ok(PendingDelivery {
                     event: read_event(row)?,
                     attempts: row.get::<_, i64>(6)?.clamp(0, i64::from(u32::MAX)) as u32,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// How many deliveries of `sink` are pending.
+    pub async fn pending_count(&self, sink: String) -> Result<u64, StoreError> {
+        self.read(move |connection| {
+            Ok(connection.query_row(
+                "SELECT count(*) FROM deliveries WHERE sink = ?1 AND state = 'pending'",
+                [sink],
+                |row| row.get(0),
+            )?)
         })
         .await
     }
@@ -366,6 +403,9 @@ impl Store {
             let transaction = connection.transaction()?;
             {
                 let now = format_ts(now);
+                // Successes without a status (the log sink's whole batches) are written with
+                // one statement; the rest one by one.
+                let mut plain_successes = Vec::new();
                 let mut statement = transaction.prepare_cached(
                     "UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = ?3, state = ?4, \
                      next_attempt_at = coalesce(?5, next_attempt_at), last_status = ?6, last_error = ?7, \
@@ -374,6 +414,10 @@ impl Store {
                 )?;
                 for result in results {
                     let (seq, state, next, status, error) = match result {
+                        DeliveryResult::Delivered { event_seq, status: None } => {
+                            plain_successes.push(rusqlite::types::Value::Integer(event_seq));
+                            continue;
+                        }
                         DeliveryResult::Delivered { event_seq, status } => (event_seq, "delivered", None, status, None),
                         DeliveryResult::Retry { event_seq, at, status, error } => {
                             (event_seq, "pending", Some(format_ts(at)), status, Some(error))
@@ -381,6 +425,15 @@ impl Store {
                         DeliveryResult::Dead { event_seq, status, error } => (event_seq, "dead", None, status, Some(error)),
                     };
                     statement.execute(params![sink, seq, now, state, next, status, error])?;
+                }
+                if !plain_successes.is_empty() {
+                    transaction
+                        .prepare_cached(
+                            "UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = ?2, state = 'delivered', \
+                             last_status = NULL, last_error = NULL, delivered_at = ?2, dead_at = NULL \
+                             WHERE sink = ?1 AND event_seq IN rarray(?3)",
+                        )?
+                        .execute(params![sink, now, std::rc::Rc::new(plain_successes)])?;
                 }
             }
             transaction.commit()?;
