@@ -436,7 +436,7 @@ async fn drain(store: &Store, sink: Arc<Sink>) -> anyhow::Result<Duration> {
         Arc::new(Metrics::default()),
         shutdown.clone(),
     ));
-    while store.pending_count(name.clone()).await? > 0 {
+    while store.has_pending(name.clone()).await? {
         if started.elapsed() > Duration::from_secs(600) {
             bail!("{name} did not finish within ten minutes");
         }

@@ -231,10 +231,15 @@ impl Store {
             let transaction = connection.transaction()?;
             let rows: Vec<(i64, String, String)> = {
                 let mut statement = transaction.prepare_cached(
-                    "SELECT cart_key, cart_id, provider FROM carts WHERE state = 'tracking' AND next_poll_at IS NULL LIMIT ?1",
+                    "SELECT cart_key, cart_id, provider FROM carts INDEXED BY carts_unchecked \
+                     WHERE state = 'tracking' AND next_poll_at IS NULL LIMIT ?1",
                 )?;
                 let rows = statement.query_map([limit], |row| {
-                    Ok((row.get(0)?, lenient_text(row, 1)?.unwrap_or_default(), lenient_text(row, 2)?.unwrap_or_default()))
+                    Ok((
+                        row.get(0)?,
+                        lenient_text(row, 1)?.unwrap_or_default(),
+                        lenient_text(row, 2)?.unwrap_or_default(),
+                    ))
                 })?;
                 rows.collect::<Result<_, _>>()?
             };
@@ -359,7 +364,7 @@ impl Store {
     }
 }
 
-const DUE_PAGE_SQL: &str = "SELECT cart_key, cart_id, next_poll_at, account FROM carts \
+const DUE_PAGE_SQL: &str = "SELECT cart_key, cart_id, next_poll_at, account FROM carts INDEXED BY carts_due \
      WHERE state = 'tracking' AND provider = ?1 AND next_poll_at <= ?2 AND (next_poll_at, cart_key) > (?3, ?4) \
      ORDER BY next_poll_at, cart_key LIMIT ?5";
 

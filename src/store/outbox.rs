@@ -124,7 +124,7 @@ pub(super) fn insert_event(transaction: &rusqlite::Connection, event: &NewEvent)
     transaction
         .prepare_cached(
             "INSERT INTO deliveries (sink, event_seq, ordering_key, next_attempt_at) \
-             SELECT sink, ?1, ?2, ?3 FROM sinks \
+             SELECT sink, ?1, CASE WHEN kind = 'log' THEN NULL ELSE ?2 END, ?3 FROM sinks \
              WHERE active = 1 AND disabled_at IS NULL AND (event_types IS NULL OR instr(event_types, ?4) > 0)",
         )?
         .execute(params![seq, event.cart_id, event.created_at, format!(",{},", event.event_type.as_str())])?;
@@ -213,11 +213,16 @@ impl Store {
             let mut queued = 0;
             let mut unknown = Vec::new();
             if dead_only {
-                queued += transaction.execute(&format!("{requeue} WHERE state = 'dead' AND (?2 IS NULL OR sink = ?2)"), params![now, sink])?;
+                queued += transaction.execute(
+                    &format!("{requeue} WHERE state = 'dead' AND (?2 IS NULL OR sink = ?2)"),
+                    params![now, sink],
+                )?;
             }
             for event_id in event_ids {
                 let found: Option<(i64, Option<String>)> = transaction
-                    .query_row("SELECT seq, cart_id FROM events WHERE event_id = ?1", [&event_id], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .query_row("SELECT seq, cart_id FROM events WHERE event_id = ?1", [&event_id], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })
                     .optional()?;
                 let Some((seq, cart_id)) = found else {
                     unknown.push(event_id);
@@ -225,12 +230,16 @@ impl Store {
                 };
                 if let Some(sink) = &sink {
                     transaction.execute(
-                        "INSERT INTO deliveries (sink, event_seq, ordering_key, next_attempt_at) VALUES (?1, ?2, ?3, ?4) \
+                        "INSERT INTO deliveries (sink, event_seq, ordering_key, next_attempt_at) \
+                         SELECT ?1, ?2, CASE WHEN kind = 'log' THEN NULL ELSE ?3 END, ?4 FROM sinks WHERE sink = ?1 \
                          ON CONFLICT (sink, event_seq) DO NOTHING",
                         params![sink, seq, cart_id, now],
                     )?;
                 }
-                queued += transaction.execute(&format!("{requeue} WHERE event_seq = ?3 AND (?2 IS NULL OR sink = ?2)"), params![now, sink, seq])?;
+                queued += transaction.execute(
+                    &format!("{requeue} WHERE event_seq = ?3 AND (?2 IS NULL OR sink = ?2)"),
+                    params![now, sink, seq],
+                )?;
             }
             transaction.commit()?;
             Ok((queued, unknown))
@@ -366,11 +375,12 @@ impl Store {
         .await
     }
 
-    /// How many deliveries of `sink` are pending.
-    pub async fn pending_count(&self, sink: String) -> Result<u64, StoreError> {
+    /// Whether `sink` has any delivery pending.
+    pub async fn has_pending(&self, sink: String) -> Result<bool, StoreError> {
         self.read(move |connection| {
             Ok(connection.query_row(
-                "SELECT count(*) FROM deliveries WHERE sink = ?1 AND state = 'pending'",
+                "SELECT EXISTS (SELECT 1 FROM deliveries INDEXED BY deliveries_pending_in_order \
+                 WHERE sink = ?1 AND state = 'pending')",
                 [sink],
                 |row| row.get(0),
             )?)

@@ -183,6 +183,14 @@ pub const MIGRATIONS: &[&str] = &[
     DROP INDEX cart_transitions_by_time;
     CREATE INDEX cart_transitions_ordered_by_time ON cart_transitions (detected_at) WHERE to_status = 'Ordered';
     "#,
+    // 6: the log sink writes every event in order, so its deliveries need no per-cart
+    // ordering key, and the index that keeps a cart's events in order skips them.
+    r#"
+    UPDATE deliveries SET ordering_key = NULL WHERE sink IN (SELECT sink FROM sinks WHERE kind = 'log');
+    DROP INDEX deliveries_pending_by_key;
+    CREATE INDEX deliveries_pending_by_key ON deliveries (sink, ordering_key, event_seq)
+        WHERE state = 'pending' AND ordering_key IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.
