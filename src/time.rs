@@ -13,16 +13,9 @@ pub fn format_ts(instant: DateTime<Utc>) -> String {
     if !(0..=9999).contains(&naive.year()) {
         return instant.to_rfc3339_opts(SecondsFormat::Millis, true);
     }
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        naive.year(),
-        naive.month(),
-        naive.day(),
-        naive.hour(),
-        naive.minute(),
-        naive.second(),
-        naive.and_utc().timestamp_subsec_millis().min(999)
-    )
+    let mut text = format_naive(naive);
+    text.push('Z');
+    text
 }
 
 /// The current instant in the stored form.

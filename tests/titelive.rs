@@ -394,3 +394,81 @@ async fn a_database_from_before_providers_migrates_and_keeps_working() {
     assert!(polled.status.is_some());
     simulator.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_through_the_http_api() {
+    let directory = tempfile::tempdir().unwrap();
+    let settings = SimulatorSettings {
+        seed: 43,
+        carts: 0,
+        unknown_carts: 0,
+        titelive_sessions: 8,
+        ..SimulatorSettings::default()
+    };
+    let simulator = simulator(settings).await;
+    let mut config = config_for(&simulator, directory.path());
+    config.imaterialise.enabled = false;
+    config.titelive.enabled = true;
+    config.titelive.base_url = simulator.base_url();
+    config.titelive.requests_per_second = 0.0;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    config.http.listen = format!("127.0.0.1:{port}");
+    let store = store_for(&config).await;
+    let sessions: Vec<TrackRequest> = simulator
+        .session_tokens()
+        .into_iter()
+        .map(|token| TrackRequest {
+            provider: cartwatch::provider::Provider::Titelive,
+            cart_id: token,
+            account: "00000".into(),
+            reference: None,
+        })
+        .collect();
+    store.track(sessions, chrono::Utc::now()).await.unwrap();
+    let daemon = RunningDaemon::start(config);
+    // Wait for a session whose cart is valid and not yet ordered.
+    let mut valid = None;
+    let found = wait_until(Duration::from_secs(30), async || {
+        for token in simulator.session_tokens() {
+            if store
+                .cart(token.clone())
+                .await
+                .unwrap()
+                .is_some_and(|cart| cart.state == "tracking" && cart.status.as_deref() == Some("Valid"))
+            {
+                valid = Some(token);
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert!(found, "a session became valid");
+    let token = valid.unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/v1/carts/{token}/confirm");
+    let response = client.post(&url).send().await.unwrap();
+    let status = response.status().as_u16();
+    let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    // The customer may have confirmed it on the shop's site a moment before: then the partner
+    // says so and the answer is 422; either way the session ends up an order.
+    match status {
+        200 => {
+            assert_eq!(body["order"]["status"], 1);
+            assert_eq!(body["order"]["totalPrice"], "22.5");
+        }
+        422 => assert!(body["error"].as_str().unwrap().contains("already became an order"), "{body}"),
+        other => panic!("{other}: {body}"),
+    }
+    let response = client.post(&url).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 422, "an order cannot be confirmed twice");
+    let response = client.post(format!("http://127.0.0.1:{port}/v1/carts/short/confirm")).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let ordered = wait_until(Duration::from_secs(10), async || {
+        store.cart(token.clone()).await.unwrap().unwrap().state == "ordered"
+    })
+    .await;
+    assert!(ordered);
+    daemon.stop().await;
+    simulator.stop().await;
+}

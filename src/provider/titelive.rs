@@ -426,18 +426,13 @@ fn decimal(value: &Value, key: &str) -> Option<Decimal> {
     }
 }
 
+/// An address object (`firstName`...).
 fn address(value: &Value) -> Address {
-    Address {
-        first_name: text(value, "firstName"),
-        last_name: text(value, "lastName"),
-        address_line1: text(value, "adressLine1").or_else(|| text(value, "addressLine1")),
-        number: text(value, "number"),
-        postcode: text(value, "postcode"),
-        city: text(value, "city"),
-        country: integer(value, "country"),
-    }
+    // Keys match case-insensitively, so the unprefixed names are the prefixed ones' tails.
+    prefixed_address(value, "")
 }
 
+/// An address flattened into an order with a prefix (`deliveryFirstName`...).
 fn prefixed_address(value: &Value, prefix: &str) -> Address {
     let key = |name: &str| format!("{prefix}{name}");
     Address {

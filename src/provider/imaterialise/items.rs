@@ -6,12 +6,12 @@ use std::str::FromStr;
 use std::sync::RwLock;
 
 use chrono::NaiveDateTime;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use rust_decimal::Decimal;
 use serde_json::Value;
 
 use super::wire::{get_ci, json_code, json_text};
-use super::{accept, api_url, response_content_type};
+use super::{accept, api_code_header, api_url, is_xml_answer, response_content_type};
 use crate::cart_id::{CartId, ItemId, shorten};
 use crate::config::{ImaterialiseConfig, WireFormat};
 use crate::provider::{UpstreamError, http_client, read_limited, status_error, transport_error};
@@ -387,10 +387,7 @@ impl ItemsClient {
             WireFormat::Json => (encode_json_request(items), "application/json"),
             WireFormat::Xml => (encode_xml_request(items), "text/xml; charset=utf-8"),
         };
-        let api_code = self.api_code.read().map(|code| code.clone()).unwrap_or_else(|p| p.into_inner().clone());
-        let mut api_code_header =
-            HeaderValue::from_str(api_code.expose().trim()).map_err(|_| UpstreamError::Unauthorized)?;
-        api_code_header.set_sensitive(true);
+        let api_code_header = api_code_header(&self.api_code)?;
         let method = match action {
             ItemAction::Add => reqwest::Method::POST,
             ItemAction::Remove => reqwest::Method::DELETE,
@@ -428,15 +425,7 @@ impl ItemsClient {
 
 /// Decodes by content type, then by the first character, then by the requested format.
 pub fn decode(body: &[u8], requested: WireFormat, content_type: &str) -> Result<ItemsReply, String> {
-    let first = body.iter().find(|byte| !byte.is_ascii_whitespace()).copied();
-    let is_xml = if content_type.contains("xml") {
-        true
-    } else if content_type.contains("json") {
-        false
-    } else {
-        matches!(first, Some(b'<')) || (first.is_none() && requested == WireFormat::Xml)
-    };
-    if is_xml { decode_xml(body) } else { decode_json(body) }
+    if is_xml_answer(body, requested, content_type) { decode_xml(body) } else { decode_json(body) }
 }
 
 impl FromStr for ItemAction {

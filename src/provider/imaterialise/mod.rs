@@ -74,10 +74,7 @@ impl StatusClient {
             WireFormat::Json => (wire::encode_json_request(cart_ids), "application/json"),
             WireFormat::Xml => (wire::encode_xml_request(cart_ids), "text/xml; charset=utf-8"),
         };
-        let api_code = self.api_code.read().map(|code| code.clone()).unwrap_or_else(|p| p.into_inner().clone());
-        let mut api_code_header =
-            HeaderValue::from_str(api_code.expose().trim()).map_err(|_| UpstreamError::Unauthorized)?;
-        api_code_header.set_sensitive(true);
+        let api_code_header = api_code_header(&self.api_code)?;
         let response = self
             .http
             .post(self.endpoint.clone())
@@ -139,19 +136,33 @@ pub(crate) fn response_content_type(response: &reqwest::Response) -> String {
 /// Decodes by the response's content type, falling back to the body's first character and
 /// then to the requested format, since servers are not always honest about content types.
 pub fn decode(body: &[u8], requested: WireFormat, content_type: &str) -> Result<StatusReply, DecodeError> {
-    let first = body.iter().find(|byte| !byte.is_ascii_whitespace()).copied();
-    let is_xml = if content_type.contains("xml") {
-        true
-    } else if content_type.contains("json") {
-        false
-    } else {
-        match first {
-            Some(b'<') => true,
-            Some(b'{' | b'[') => false,
-            _ => requested == WireFormat::Xml,
-        }
-    };
-    if is_xml { wire::decode_xml(body) } else { wire::decode_json(body) }
+    if is_xml_answer(body, requested, content_type) { wire::decode_xml(body) } else { wire::decode_json(body) }
+}
+
+/// Whether an answer is XML: by its content type, else by its first character, else by the
+/// format that was asked for.
+pub(crate) fn is_xml_answer(body: &[u8], requested: WireFormat, content_type: &str) -> bool {
+    if content_type.contains("xml") {
+        return true;
+    }
+    if content_type.contains("json") {
+        return false;
+    }
+    match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
+        Some(b'<') => true,
+        Some(b'{' | b'[') => false,
+        _ => requested == WireFormat::Xml,
+    }
+}
+
+/// The `apiCode` header, marked sensitive so no debug output of the request shows it.
+///
+/// Fails (as an authentication failure) when the apiCode cannot be a header value.
+pub(crate) fn api_code_header(api_code: &RwLock<Secret>) -> Result<HeaderValue, UpstreamError> {
+    let api_code = api_code.read().map(|code| code.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+    let mut header = HeaderValue::from_str(api_code.expose().trim()).map_err(|_| UpstreamError::Unauthorized)?;
+    header.set_sensitive(true);
+    Ok(header)
 }
 
 /// Turns a response entry into the provider-neutral report: per-cart 101 means not found.
