@@ -37,7 +37,7 @@ use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::simulator::DEMO_API_CODE;
 use crate::sinks::{self, Sink};
-use crate::store::{Store, TrackRequest};
+use crate::store::{Store, TrackRequest, WriterTotals};
 use crate::sweep::Poller;
 
 /// A benchmark scenario.
@@ -174,8 +174,37 @@ struct Measured {
     cpu: Duration,
     requests: f64,
     measured_latency_ms: f64,
-    apply_mean_ms: f64,
+    /// Submitted to committed, waiting for the group included.
+    commit_latency_mean_ms: f64,
+    writer: WriterFigures,
     carts_polled: u64,
+}
+
+/// The database writer's work between two readings of its totals.
+struct WriterFigures {
+    busy: Duration,
+    commits: u64,
+    batches: u64,
+}
+
+impl WriterFigures {
+    fn between(before: WriterTotals, after: WriterTotals) -> WriterFigures {
+        WriterFigures {
+            busy: after.busy.saturating_sub(before.busy),
+            commits: after.commits - before.commits,
+            batches: after.batches - before.batches,
+        }
+    }
+
+    /// Transaction time per batch (the writer's busy time shared out among the batches it
+    /// committed), and batches per commit.
+    fn sqlite_ms_per_batch(&self) -> f64 {
+        self.busy.as_secs_f64() * 1000.0 / self.batches.max(1) as f64
+    }
+
+    fn batches_per_commit(&self) -> f64 {
+        self.batches as f64 / self.commits.max(1) as f64
+    }
 }
 
 /// Measures one sweep of `poller`, reading the simulator's own request figures around it.
@@ -186,6 +215,7 @@ async fn measure_sweep(
     store: &Store,
 ) -> anyhow::Result<Measured> {
     let before = simulator.stats().await?;
+    let writer_before = store.writer_totals();
     let cpu_before = cpu_time();
     let started = Instant::now();
     let record = poller.sweep(&CancellationToken::new()).await?;
@@ -195,8 +225,17 @@ async fn measure_sweep(
     let requests = number(&after["requests"]) - number(&before["requests"]);
     let measured_latency_ms =
         (number(&after["busyMicros"]) - number(&before["busyMicros"])) / requests.max(1.0) / 1000.0;
-    let (apply_mean_ms, _) = apply_times(metrics, store).await?;
-    Ok(Measured { wall, cpu, requests, measured_latency_ms, apply_mean_ms, carts_polled: record.carts_polled })
+    let writer = WriterFigures::between(writer_before, store.writer_totals());
+    let (commit_latency_mean_ms, _) = apply_times(metrics, store).await?;
+    Ok(Measured {
+        wall,
+        cpu,
+        requests,
+        measured_latency_ms,
+        commit_latency_mean_ms,
+        writer,
+        carts_polled: record.carts_polled,
+    })
 }
 
 /// Sweeps `carts` due carts at 20 ms partner latency and concurrency 8: first when every
@@ -255,7 +294,9 @@ async fn sweep(carts: usize) -> anyhow::Result<Value> {
             "ratio_to_bound": round(measured.wall.as_secs_f64() / bound(measured), 4),
             "cpu_s": round(measured.cpu.as_secs_f64(), 3),
             "cpu_us_per_request": round(measured.cpu.as_secs_f64() * 1e6 / measured.requests.max(1.0), 1),
-            "sqlite_ms_per_batch_mean": round(measured.apply_mean_ms, 3),
+            "sqlite_ms_per_batch_mean": round(measured.writer.sqlite_ms_per_batch(), 3),
+            "batches_per_commit": round(measured.writer.batches_per_commit(), 1),
+            "commit_latency_ms_mean": round(measured.commit_latency_mean_ms, 3),
             "carts_polled": measured.carts_polled,
         })
     };
@@ -546,6 +587,7 @@ async fn transitions(carts: usize) -> anyhow::Result<Value> {
     let metrics = Arc::new(Metrics::default());
     let settings = config.pollers().remove(0);
     let poller = Poller::new(store.clone(), Arc::new(config), settings, Arc::clone(&metrics)).await?;
+    let writer_before = store.writer_totals();
     let cpu_before = cpu_time();
     let started = Instant::now();
     let record = poller.sweep(&CancellationToken::new()).await?;
@@ -554,7 +596,8 @@ async fn transitions(carts: usize) -> anyhow::Result<Value> {
     checked_out.stop().await;
     checkpoints.cancel();
 
-    let (mean_ms, p99_ms) = apply_times(&metrics, &store).await?;
+    let writer = WriterFigures::between(writer_before, store.writer_totals());
+    let (latency_mean_ms, latency_p99_ms) = apply_times(&metrics, &store).await?;
     let events = store.events_after(0, u32::MAX).await?.len() - events_before;
     Ok(json!({
         "scenario": "transitions",
@@ -566,12 +609,15 @@ async fn transitions(carts: usize) -> anyhow::Result<Value> {
         "transitions_per_s": round(carts as f64 / wall.as_secs_f64(), 0),
         "cpu_s": round(cpu.as_secs_f64(), 3),
         "batches": record.requests,
-        "sqlite_ms_per_batch_mean": round(mean_ms, 3),
-        "sqlite_ms_per_batch_p99_at_most": round(p99_ms, 3),
+        "sqlite_ms_per_batch_mean": round(writer.sqlite_ms_per_batch(), 3),
+        "batches_per_commit": round(writer.batches_per_commit(), 1),
+        "commit_latency_ms_mean": round(latency_mean_ms, 3),
+        "commit_latency_ms_p99_at_most": round(latency_p99_ms, 3),
     }))
 }
 
-/// Mean and 99th percentile (bucket upper bound) of the batch write time, in milliseconds,
+/// Mean and 99th percentile (bucket upper bound) of the time from a batch's submission to
+/// its commit, in milliseconds,
 /// read back from the Prometheus rendering.
 async fn apply_times(metrics: &Metrics, store: &Store) -> anyhow::Result<(f64, f64)> {
     let text = metrics.render(store).await?;

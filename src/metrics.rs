@@ -127,7 +127,7 @@ impl Default for Metrics {
         registry.register("sweep_duration_seconds", "Wall time of each sweep", sweep_duration.clone());
         registry.register(
             "store_apply_duration_seconds",
-            "Time to write one batch's outcome to the database",
+            "Time from handing one batch's outcome to the database writer until it is committed",
             store_apply_duration.clone(),
         );
         registry.register("upstream_requests", "Requests to partner APIs by outcome", upstream_requests.clone());

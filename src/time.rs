@@ -38,6 +38,11 @@ pub fn parse_ts(text: &str) -> Option<DateTime<Utc>> {
 /// `2017-06-14T16:46:55.473` or `2016-03-03 11:39:45`, with any number of fraction digits.
 pub fn parse_naive(text: &str) -> Option<NaiveDateTime> {
     let text = text.trim();
+    // chrono's own ISO reader first: it needs no format string parsed, and reads the form
+    // the store and the partner use most.
+    if let Ok(naive) = text.parse::<NaiveDateTime>() {
+        return Some(naive);
+    }
     ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
         .iter()
         .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
@@ -96,6 +101,17 @@ mod tests {
         check("2017-06-13T14:12:42.1234567", Some("2017-06-13T14:12:42.123"));
         check("13/06/2017", None);
         check("", None);
+    }
+
+    #[test]
+    fn the_quick_reader_agrees_with_the_formats() {
+        for text in
+            ["2017-06-13T16:28:47", "2017-06-14T16:46:55.473", "2017-06-13T14:12:42.9", "2026-11-25T08:11:04.123"]
+        {
+            let by_format = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").ok();
+            assert!(by_format.is_some());
+            assert_eq!(text.parse::<NaiveDateTime>().ok(), by_format, "{text}");
+        }
     }
 
     #[test]

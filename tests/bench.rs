@@ -52,6 +52,8 @@ fn transitions_commit_every_transition_and_event() {
     assert_eq!(figures["all_committed"], true, "{figures}");
     assert_eq!(figures["transitions_committed"], 200);
     assert_eq!(figures["events_committed"], 200);
+    assert!(figures["sqlite_ms_per_batch_mean"].as_f64().unwrap() > 0.0, "{figures}");
+    assert!(figures["batches_per_commit"].as_f64().unwrap() >= 1.0, "{figures}");
 }
 
 #[test]

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-pub use carts::{AppliedBatch, DueCart, HandInsertReport, TrackOutcome, TrackRequest, UntrackOutcome};
+pub use carts::{AppliedBatch, DueCart, HandInsertReport, TrackOutcome, TrackRequest, UntrackOutcome, WriterTotals};
 pub use items::ItemChange;
 pub use outbox::{DeadLetter, DeliveryResult, DeliveryState, PendingDelivery, SinkSpec, StoredEvent};
 pub use reports::{CartDetail, StoredTransition, Summary, SweepRecord, UpstreamRecord};
@@ -107,8 +107,9 @@ struct Inner {
     reader: Mutex<Connection>,
     path: PathBuf,
     /// Batches' outcomes on their way to the writer thread, which commits the batches that
-    /// arrive together in one transaction (each batch in its own savepoint).
+    /// arrive within a moment of each other in one transaction.
     apply_queue: std::sync::mpsc::Sender<carts::ApplyJob>,
+    writer_stats: Arc<carts::WriterStats>,
 }
 
 /// A handle to the database; cheap to clone.
@@ -149,8 +150,17 @@ impl Store {
         schema::migrate(&mut writer)?;
         let reader = open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         let writer = Arc::new(Mutex::new(writer));
-        let apply_queue = carts::start_apply_thread(Arc::clone(&writer))?;
-        Ok(Store { inner: Arc::new(Inner { writer, reader: Mutex::new(reader), path: path.to_owned(), apply_queue }) })
+        let writer_stats = Arc::new(carts::WriterStats::default());
+        let apply_queue = carts::start_apply_thread(Arc::clone(&writer), Arc::clone(&writer_stats))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                writer,
+                reader: Mutex::new(reader),
+                path: path.to_owned(),
+                apply_queue,
+                writer_stats,
+            }),
+        })
     }
 
     /// The database file.
