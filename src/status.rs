@@ -22,15 +22,19 @@ impl CartStatus {
     /// Reads a status in any documented spelling ("CheckedOut", "Checked Out", any case).
     /// Anything else becomes [`CartStatus::Other`] with the text unchanged.
     pub fn parse(raw: &str) -> CartStatus {
-        let squeezed: String =
-            raw.chars().filter(|c| !c.is_whitespace() && *c != '_' && *c != '-').flat_map(char::to_lowercase).collect();
-        match squeezed.as_str() {
-            "notordered" => CartStatus::NotOrdered,
-            "pending" => CartStatus::Pending,
-            "checkedout" => CartStatus::CheckedOut,
-            "ordered" => CartStatus::Ordered,
-            _ => CartStatus::Other(raw.to_owned()),
-        }
+        // Compared character by character rather than through a lowered copy: this runs for
+        // every cart of every poll.
+        let squeezed =
+            || raw.chars().filter(|c| !c.is_whitespace() && *c != '_' && *c != '-').flat_map(char::to_lowercase);
+        [
+            ("notordered", CartStatus::NotOrdered),
+            ("pending", CartStatus::Pending),
+            ("checkedout", CartStatus::CheckedOut),
+            ("ordered", CartStatus::Ordered),
+        ]
+        .into_iter()
+        .find(|(name, _)| squeezed().eq(name.chars()))
+        .map_or_else(|| CartStatus::Other(raw.to_owned()), |(_, status)| status)
     }
 
     /// The canonical spelling stored in SQLite and sent in events.
