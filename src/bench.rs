@@ -191,17 +191,18 @@ impl WriterFigures {
     fn between(before: WriterTotals, after: WriterTotals) -> WriterFigures {
         WriterFigures {
             busy: after.busy.saturating_sub(before.busy),
-            commits: after.commits - before.commits,
-            batches: after.batches - before.batches,
+            commits: after.commits.saturating_sub(before.commits),
+            batches: after.batches.saturating_sub(before.batches),
         }
     }
 
-    /// Transaction time per batch (the writer's busy time shared out among the batches it
-    /// committed), and batches per commit.
+    /// Transaction time per batch: the writer's busy time shared out among the batches it
+    /// committed.
     fn sqlite_ms_per_batch(&self) -> f64 {
         self.busy.as_secs_f64() * 1000.0 / self.batches.max(1) as f64
     }
 
+    /// Batches that shared one transaction, on average.
     fn batches_per_commit(&self) -> f64 {
         self.batches as f64 / self.commits.max(1) as f64
     }
@@ -617,8 +618,7 @@ async fn transitions(carts: usize) -> anyhow::Result<Value> {
 }
 
 /// Mean and 99th percentile (bucket upper bound) of the time from a batch's submission to
-/// its commit, in milliseconds,
-/// read back from the Prometheus rendering.
+/// its commit, in milliseconds, read back from the Prometheus rendering.
 async fn apply_times(metrics: &Metrics, store: &Store) -> anyhow::Result<(f64, f64)> {
     let text = metrics.render(store).await?;
     let metric = |name: &str| {

@@ -691,3 +691,48 @@ fn apply_in(
     }
     Ok(applied)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::provider::{CartReport, Observation};
+    use crate::store::test_support::temp_store;
+
+    fn status(status: &str, created_at_raw: &str, detail: Option<&str>) -> PollOutcome {
+        PollOutcome::Report(CartReport::Status(Observation {
+            status: status.into(),
+            known_status: true,
+            detail: detail.map(str::to_owned),
+            created_at_raw: Some(created_at_raw.into()),
+            created_at: crate::time::parse_naive(created_at_raw),
+            ..Observation::default()
+        }))
+    }
+
+    /// Whichever statement writes it (the whole row, or only the schedule when the status
+    /// stays), the stored row is exactly what `decide` made of the outcome.
+    #[tokio::test]
+    async fn both_update_paths_store_exactly_the_decided_row() {
+        let (store, _directory) = temp_store();
+        let cart_id = CartId::parse("921A2046-66A5-4C5F-B9A6-4BC646FA5E5A").unwrap();
+        store.track(vec![TrackRequest::imaterialise(cart_id.clone(), None)], Utc::now()).await.unwrap();
+        let config = Config::default();
+        let outcomes = [
+            (status("Pending", "2026-11-25T07:00:00", None), false),
+            (status("Pending", "2026-11-25T07:00:00.5", Some("still open")), true),
+            (PollOutcome::Failed("connection reset".into()), true),
+            (status("CheckedOut", "2026-11-25T07:00:00.5", None), false),
+        ];
+        for (number, (outcome, schedule_only_expected)) in outcomes.into_iter().enumerate() {
+            let before = store.cart(cart_id.as_str().to_owned()).await.unwrap().unwrap();
+            let now = Utc::now() + chrono::Duration::seconds(number as i64 * 90);
+            let context = Context::from_config(&config, now);
+            let decided = decide(&before, &outcome, &context, 0.25).unwrap().row;
+            assert_eq!(schedule_only(&before, &decided), schedule_only_expected, "outcome {number}");
+            store.apply(vec![(before.key, outcome, 0.25)], Arc::new(context)).await.unwrap();
+            let stored = store.cart(cart_id.as_str().to_owned()).await.unwrap().unwrap();
+            assert_eq!(stored, decided, "outcome {number}");
+        }
+    }
+}
