@@ -295,10 +295,23 @@ pub fn main(cli: Cli) -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {:#}", failure.error);
+            eprintln!("error: {}", describe(&failure.error));
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// An error and its causes on one line, leaving out a cause whose text the message before it
+/// already quotes (many messages name their cause, for the log lines that show only them).
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1).map(ToString::to_string) {
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 async fn dispatch(cli: Cli) -> Result<(), Failure> {
@@ -839,6 +852,18 @@ fn check_config(config_path: Option<PathBuf>) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_line_names_each_cause_once() {
+        let path = std::path::Path::new("/nonexistent/dir/cartwatch.db");
+        let error = anyhow::Error::new(crate::store::Store::open(path, std::time::Duration::from_secs(1)).unwrap_err())
+            .context("cannot show the status");
+        let line = describe(&error);
+        assert!(line.starts_with("cannot show the status: cannot open the database"), "{line}");
+        assert_eq!(line.matches("/nonexistent/dir/cartwatch.db").count(), 2, "{line}");
+        let plain = anyhow::anyhow!("disk full").context("writing the batch");
+        assert_eq!(describe(&plain), "writing the batch: disk full");
+    }
 
     #[test]
     fn track_requests_from_arguments_and_lines() {
