@@ -15,7 +15,7 @@ use rust_decimal::Decimal;
 use serde_json::Value;
 
 use crate::cart_id::shorten;
-use crate::provider::imaterialise::items::exact_decimal;
+use crate::provider::imaterialise::items::json_decimal;
 use crate::provider::imaterialise::wire::{get_ci, json_code, json_text};
 use crate::provider::{
     CartReport, Observation, UpstreamError, http_client, read_limited, status_error, transport_error,
@@ -419,11 +419,7 @@ fn integer(value: &Value, key: &str) -> Option<i64> {
 }
 
 fn decimal(value: &Value, key: &str) -> Option<Decimal> {
-    match get_ci(value, key)? {
-        Value::Number(number) => exact_decimal(&number.to_string()),
-        Value::String(text) => exact_decimal(text),
-        _ => None,
-    }
+    get_ci(value, key).and_then(json_decimal)
 }
 
 /// An address object (`firstName`...).

@@ -216,7 +216,35 @@ pub fn exact_decimal(text: &str) -> Option<Decimal> {
     Decimal::from_str_exact(text).ok().or_else(|| Decimal::from_scientific(text).ok())
 }
 
-fn json_decimal(value: &Value) -> Option<Decimal> {
+/// An item from its fields, read by lower-case name whichever the wire format: `text` for
+/// plain fields, `decimal` for the exact ones.
+fn cart_item(
+    cart_item_id: String,
+    text: impl Fn(&str) -> Option<String>,
+    decimal: impl Fn(&str) -> Option<Decimal>,
+    quantity: Option<i64>,
+) -> CartItem {
+    let valid_until = text("validuntil");
+    CartItem {
+        cart_item_id,
+        my_cart_item_reference: text("mycartitemreference"),
+        tool_id: text("toolid"),
+        model_id: text("modelid"),
+        file_units: text("fileunits"),
+        file_scale_factor: decimal("filescalefactor"),
+        material_id: text("materialid"),
+        finish_id: text("finishid"),
+        quantity,
+        my_sales_unit_price: decimal("mysalesunitprice"),
+        imat_unit_price: decimal("imatunitprice"),
+        currency: text("currency"),
+        valid_until_parsed: valid_until.as_deref().and_then(crate::time::parse_naive),
+        valid_until,
+    }
+}
+
+/// Reads an exact decimal written as a JSON number or a string.
+pub(crate) fn json_decimal(value: &Value) -> Option<Decimal> {
     match value {
         // With serde_json's arbitrary precision, a number keeps the digits it was sent with.
         Value::Number(number) => exact_decimal(&number.to_string()),
@@ -253,23 +281,9 @@ pub fn decode_json(body: &[u8]) -> Result<ItemsReply, String> {
                     continue;
                 }
                 let Some(cart_item_id) = cart_item_id else { continue };
-                let valid_until = field("validuntil");
-                reply.items.push(CartItem {
-                    cart_item_id,
-                    my_cart_item_reference: field("mycartitemreference"),
-                    tool_id: field("toolid"),
-                    model_id: field("modelid"),
-                    file_units: field("fileunits"),
-                    file_scale_factor: get_ci(entry, "filescalefactor").and_then(json_decimal),
-                    material_id: field("materialid"),
-                    finish_id: field("finishid"),
-                    quantity: get_ci(entry, "quantity").and_then(json_code),
-                    my_sales_unit_price: get_ci(entry, "mysalesunitprice").and_then(json_decimal),
-                    imat_unit_price: get_ci(entry, "imatunitprice").and_then(json_decimal),
-                    currency: field("currency"),
-                    valid_until_parsed: valid_until.as_deref().and_then(crate::time::parse_naive),
-                    valid_until,
-                });
+                let quantity = get_ci(entry, "quantity").and_then(json_code);
+                let decimal = |name: &str| get_ci(entry, name).and_then(json_decimal);
+                reply.items.push(cart_item(cart_item_id, field, decimal, quantity));
             }
         }
         Some(Value::Null) | None if !reply.errors.is_empty() => {}
@@ -294,23 +308,9 @@ pub fn decode_xml(body: &[u8]) -> Result<ItemsReply, String> {
             continue;
         }
         let Some(cart_item_id) = cart_item_id else { continue };
-        let valid_until = field("validuntil");
-        reply.items.push(CartItem {
-            cart_item_id,
-            my_cart_item_reference: field("mycartitemreference"),
-            tool_id: field("toolid"),
-            model_id: field("modelid"),
-            file_units: field("fileunits"),
-            file_scale_factor: field("filescalefactor").as_deref().and_then(exact_decimal),
-            material_id: field("materialid"),
-            finish_id: field("finishid"),
-            quantity: field("quantity").and_then(|text| text.parse().ok()),
-            my_sales_unit_price: field("mysalesunitprice").as_deref().and_then(exact_decimal),
-            imat_unit_price: field("imatunitprice").as_deref().and_then(exact_decimal),
-            currency: field("currency"),
-            valid_until_parsed: valid_until.as_deref().and_then(crate::time::parse_naive),
-            valid_until,
-        });
+        let quantity = field("quantity").and_then(|text| text.parse().ok());
+        let decimal = |name: &str| field(name).as_deref().and_then(exact_decimal);
+        reply.items.push(cart_item(cart_item_id, field, decimal, quantity));
     }
     if reply.items.is_empty() && reply.errors.is_empty() && !contains(&root, "cartitems") {
         return Err(format!("neither cart items nor an error in <{}>", root.name));
