@@ -6,15 +6,14 @@ use std::str::FromStr;
 use std::sync::RwLock;
 
 use chrono::NaiveDateTime;
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use rust_decimal::Decimal;
 use serde_json::Value;
 
 use super::wire::{get_ci, json_code, json_text};
-use super::{accept, api_code_header, api_url, is_xml_answer, response_content_type};
+use super::{api_url, is_xml_answer, response_content_type, send};
 use crate::cart_id::{CartId, ItemId, shorten};
 use crate::config::{ImaterialiseConfig, WireFormat};
-use crate::provider::{UpstreamError, http_client, read_limited, status_error, transport_error};
+use crate::provider::{UpstreamError, http_client, read_limited, status_error};
 use crate::secret::Secret;
 use crate::xml_tree::{self, Node};
 
@@ -383,25 +382,15 @@ impl ItemsClient {
     /// Fails when the request fails as a whole or the partner refuses the change.
     pub async fn change(&self, action: ItemAction, cart: &CartId, items: &[ItemId]) -> Result<ItemsReply, ItemsError> {
         let url = api_url(&self.base_url, &["web-api", "cart", cart.as_str(), "items"])?;
-        let (body, content_type) = match self.format {
-            WireFormat::Json => (encode_json_request(items), "application/json"),
-            WireFormat::Xml => (encode_xml_request(items), "text/xml; charset=utf-8"),
+        let body = match self.format {
+            WireFormat::Json => encode_json_request(items),
+            WireFormat::Xml => encode_xml_request(items),
         };
-        let api_code_header = api_code_header(&self.api_code)?;
         let method = match action {
             ItemAction::Add => reqwest::Method::POST,
             ItemAction::Remove => reqwest::Method::DELETE,
         };
-        let response = self
-            .http
-            .request(method, url)
-            .header("apiCode", api_code_header)
-            .header(ACCEPT, accept(self.format))
-            .header(CONTENT_TYPE, content_type)
-            .body(body)
-            .send()
-            .await
-            .map_err(transport_error)?;
+        let response = send(&self.http, method, url, &self.api_code, self.format, body).await?;
         let status = response.status();
         if matches!(status_error(&response), UpstreamError::Unauthorized | UpstreamError::Throttled { .. }) {
             return Err(status_error(&response).into());

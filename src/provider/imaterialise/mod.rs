@@ -70,21 +70,12 @@ impl StatusClient {
     /// Fails when the request as a whole failed: transport, HTTP status, undecodable or
     /// oversized body, or a general error object.
     pub async fn fetch(&self, cart_ids: &[CartId]) -> Result<BatchReply, UpstreamError> {
-        let (body, content_type) = match self.format {
-            WireFormat::Json => (wire::encode_json_request(cart_ids), "application/json"),
-            WireFormat::Xml => (wire::encode_xml_request(cart_ids), "text/xml; charset=utf-8"),
+        let body = match self.format {
+            WireFormat::Json => wire::encode_json_request(cart_ids),
+            WireFormat::Xml => wire::encode_xml_request(cart_ids),
         };
-        let api_code_header = api_code_header(&self.api_code)?;
-        let response = self
-            .http
-            .post(self.endpoint.clone())
-            .header("apiCode", api_code_header)
-            .header(ACCEPT, accept(self.format))
-            .header(CONTENT_TYPE, content_type)
-            .body(body)
-            .send()
-            .await
-            .map_err(transport_error)?;
+        let response =
+            send(&self.http, reqwest::Method::POST, self.endpoint.clone(), &self.api_code, self.format, body).await?;
         let status = response.status();
         if status.is_success() {
             let response_type = response_content_type(&response);
@@ -111,12 +102,28 @@ impl StatusClient {
     }
 }
 
-/// The `Accept` header for a wire format.
-pub(crate) fn accept(format: WireFormat) -> &'static str {
-    match format {
-        WireFormat::Json => "application/json",
-        WireFormat::Xml => "text/xml",
-    }
+/// Sends one request the way both i.materialise APIs take it: the `apiCode` header, and the
+/// body's format in `Content-Type` and `Accept`.
+pub(crate) async fn send(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: Url,
+    api_code: &RwLock<Secret>,
+    format: WireFormat,
+    body: String,
+) -> Result<reqwest::Response, UpstreamError> {
+    let (content_type, accept) = match format {
+        WireFormat::Json => ("application/json", "application/json"),
+        WireFormat::Xml => ("text/xml; charset=utf-8", "text/xml"),
+    };
+    http.request(method, url)
+        .header("apiCode", api_code_header(api_code)?)
+        .header(ACCEPT, accept)
+        .header(CONTENT_TYPE, content_type)
+        .body(body)
+        .send()
+        .await
+        .map_err(transport_error)
 }
 
 /// Joins path segments onto a base URL, keeping any path prefix the base already has.
@@ -158,7 +165,7 @@ pub(crate) fn is_xml_answer(body: &[u8], requested: WireFormat, content_type: &s
 /// The `apiCode` header, marked sensitive so no debug output of the request shows it.
 ///
 /// Fails (as an authentication failure) when the apiCode cannot be a header value.
-pub(crate) fn api_code_header(api_code: &RwLock<Secret>) -> Result<HeaderValue, UpstreamError> {
+fn api_code_header(api_code: &RwLock<Secret>) -> Result<HeaderValue, UpstreamError> {
     let api_code = api_code.read().map(|code| code.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone());
     let mut header = HeaderValue::from_str(api_code.expose().trim()).map_err(|_| UpstreamError::Unauthorized)?;
     header.set_sensitive(true);
