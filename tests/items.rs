@@ -416,54 +416,28 @@ async fn end_to_end_against_the_simulator_through_the_binary_and_the_http_api() 
 
     // The same through the HTTP API.
     let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/v1/carts/{http_cart}/items");
+    let call = async |method: reqwest::Method, cart: &str, items: serde_json::Value| {
+        let response = client
+            .request(method, format!("http://127.0.0.1:{port}/v1/carts/{cart}/items"))
+            .header("content-type", "application/json")
+            .body(json!({ "items": items }).to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, serde_json::from_str(&response.text().await.unwrap()).unwrap_or(serde_json::Value::Null))
+    };
     let second = simulator.new_item(false);
-    let response = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(json!({ "items": [second] }).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    let (status, body) = call(reqwest::Method::POST, http_cart, json!([second])).await;
+    assert_eq!(status, 200);
     assert_eq!(body["items"][0]["cartItemId"], second.as_str());
     assert!(body["eventId"].as_str().unwrap().starts_with("evt_"));
-    let response = client
-        .delete(&url)
-        .header("content-type", "application/json")
-        .body(json!({ "items": [second] }).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let response = client
-        .delete(&url)
-        .header("content-type", "application/json")
-        .body(json!({ "items": [second] }).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 422);
-    let body: serde_json::Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+    assert_eq!(call(reqwest::Method::DELETE, http_cart, json!([second])).await.0, 200);
+    let (status, body) = call(reqwest::Method::DELETE, http_cart, json!([second])).await;
+    assert_eq!(status, 422);
     assert_eq!(body["codes"], json!([109]));
-    let url = format!("http://127.0.0.1:{port}/v1/carts/{checked_out}/items");
-    let response = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(json!({ "items": [second] }).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 409);
-    let response = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(json!({ "items": ["nope"] }).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 400);
+    assert_eq!(call(reqwest::Method::POST, checked_out, json!([second])).await.0, 409);
+    assert_eq!(call(reqwest::Method::POST, checked_out, json!(["nope"])).await.0, 400);
     // The partner made the carts Pending; the daemon sees it.
     let pending_now = wait_until(Duration::from_secs(5), async || {
         store.cart(http_cart.clone()).await.unwrap().unwrap().status.as_deref() == Some("Pending")
