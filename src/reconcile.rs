@@ -236,12 +236,14 @@ pub fn decide(row: &CartRow, outcome: &PollOutcome, context: &Context, unit: f64
         }
         PollOutcome::Failed(message) => retry_later(&mut next, message.clone(), context, unit),
     }
-    let data = event_data(&next, row.status.clone());
-    let events = event_types
-        .into_iter()
-        .filter(|event_type| context.emit.contains(event_type))
-        .map(|event_type| (event_type, data.clone()))
-        .collect();
+    event_types.retain(|event_type| context.emit.contains(event_type));
+    // Most polls announce nothing; the event data is built only for those that do.
+    let events = if event_types.is_empty() {
+        Vec::new()
+    } else {
+        let data = event_data(&next, row.status.clone());
+        event_types.into_iter().map(|event_type| (event_type, data.clone())).collect()
+    };
     Some(Decision { row: next, transition, events, unknown_status })
 }
 
