@@ -517,166 +517,261 @@ pub(crate) fn read_secret_file(
     }
 }
 
-impl Config {
-    /// Every problem that makes this config unusable for `purpose`.
-    pub fn problems(&self, purpose: Purpose) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        let mut problem = |key: &str, message: String| problems.push(Problem { key: key.into(), message });
+/// Collects problems, with the range checks every section shares.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<Problem>);
 
-        if self.database.path.as_os_str().is_empty() {
-            problem("database.path", "must not be empty".into());
+/// Durations are kept within these bounds unless a key says otherwise: long enough to mean
+/// something, short enough that no arithmetic on them can overflow.
+const LONGEST: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+impl Problems {
+    /// Records a problem with `key`.
+    pub fn add(&mut self, key: &str, message: impl Into<String>) {
+        self.0.push(Problem { key: key.into(), message: message.into() });
+    }
+
+    /// Checks that a duration lies within `min..=max`.
+    pub fn duration(&mut self, key: &str, value: Duration, min: Duration, max: Duration) {
+        if value < min || value > max {
+            self.add(
+                key,
+                format!(
+                    "must be between {} and {}, got {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max),
+                    humantime::format_duration(value)
+                ),
+            );
         }
-        if let Err(message) = crate::schedule::parse_cron(&self.sweep.cron) {
-            problem("sweep.cron", message);
+    }
+
+    /// Checks that a number lies within `range`.
+    pub fn number<T: PartialOrd + std::fmt::Display>(
+        &mut self,
+        key: &str,
+        value: T,
+        range: std::ops::RangeInclusive<T>,
+    ) {
+        if !range.contains(&value) {
+            self.add(key, format!("must be between {} and {}, got {value}", range.start(), range.end()));
         }
-        if self.sweep.timezone.parse::<chrono_tz::Tz>().is_err() {
-            problem(
+    }
+
+    /// Checks a requests-per-second limit: 0 for none, else between 0.001 and 10000.
+    pub fn rate(&mut self, key: &str, value: f64) {
+        if !(value == 0.0 || (0.001..=10_000.0).contains(&value)) {
+            self.add(key, format!("must be 0 (no limit) or between 0.001 and 10000, got {value}"));
+        }
+    }
+
+    /// Checks a jitter fraction.
+    pub fn fraction(&mut self, key: &str, value: f64) {
+        if !(0.0..=0.5).contains(&value) {
+            self.add(key, format!("must be between 0 and 0.5, got {value}"));
+        }
+    }
+
+    /// The problems found.
+    pub fn into_vec(self) -> Vec<Problem> {
+        self.0
+    }
+}
+
+const MILLISECOND: Duration = Duration::from_millis(1);
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+impl DatabaseConfig {
+    fn check(&self, problems: &mut Problems) {
+        if self.path.as_os_str().is_empty() {
+            problems.add("database.path", "must not be empty");
+        }
+        problems.duration("database.busy_timeout", self.busy_timeout, 10 * MILLISECOND, 10 * MINUTE);
+    }
+}
+
+impl SweepConfig {
+    fn check(&self, problems: &mut Problems) {
+        if let Err(message) = crate::schedule::parse_cron(&self.cron) {
+            problems.add("sweep.cron", message);
+        }
+        if self.timezone.parse::<chrono_tz::Tz>().is_err() {
+            problems.add(
                 "sweep.timezone",
-                format!("unknown time zone {:?}; use an IANA name such as \"Europe/Brussels\"", self.sweep.timezone),
+                format!("unknown time zone {:?}; use an IANA name such as \"Europe/Brussels\"", self.timezone),
             );
         }
-        if !(1..=100_000).contains(&self.sweep.page_size) {
-            problem("sweep.page_size", format!("must be between 1 and 100000, got {}", self.sweep.page_size));
-        }
+        problems.number("sweep.page_size", self.page_size, 1..=100_000);
+    }
+}
 
-        let imaterialise = &self.imaterialise;
-        if let Err(message) = check_base_url(&imaterialise.base_url) {
-            problem("imaterialise.base_url", message);
-        }
-        if !(1..=10).contains(&imaterialise.batch_size) {
-            problem(
+/// The client settings both providers share, checked the same way.
+fn check_client(
+    problems: &mut Problems,
+    section: &str,
+    base_url: &str,
+    concurrency: u32,
+    requests_per_second: f64,
+    timeouts: (Duration, Duration),
+    max_response_bytes: u64,
+) {
+    let key = |field: &str| format!("{section}.{field}");
+    if let Err(message) = check_base_url(base_url) {
+        problems.add(&key("base_url"), message);
+    }
+    problems.number(&key("concurrency"), concurrency, 1..=256);
+    problems.rate(&key("requests_per_second"), requests_per_second);
+    problems.duration(&key("request_timeout"), timeouts.0, 100 * MILLISECOND, 10 * MINUTE);
+    problems.duration(&key("connect_timeout"), timeouts.1, 100 * MILLISECOND, 10 * MINUTE);
+    problems.number(&key("max_response_bytes"), max_response_bytes, 1024..=1 << 30);
+}
+
+impl ImaterialiseConfig {
+    fn check(&self, purpose: Purpose, problems: &mut Problems) {
+        check_client(
+            problems,
+            "imaterialise",
+            &self.base_url,
+            self.concurrency,
+            self.requests_per_second,
+            (self.request_timeout, self.connect_timeout),
+            self.max_response_bytes,
+        );
+        if !(1..=10).contains(&self.batch_size) {
+            problems.add(
                 "imaterialise.batch_size",
-                format!("must be between 1 and 10 (the API's limit), got {}", imaterialise.batch_size),
+                format!("must be between 1 and 10 (the API's limit), got {}", self.batch_size),
             );
         }
-        if !(1..=256).contains(&imaterialise.concurrency) {
-            problem("imaterialise.concurrency", format!("must be between 1 and 256, got {}", imaterialise.concurrency));
-        }
-        if !imaterialise.requests_per_second.is_finite() || imaterialise.requests_per_second < 0.0 {
-            problem(
-                "imaterialise.requests_per_second",
-                format!("must be 0 (no limit) or a positive number, got {}", imaterialise.requests_per_second),
-            );
-        }
-        if imaterialise.request_timeout.is_zero() {
-            problem("imaterialise.request_timeout", "must be longer than zero".into());
-        }
-        if imaterialise.connect_timeout.is_zero() {
-            problem("imaterialise.connect_timeout", "must be longer than zero".into());
-        }
-        if imaterialise.max_response_bytes < 1024 {
-            problem("imaterialise.max_response_bytes", "must be at least 1024".into());
-        }
-        if purpose == Purpose::Upstream && imaterialise.enabled {
-            if imaterialise.api_code.is_empty() {
-                problem(
+        if purpose == Purpose::Upstream && self.enabled {
+            if self.api_code.is_empty() {
+                problems.add(
                     "imaterialise.api_code",
-                    "missing apiCode: set imaterialise.api_code_file, or the environment variable CARTWATCH__IMATERIALISE__API_CODE".into(),
+                    "missing apiCode: set imaterialise.api_code_file, or the environment variable CARTWATCH__IMATERIALISE__API_CODE",
                 );
-            } else if uuid::Uuid::try_parse(imaterialise.api_code.expose().trim()).is_err() {
-                problem("imaterialise.api_code", "must be a GUID (the value is not shown)".into());
+            } else if uuid::Uuid::try_parse(self.api_code.expose().trim()).is_err() {
+                problems.add("imaterialise.api_code", "must be a GUID (the value is not shown)");
             }
         }
+    }
+}
 
-        let titelive = &self.titelive;
-        if let Err(message) = check_base_url(&titelive.base_url) {
-            problem("titelive.base_url", message);
-        }
-        if !titelive.default_domain.is_empty()
-            && let Err(message) = crate::provider::titelive::check_domain(&titelive.default_domain)
+impl TiteliveConfig {
+    fn check(&self, problems: &mut Problems) {
+        check_client(
+            problems,
+            "titelive",
+            &self.base_url,
+            self.concurrency,
+            self.requests_per_second,
+            (self.request_timeout, self.connect_timeout),
+            self.max_response_bytes,
+        );
+        if !self.default_domain.is_empty()
+            && let Err(message) = crate::provider::titelive::check_domain(&self.default_domain)
         {
-            problem("titelive.default_domain", message);
+            problems.add("titelive.default_domain", message);
         }
-        if !(1..=256).contains(&titelive.concurrency) {
-            problem("titelive.concurrency", format!("must be between 1 and 256, got {}", titelive.concurrency));
-        }
-        if !titelive.requests_per_second.is_finite() || titelive.requests_per_second < 0.0 {
-            problem(
-                "titelive.requests_per_second",
-                format!("must be 0 (no limit) or a positive number, got {}", titelive.requests_per_second),
-            );
-        }
-        if titelive.request_timeout.is_zero() || titelive.connect_timeout.is_zero() {
-            problem("titelive.request_timeout", "timeouts must be longer than zero".into());
-        }
-        if titelive.max_response_bytes < 1024 {
-            problem("titelive.max_response_bytes", "must be at least 1024".into());
-        }
-        if purpose == Purpose::Upstream && !imaterialise.enabled && !titelive.enabled {
-            problem("imaterialise.enabled", "no provider is enabled: enable imaterialise or titelive".into());
-        }
+    }
+}
 
-        let cadence = &self.cadence;
+impl CadenceConfig {
+    fn check(&self, problems: &mut Problems) {
         let mut previous_age = Duration::ZERO;
-        for (index, tier) in cadence.tiers.iter().enumerate() {
+        for (index, tier) in self.tiers.iter().enumerate() {
             let key = format!("cadence.tiers[{index}]");
             if tier.younger_than <= previous_age {
-                problem(&key, "tiers must be listed youngest first, each `younger_than` larger than the last".into());
+                problems.add(&key, "tiers must be listed youngest first, each `younger_than` larger than the last");
             }
-            if tier.every < Duration::from_secs(1) {
-                problem(&key, "`every` must be at least 1s".into());
-            }
+            problems.duration(&format!("{key}.younger_than"), tier.younger_than, SECOND, LONGEST);
+            problems.duration(&format!("{key}.every"), tier.every, SECOND, 365 * DAY);
             previous_age = tier.younger_than;
         }
-        for (key, value) in
-            [("cadence.older_every", cadence.older_every), ("cadence.checked_out_every", cadence.checked_out_every)]
-        {
-            if value < Duration::from_secs(1) {
-                problem(key, "must be at least 1s".into());
-            }
-        }
-        if cadence.max_age.is_zero() {
-            problem("cadence.max_age", "must be longer than zero".into());
-        }
-        if !(0.0..=0.5).contains(&cadence.jitter) {
-            problem("cadence.jitter", format!("must be between 0 and 0.5, got {}", cadence.jitter));
-        }
+        problems.duration("cadence.older_every", self.older_every, SECOND, 365 * DAY);
+        problems.duration("cadence.checked_out_every", self.checked_out_every, SECOND, 365 * DAY);
+        problems.duration("cadence.max_age", self.max_age, SECOND, LONGEST);
+        problems.fraction("cadence.jitter", self.jitter);
+    }
+}
 
-        let backoff = &self.backoff;
-        if backoff.transient_initial.is_zero() || backoff.transient_max < backoff.transient_initial {
-            problem("backoff.transient_initial", "must be longer than zero and not above backoff.transient_max".into());
+impl BackoffConfig {
+    fn check(&self, problems: &mut Problems) {
+        problems.duration("backoff.transient_initial", self.transient_initial, MILLISECOND, DAY);
+        problems.duration("backoff.transient_max", self.transient_max, MILLISECOND, 7 * DAY);
+        if self.transient_max < self.transient_initial {
+            problems.add("backoff.transient_max", "must not be shorter than backoff.transient_initial");
         }
-        if backoff.auth_initial.is_zero() || backoff.auth_max < backoff.auth_initial {
-            problem("backoff.auth_initial", "must be longer than zero and not above backoff.auth_max".into());
+        problems.duration("backoff.auth_initial", self.auth_initial, MILLISECOND, DAY);
+        problems.duration("backoff.auth_max", self.auth_max, MILLISECOND, 7 * DAY);
+        if self.auth_max < self.auth_initial {
+            problems.add("backoff.auth_max", "must not be shorter than backoff.auth_initial");
         }
-        if backoff.circuit_after == 0 {
-            problem("backoff.circuit_after", "must be at least 1".into());
-        }
-        if backoff.not_found_after == 0 {
-            problem("backoff.not_found_after", "must be at least 1".into());
-        }
+        problems.number("backoff.circuit_after", self.circuit_after, 1..=1000);
+        // One answer alone never ends the tracking of a cart.
+        problems.number("backoff.not_found_after", self.not_found_after, 2..=1000);
+    }
+}
 
-        let schedule = self.delivery.schedule();
+impl DeliveryConfig {
+    fn check(&self, problems: &mut Problems) {
+        let schedule = self.schedule();
         if schedule.is_empty() {
-            problem("delivery.schedule", "needs at least one delay (the first attempt, usually \"0s\")".into());
+            problems.add("delivery.schedule", "needs at least one delay (the first attempt, usually \"0s\")");
         }
-        if !(0.0..=0.5).contains(&self.delivery.jitter) {
-            problem("delivery.jitter", format!("must be between 0 and 0.5, got {}", self.delivery.jitter));
+        if schedule.len() > 100 {
+            problems.add("delivery.schedule", format!("has {} delays; at most 100", schedule.len()));
         }
-        for (name, webhook) in &self.webhooks {
-            self.webhook_problems(name, webhook, purpose, &mut problem);
+        for (index, delay) in schedule.iter().enumerate() {
+            problems.duration(&format!("delivery.schedule[{index}]"), *delay, Duration::ZERO, 30 * DAY);
         }
+        problems.fraction("delivery.jitter", self.jitter);
+    }
+}
 
-        if !self.http.listen.trim().is_empty() {
-            match self.http.address() {
-                None => problem(
+impl HttpConfig {
+    fn check(&self, problems: &mut Problems) {
+        if !self.listen.trim().is_empty() {
+            match self.address() {
+                None => problems.add(
                     "http.listen",
-                    format!("not an address with a port, such as \"127.0.0.1:8787\": {:?}", self.http.listen),
+                    format!("not an address with a port, such as \"127.0.0.1:8787\": {:?}", self.listen),
                 ),
-                Some(address) if !address.ip().is_loopback() && self.http.token.is_empty() => problem(
+                Some(address) if !address.ip().is_loopback() && self.token.is_empty() => problems.add(
                     "http.listen",
                     format!("listening on {address}, which is not loopback, needs http.token (or http.token_file)"),
                 ),
                 Some(_) => {}
             }
         }
-        if self.http.max_body_bytes < 1024 {
-            problem("http.max_body_bytes", "must be at least 1024".into());
-        }
+        problems.number("http.max_body_bytes", self.max_body_bytes, 1024..=1 << 30);
+    }
+}
 
+impl Config {
+    /// Every problem that makes this config unusable for `purpose`, each section checked by
+    /// its own type.
+    pub fn problems(&self, purpose: Purpose) -> Vec<Problem> {
+        let mut problems = Problems::default();
+        self.database.check(&mut problems);
+        self.sweep.check(&mut problems);
+        self.imaterialise.check(purpose, &mut problems);
+        self.titelive.check(&mut problems);
+        if purpose == Purpose::Upstream && !self.imaterialise.enabled && !self.titelive.enabled {
+            problems.add("imaterialise.enabled", "no provider is enabled: enable imaterialise or titelive");
+        }
+        self.cadence.check(&mut problems);
+        self.backoff.check(&mut problems);
+        problems.duration("items.status_max_age", self.items.status_max_age, Duration::ZERO, 30 * DAY);
+        self.delivery.check(&mut problems);
+        for (name, webhook) in &self.webhooks {
+            webhook.check(name, purpose, &mut problems);
+        }
+        self.http.check(&mut problems);
         for name in &self.events.emit {
             if EventType::parse(name).is_none() {
-                problem(
+                problems.add(
                     "events.emit",
                     format!(
                         "unknown event type {name:?}; known types: {}",
@@ -686,28 +781,27 @@ impl Config {
             }
         }
         if LoggingConfig::parse_level(&self.logging.level).is_none() {
-            problem(
+            problems.add(
                 "logging.level",
                 format!("must be one of error, warn, info, debug, trace; got {:?}", self.logging.level),
             );
         }
-        problems
+        problems.into_vec()
     }
+}
 
-    fn webhook_problems(
-        &self,
-        name: &str,
-        webhook: &WebhookConfig,
-        purpose: Purpose,
-        problem: &mut impl FnMut(&str, String),
-    ) {
+impl WebhookConfig {
+    fn check(&self, name: &str, purpose: Purpose, problems: &mut Problems) {
         let key = |field: &str| format!("webhooks.{name}.{field}");
         if name.is_empty() || name == "log" || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            problem(&key("url"), format!("the endpoint name {name:?} must be letters, digits, - or _ and not \"log\""));
+            problems.add(
+                &key("url"),
+                format!("the endpoint name {name:?} must be letters, digits, - or _ and not \"log\""),
+            );
         }
-        match check_base_url(&webhook.url) {
-            Ok(url) if url.scheme() == "http" && !is_loopback_host(&url) && !webhook.allow_http => problem(
+        match check_base_url(&self.url) {
+            Ok(url) if url.scheme() == "http" && !is_loopback_host(&url) && !self.allow_http => problems.add(
                 &key("url"),
                 format!(
                     "plain http to {} is refused; use https, or set allow_http = true",
@@ -715,33 +809,31 @@ impl Config {
                 ),
             ),
             Ok(_) => {}
-            Err(_) if webhook.url.is_empty() => problem(&key("url"), "missing: every webhook needs a url".into()),
-            Err(message) => problem(&key("url"), message),
+            Err(_) if self.url.is_empty() => problems.add(&key("url"), "missing: every webhook needs a url"),
+            Err(message) => problems.add(&key("url"), message),
         }
-        if webhook.secret.is_empty() && purpose == Purpose::Upstream {
-            problem(
+        if self.secret.is_empty() && purpose == Purpose::Upstream {
+            problems.add(
                 &key("secret"),
                 format!("missing: set secret_file, or CARTWATCH__WEBHOOKS__{}__SECRET", name.to_ascii_uppercase()),
             );
         }
-        for (field, secret) in [("secret", &webhook.secret), ("previous_secret", &webhook.previous_secret)] {
+        for (field, secret) in [("secret", &self.secret), ("previous_secret", &self.previous_secret)] {
             if !secret.is_empty() && crate::sinks::webhook::signer(secret).is_none() {
-                problem(&key(field), "must be whsec_ followed by base64 (the value is not shown)".into());
+                problems.add(&key(field), "must be whsec_ followed by base64 (the value is not shown)");
             }
         }
-        for event_type in &webhook.event_types {
+        for event_type in &self.event_types {
             if EventType::parse(event_type).is_none() {
-                problem(&key("event_types"), format!("unknown event type {event_type:?}"));
+                problems.add(&key("event_types"), format!("unknown event type {event_type:?}"));
             }
         }
-        if webhook.timeout.is_zero() {
-            problem(&key("timeout"), "must be longer than zero".into());
-        }
-        if !(1..=1024).contains(&webhook.concurrency) {
-            problem(&key("concurrency"), format!("must be between 1 and 1024, got {}", webhook.concurrency));
-        }
+        problems.duration(&key("timeout"), self.timeout, 100 * MILLISECOND, 10 * MINUTE);
+        problems.number(&key("concurrency"), self.concurrency, 1..=1024);
     }
+}
 
+impl Config {
     /// Risky but allowed settings, worth a line in the log.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
@@ -956,6 +1048,27 @@ mod tests {
         ));
         assert_eq!(problems.len(), 2);
         assert!(problems[0].message.contains("cart.orderd"));
+    }
+
+    #[test]
+    fn values_that_could_overflow_are_out_of_range() {
+        let problems = problems_of(load_text(
+            "[imaterialise]\nrequests_per_second = 1e-300\n[cadence]\nolder_every = \"500000000000d\"\n\
+             [backoff]\nnot_found_after = 1\n[delivery]\nschedule = [\"0s\", \"9999d\"]\n",
+            &[],
+            Purpose::Database,
+        ));
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "imaterialise.requests_per_second",
+                "cadence.older_every",
+                "backoff.not_found_after",
+                "delivery.schedule[1]"
+            ]
+        );
+        assert!(problems[0].message.contains("between 0.001 and 10000"), "{}", problems[0].message);
     }
 
     #[test]

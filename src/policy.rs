@@ -28,7 +28,7 @@ impl Exponential {
     /// "Full jitter": a delay drawn uniformly from `[0, ceiling(attempt)]`, which spreads
     /// retries of many clients best. `unit` is a uniform sample in `[0, 1)`.
     pub fn full_jitter(&self, attempt: u32, unit: f64) -> Duration {
-        self.ceiling(attempt).mul_f64(unit.clamp(0.0, 1.0))
+        scale(self.ceiling(attempt), unit.clamp(0.0, 1.0))
     }
 }
 
@@ -89,7 +89,14 @@ pub fn poll_interval(cadence: &CadenceConfig, age: Duration, order_is_near: bool
 /// Never returns less than one second.
 pub fn spread(interval: Duration, fraction: f64, unit: f64) -> Duration {
     let factor = 1.0 + fraction * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
-    interval.mul_f64(factor.max(0.0)).max(Duration::from_secs(1))
+    scale(interval, factor).max(Duration::from_secs(1))
+}
+
+/// `duration × factor`, saturating instead of panicking as `Duration::mul_f64` does when the
+/// product does not fit; a negative or NaN factor gives zero.
+pub fn scale(duration: Duration, factor: f64) -> Duration {
+    let factor = if factor.is_nan() { 0.0 } else { factor.max(0.0) };
+    Duration::try_from_secs_f64(duration.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
 /// When to try a delivery again after `attempts_made` failed attempts, from the schedule of
@@ -104,7 +111,7 @@ pub fn redelivery_delay(
     retry_after: Option<Duration>,
 ) -> Option<Duration> {
     let planned = *schedule.get(attempts_made as usize)?;
-    let spread = planned.mul_f64((1.0 + jitter * (2.0 * unit.clamp(0.0, 1.0) - 1.0)).max(0.0));
+    let spread = scale(planned, 1.0 + jitter * (2.0 * unit.clamp(0.0, 1.0) - 1.0));
     Some(retry_after.map_or(spread, |wait| spread.max(wait)))
 }
 
@@ -192,6 +199,16 @@ mod tests {
             None,
             "Retry-After does not extend the schedule"
         );
+    }
+
+    #[test]
+    fn scaling_saturates_instead_of_panicking() {
+        assert_eq!(scale(Duration::MAX, 1.5), Duration::MAX);
+        assert_eq!(scale(S(10), f64::NAN), Duration::ZERO);
+        assert_eq!(scale(S(10), -1.0), Duration::ZERO);
+        assert_eq!(spread(Duration::MAX, 0.5, 0.999), Duration::MAX);
+        let huge = Exponential { initial: Duration::MAX, max: Duration::MAX }.full_jitter(40, 0.9);
+        assert!(huge > S(u64::MAX / 2), "{huge:?}");
     }
 
     #[test]

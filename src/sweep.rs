@@ -662,7 +662,8 @@ fn rate_limiter(requests_per_second: f64) -> Option<DefaultDirectRateLimiter> {
     if requests_per_second <= 0.0 || !requests_per_second.is_finite() {
         return None;
     }
-    let period = Duration::from_secs_f64(1.0 / requests_per_second).max(Duration::from_nanos(1));
+    // Config keeps the rate within 0.001..=10000; the fallback only guards the arithmetic.
+    let period = Duration::try_from_secs_f64(1.0 / requests_per_second).unwrap_or(Duration::from_secs(1000));
     let quota = Quota::with_period(period)?.allow_burst(NonZeroU32::MIN);
     Some(RateLimiter::direct(quota))
 }

@@ -4,16 +4,27 @@
 //! Stored timestamps are UTC with millisecond precision and a fixed width
 //! (`2026-11-25T08:11:04.123Z`), so that comparing them as text in SQL orders them in time.
 
-use chrono::{DateTime, Datelike, NaiveDateTime, SecondsFormat, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, NaiveDateTime, TimeZone, Timelike, Utc};
 
-/// Formats an instant in the stored form. Written out by hand: it runs for every cart of
-/// every poll, and chrono's general formatter costs several times more.
+/// The latest instant the store can hold: its text form must keep four year digits, or it
+/// would no longer sort after every earlier one. Far-future times are clamped to it.
+pub fn max_stored() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).single().unwrap_or(DateTime::<Utc>::MAX_UTC)
+        + chrono::Duration::milliseconds(999)
+}
+
+/// The earliest instant the store holds; earlier ones are clamped to it for the same reason.
+pub fn min_stored() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).single().unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// Formats an instant in the stored form, clamped to the years 0000..=9999 so that every
+/// stored timestamp has the same width and sorts as text in time order. Written out by hand:
+/// it runs for every cart of every poll, and chrono's general formatter costs several times
+/// more.
 pub fn format_ts(instant: DateTime<Utc>) -> String {
-    let naive = instant.naive_utc();
-    if !(0..=9999).contains(&naive.year()) {
-        return instant.to_rfc3339_opts(SecondsFormat::Millis, true);
-    }
-    let mut text = format_naive(naive);
+    let instant = instant.clamp(min_stored(), max_stored());
+    let mut text = format_naive(instant.naive_utc());
     text.push('Z');
     text
 }
@@ -70,9 +81,9 @@ pub fn to_chrono(duration: std::time::Duration) -> chrono::Duration {
     chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
 
-/// Adds a duration to an instant, saturating at the far future.
+/// Adds a duration to an instant, saturating at the latest instant the store can hold.
 pub fn add(instant: DateTime<Utc>, duration: std::time::Duration) -> DateTime<Utc> {
-    instant.checked_add_signed(to_chrono(duration)).unwrap_or(DateTime::<Utc>::MAX_UTC)
+    instant.checked_add_signed(to_chrono(duration)).unwrap_or(DateTime::<Utc>::MAX_UTC).min(max_stored())
 }
 
 #[cfg(test)]
@@ -118,10 +129,19 @@ mod tests {
     fn hand_formatting_agrees_with_chrono() {
         for millis in [0i64, 1, 999, 1_732_521_064_123, 253_402_300_799_999] {
             let instant = DateTime::<Utc>::from_timestamp_millis(millis).unwrap();
-            assert_eq!(format_ts(instant), instant.to_rfc3339_opts(SecondsFormat::Millis, true));
+            assert_eq!(format_ts(instant), instant.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
             let naive = instant.naive_utc();
             assert_eq!(format_naive(naive), naive.format("%Y-%m-%dT%H:%M:%S%.3f").to_string());
         }
+    }
+
+    #[test]
+    fn far_future_and_past_instants_keep_the_sortable_form() {
+        let far = add(Utc::now(), std::time::Duration::from_secs(u64::MAX));
+        assert_eq!(format_ts(far), "9999-12-31T23:59:59.999Z");
+        assert_eq!(format_ts(DateTime::<Utc>::MAX_UTC), "9999-12-31T23:59:59.999Z");
+        assert_eq!(format_ts(DateTime::<Utc>::MIN_UTC), "0000-01-01T00:00:00.000Z");
+        assert!(format_ts(far) > format_ts(Utc::now()), "the far future sorts after now");
     }
 
     #[test]
