@@ -31,9 +31,10 @@ use tokio_util::sync::CancellationToken;
 use crate::cart_id::CartId;
 use crate::config::{Config, WebhookConfig};
 use crate::daemon::open_store;
-use crate::delivery::delivery_loop;
+use crate::delivery::{SinkSlot, delivery_loop};
 use crate::events::{CartEventData, EventType, NewEvent};
 use crate::metrics::Metrics;
+use crate::provider::Provider;
 use crate::secret::Secret;
 use crate::simulator::DEMO_API_CODE;
 use crate::sinks::{self, Sink};
@@ -269,12 +270,11 @@ async fn sweep(carts: usize) -> anyhow::Result<Value> {
     let config = bench_config(&simulator.base_url, directory.path());
     let store = open_store(&config).await?;
     track(&store, simulator.carts().await?, Utc::now()).await?;
-    let config = Arc::new(config);
     let checkpoints = CancellationToken::new();
     store.start_background_checkpoints(Duration::from_secs(2), checkpoints.clone())?;
-    let settings = config.pollers().remove(0);
     let metrics = Arc::new(Metrics::default());
-    let poller = Poller::new(store.clone(), Arc::clone(&config), settings.clone(), Arc::clone(&metrics)).await?;
+    let poller =
+        Poller::new(store.clone(), &config, Provider::Imaterialise, Arc::clone(&metrics), Arc::default()).await?;
     let first = measure_sweep(&poller, &simulator, &metrics, &store).await?;
     let summary = store.summary(Utc::now()).await?;
     let committed: u64 =
@@ -282,7 +282,9 @@ async fn sweep(carts: usize) -> anyhow::Result<Value> {
 
     store.make_all_due(Utc::now()).await?;
     let steady_metrics = Arc::new(Metrics::default());
-    let poller = Poller::new(store.clone(), Arc::clone(&config), settings, Arc::clone(&steady_metrics)).await?;
+    let poller =
+        Poller::new(store.clone(), &config, Provider::Imaterialise, Arc::clone(&steady_metrics), Arc::default())
+            .await?;
     let steady = measure_sweep(&poller, &simulator, &steady_metrics, &store).await?;
     simulator.stop().await;
     checkpoints.cancel();
@@ -476,10 +478,11 @@ async fn drain(store: &Store, sink: Arc<Sink>) -> anyhow::Result<Duration> {
     let started = Instant::now();
     let task = tokio::spawn(delivery_loop(
         store.clone(),
-        sink,
+        SinkSlot::new(sink),
         Arc::new(Notify::new()),
         Arc::new(Metrics::default()),
         shutdown.clone(),
+        CancellationToken::new(),
     ));
     while store.has_pending(name.clone()).await? {
         if started.elapsed() > Duration::from_secs(600) {
@@ -578,8 +581,9 @@ async fn transitions(carts: usize) -> anyhow::Result<Value> {
     let checkpoints = CancellationToken::new();
     store.start_background_checkpoints(Duration::from_secs(2), checkpoints.clone())?;
     track(&store, pending.carts().await?, Utc::now()).await?;
-    let settings = config.pollers().remove(0);
-    let poller = Poller::new(store.clone(), Arc::new(config.clone()), settings, Arc::new(Metrics::default())).await?;
+    let poller =
+        Poller::new(store.clone(), &config, Provider::Imaterialise, Arc::new(Metrics::default()), Arc::default())
+            .await?;
     poller.sweep(&CancellationToken::new()).await?;
     pending.stop().await;
     let events_before = store.events_after(0, u32::MAX).await?.len();
@@ -589,8 +593,8 @@ async fn transitions(carts: usize) -> anyhow::Result<Value> {
     config.imaterialise.base_url = checked_out.base_url.clone();
     store.make_all_due(Utc::now()).await?;
     let metrics = Arc::new(Metrics::default());
-    let settings = config.pollers().remove(0);
-    let poller = Poller::new(store.clone(), Arc::new(config), settings, Arc::clone(&metrics)).await?;
+    let poller =
+        Poller::new(store.clone(), &config, Provider::Imaterialise, Arc::clone(&metrics), Arc::default()).await?;
     let measured = measure_sweep(&poller, &checked_out, &metrics, &store).await?;
     checked_out.stop().await;
     checkpoints.cancel();

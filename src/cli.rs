@@ -6,7 +6,7 @@
 //! not be reached; 7 refused locally by the guard; 8 refused by the partner.
 
 use std::collections::HashMap;
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -120,8 +120,8 @@ pub enum Command {
         /// Only events after this sequence number (a cursor: pass the last `seq` you saw).
         #[arg(long, value_name = "SEQ", default_value_t = 0)]
         after: i64,
-        /// At most this many events.
-        #[arg(long, value_name = "N", default_value_t = 100)]
+        /// At most this many events at a time, 1 to 10000.
+        #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
         /// Keep printing new events as they are written, like `tail -f`.
         #[arg(long)]
@@ -137,6 +137,12 @@ pub enum Command {
         /// `add`, `remove` or `list`.
         #[command(subcommand)]
         action: ItemsCommand,
+    },
+    /// Manage webhook endpoints: list them, enable one its receiver disabled.
+    Webhooks {
+        /// `list` or `enable`.
+        #[command(subcommand)]
+        action: WebhooksCommand,
     },
     /// Validate the config and print the effective values, secrets redacted.
     CheckConfig,
@@ -243,8 +249,8 @@ pub enum EventsAction {
         /// Only this endpoint's (a webhook name, or `log`).
         #[arg(long, value_name = "NAME")]
         endpoint: Option<String>,
-        /// At most this many.
-        #[arg(long, value_name = "N", default_value_t = 100)]
+        /// At most this many, 1 to 10000.
+        #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
     },
     /// Queue events for delivery again, attempts starting afresh: by event id, or every dead
@@ -260,6 +266,34 @@ pub enum EventsAction {
         #[arg(long, value_name = "NAME")]
         endpoint: Option<String>,
     },
+    /// Give up dead letters for good, so the later events of their carts, held behind them
+    /// to keep each cart's events in order, are delivered: by event id, or every dead letter
+    /// with --dead.
+    Skip {
+        /// Event ids (`evt_...`).
+        #[arg(value_name = "EVENT_ID")]
+        event_ids: Vec<String>,
+        /// Every dead letter.
+        #[arg(long)]
+        dead: bool,
+        /// Only on this endpoint.
+        #[arg(long, value_name = "NAME")]
+        endpoint: Option<String>,
+    },
+}
+
+/// What `cartwatch webhooks` does.
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// List the endpoints with their delivery figures, and whether each is disabled.
+    List,
+    /// Enable an endpoint its receiver disabled with 410 Gone: everything queued for it
+    /// meanwhile is delivered, in order.
+    Enable {
+        /// The endpoint's name (`[webhooks.NAME]`).
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
 }
 
 /// A failed command: what to print and which exit code to use.
@@ -269,17 +303,31 @@ pub struct Failure {
     pub code: u8,
     /// The error, with context.
     pub error: anyhow::Error,
+    /// Whether nothing is to be printed (the reader of standard output went away).
+    pub quiet: bool,
 }
 
 impl Failure {
     fn new(code: u8, error: impl Into<anyhow::Error>) -> Failure {
-        Failure { code, error: error.into() }
+        Failure { code, error: error.into(), quiet: false }
     }
 }
 
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Failure {
-        Failure { code: EXIT_FAILURE, error }
+        match error.downcast::<crate::output::Closed>() {
+            Ok(closed) => Failure::from(closed),
+            Err(error) => Failure::new(EXIT_FAILURE, error),
+        }
+    }
+}
+
+impl From<crate::output::Closed> for Failure {
+    /// A reader that went away ends the command quietly and successfully: it had what it
+    /// wanted. Any other write failure is reported.
+    fn from(closed: crate::output::Closed) -> Failure {
+        let quiet = closed.reader_left();
+        Failure { code: if quiet { 0 } else { EXIT_FAILURE }, error: closed.into(), quiet }
     }
 }
 
@@ -288,14 +336,19 @@ pub fn main(cli: Cli) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            let _ = writeln!(std::io::stderr(), "error: cannot start the async runtime: {error}");
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let result = runtime.block_on(dispatch(cli));
+    // Database work still running on the blocking pool (a statement waiting out another
+    // process's lock) is not waited for: what was not committed is fetched again next time.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(failure) if failure.quiet => ExitCode::from(failure.code),
         Err(failure) => {
-            eprintln!("error: {}", describe(&failure.error));
+            let _ = writeln!(std::io::stderr(), "error: {}", describe(&failure.error));
             ExitCode::from(failure.code)
         }
     }
@@ -334,6 +387,11 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Events { action: Some(EventsAction::Redeliver { event_ids, dead, endpoint }), .. } => {
             redeliver(config_path, event_ids, dead, endpoint).await
         }
+        Command::Events { action: Some(EventsAction::Skip { event_ids, dead, endpoint }), .. } => {
+            skip(config_path, event_ids, dead, endpoint).await
+        }
+        Command::Webhooks { action: WebhooksCommand::List } => list_webhooks(config_path).await,
+        Command::Webhooks { action: WebhooksCommand::Enable { name } } => enable_webhook(config_path, name).await,
         Command::Items { action: ItemsCommand::Add { cart_id, item_ids, force } } => {
             change_items(config_path, ItemAction::Add, cart_id, item_ids, force).await
         }
@@ -405,12 +463,17 @@ async fn open_store(config: &Config) -> Result<Store, Failure> {
     daemon::open_store(config).await.map_err(|error| Failure::new(EXIT_DATABASE, error))
 }
 
+/// Opens the database for a command that reads or changes what is in it: it must exist.
+async fn open_existing_store(config: &Config) -> Result<Store, Failure> {
+    daemon::open_existing_store(config).await.map_err(|error| Failure::new(EXIT_DATABASE, error))
+}
+
 async fn run(config_path: Option<PathBuf>) -> Result<(), Failure> {
     let loaded = loaded(config_path.as_deref(), Purpose::Upstream)?;
     crate::logging::init(&loaded.config.logging);
     log_loaded(&loaded);
     let shutdown = CancellationToken::new();
-    let (reload_sender, reloads) = mpsc::channel(1);
+    let (reload_sender, reloads) = mpsc::unbounded_channel();
     let systemd = Arc::new(Systemd::from_environment());
     spawn_signal_handlers(shutdown.clone(), reload_sender, config_path, Arc::clone(&systemd))
         .context("while installing signal handlers")?;
@@ -430,11 +493,12 @@ fn log_loaded(loaded: &Loaded) {
     }
 }
 
-/// SIGTERM and SIGINT cancel `shutdown`; SIGHUP tells systemd a reload began, reloads the
-/// config and sends it on (the daemon reports READY=1 once it is applied).
+/// SIGTERM and SIGINT cancel `shutdown` (a second one exits at once); SIGHUP tells systemd a
+/// reload began, reloads the config and sends it on (the daemon reports READY=1 once it is
+/// applied). Nothing here waits on the daemon, so a signal is always heard.
 fn spawn_signal_handlers(
     shutdown: CancellationToken,
-    reloads: mpsc::Sender<Config>,
+    reloads: mpsc::UnboundedSender<Config>,
     config_path: Option<PathBuf>,
     systemd: Arc<Systemd>,
 ) -> std::io::Result<()> {
@@ -444,24 +508,31 @@ fn spawn_signal_handlers(
     let mut hangup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         loop {
-            tokio::select! {
-                _ = terminate.recv() => { tracing::info!("SIGTERM received"); shutdown.cancel(); return; }
-                _ = interrupt.recv() => { tracing::info!("SIGINT received"); shutdown.cancel(); return; }
+            let name = tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = interrupt.recv() => "SIGINT",
                 _ = hangup.recv() => {
                     tracing::info!("SIGHUP received: reloading the configuration");
                     systemd.reloading();
                     match load_config(config_path.as_deref(), Purpose::Upstream) {
                         Ok(loaded) => {
                             log_loaded(&loaded);
-                            let _ = reloads.send(loaded.config).await;
+                            let _ = reloads.send(loaded.config);
                         }
                         Err(error) => {
                             tracing::error!("SIGHUP: the new config is not usable, keeping the old one: {error}");
                             systemd.ready();
                         }
                     }
+                    continue;
                 }
+            };
+            if shutdown.is_cancelled() {
+                tracing::warn!("{name} received again: exiting at once");
+                std::process::exit(i32::from(EXIT_FAILURE));
             }
+            tracing::info!("{name} received: shutting down");
+            shutdown.cancel();
         }
     });
     Ok(())
@@ -474,21 +545,45 @@ async fn poll_once(config_path: Option<PathBuf>, all: bool) -> Result<(), Failur
     if all {
         let store = open_store(&loaded.config).await?;
         let due = store.make_all_due(Utc::now()).await.map_err(|error| Failure::new(EXIT_DATABASE, error))?;
-        eprintln!("{due} tracked cart(s) made due");
+        let _ = writeln!(std::io::stderr(), "{due} tracked cart(s) made due");
     }
-    let record = daemon::poll_once(loaded.config, CancellationToken::new()).await.map_err(|error| match error {
+    let outcome = daemon::poll_once(loaded.config, CancellationToken::new()).await.map_err(|error| match error {
         daemon::DaemonError::Store(_) => Failure::new(EXIT_DATABASE, error),
         other => Failure::new(EXIT_FAILURE, other),
     })?;
-    eprintln!(
-        "polled {} cart(s) in {} request(s): {} failed, {} status change(s), {} event(s){}",
+    let record = &outcome.sweep.record;
+    let _ = writeln!(
+        std::io::stderr(),
+        "polled {} cart(s) in {} request(s): {} failed, {} status change(s), {} event(s); \
+         {} of {} deliveries made{}",
         record.carts_polled,
         record.requests,
         record.failures,
         record.transitions,
         record.events,
-        record.stopped_early.map(|reason| format!("; stopped early: {reason}")).unwrap_or_default()
+        outcome.deliveries.delivered,
+        outcome.deliveries.attempted,
+        record.stopped_early.as_deref().map(|reason| format!("; stopped early: {reason}")).unwrap_or_default()
     );
+    poll_once_status(&outcome)
+}
+
+/// The exit status of `poll-once`, which cron users rely on: 4 when the database failed, 6
+/// when a request to the partner failed or a paused partner was not asked at all.
+fn poll_once_status(outcome: &daemon::PollOnce) -> Result<(), Failure> {
+    let record = &outcome.sweep.record;
+    if let Some(failure) = &outcome.sweep.failure {
+        return Err(Failure::new(EXIT_DATABASE, anyhow::anyhow!("the sweep could not use the database: {failure}")));
+    }
+    if record.failures > 0 {
+        return Err(Failure::new(
+            EXIT_UPSTREAM,
+            anyhow::anyhow!("{} request(s) to the partner failed; the carts concerned stay due", record.failures),
+        ));
+    }
+    if let Some(reason) = record.stopped_early.as_deref().filter(|reason| reason.contains("paused")) {
+        return Err(Failure::new(EXIT_UPSTREAM, anyhow::anyhow!("the partner was not asked: {reason}")));
+    }
     Ok(())
 }
 
@@ -503,15 +598,12 @@ fn collect_track_requests(
 ) -> Result<Vec<TrackRequest>, Vec<String>> {
     let mut requests = Vec::new();
     let mut problems = Vec::new();
-    let request = |cart_id: String, reference: Option<&str>| TrackRequest {
-        provider,
-        cart_id,
-        account: account.to_owned(),
-        reference: reference.map(str::to_owned),
+    let request = |text: &str, reference: Option<&str>| {
+        TrackRequest::parse(provider, text, account, reference.map(str::to_owned))
     };
     for text in cart_ids {
-        match provider.canonical_cart_id(text) {
-            Ok(cart_id) => requests.push(request(cart_id, reference)),
+        match request(text, reference) {
+            Ok(request) => requests.push(request),
             Err(error) => problems.push(error),
         }
     }
@@ -524,8 +616,8 @@ fn collect_track_requests(
             Some((id, own)) => (id.trim(), Some(own.trim()).filter(|text| !text.is_empty())),
             None => (line, None),
         };
-        match provider.canonical_cart_id(id) {
-            Ok(cart_id) => requests.push(request(cart_id, own_reference.or(reference))),
+        match request(id, own_reference.or(reference)) {
+            Ok(request) => requests.push(request),
             Err(error) => problems.push(format!("line {number}: {error}")),
         }
     }
@@ -589,14 +681,16 @@ async fn track(
     for (cart_id, outcome) in &outcomes {
         match outcome {
             TrackOutcome::Added => added += 1,
-            TrackOutcome::AlreadyTracked => println!("{cart_id}: already tracked"),
-            TrackOutcome::Resumed => println!("{cart_id}: tracking resumed"),
+            TrackOutcome::AlreadyTracked => crate::say!("{cart_id}: already tracked"),
+            TrackOutcome::Resumed(state) => {
+                crate::say!("{cart_id}: tracking resumed (it was {state}); it is polled again from now")
+            }
             TrackOutcome::Finished(state) => {
-                println!("{cart_id}: not tracked again, its state is {state}")
+                crate::say!("{cart_id}: not tracked again, its state is {state}")
             }
         }
     }
-    println!("{added} cart(s) added, {} given", outcomes.len());
+    crate::say!("{added} cart(s) added, {} given", outcomes.len());
     Ok(())
 }
 
@@ -605,18 +699,18 @@ async fn untrack(config_path: Option<PathBuf>, cart_ids: Vec<String>) -> Result<
     let parsed =
         parsed.map_err(|error| Failure::new(EXIT_REJECTED, anyhow::anyhow!("{error}; nothing was changed")))?;
     let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
-    let store = open_store(&loaded.config).await?;
+    let store = open_existing_store(&loaded.config).await?;
     let outcomes = store.untrack(parsed, Utc::now()).await.map_err(|error| Failure::new(EXIT_DATABASE, error))?;
     let mut unknown = 0;
     for (cart_id, outcome) in outcomes {
         match outcome {
-            UntrackOutcome::Untracked => println!("{cart_id}: untracked"),
+            UntrackOutcome::Untracked => crate::say!("{cart_id}: untracked"),
             UntrackOutcome::NotTracking(state) => {
-                println!("{cart_id}: was not being tracked (state {state})")
+                crate::say!("{cart_id}: was not being tracked (state {state})")
             }
             UntrackOutcome::Unknown => {
                 unknown += 1;
-                println!("{cart_id}: unknown cart");
+                crate::say!("{cart_id}: unknown cart");
             }
         }
     }
@@ -628,7 +722,7 @@ async fn untrack(config_path: Option<PathBuf>, cart_ids: Vec<String>) -> Result<
 
 async fn status(config_path: Option<PathBuf>, cart_id: Option<String>) -> Result<(), Failure> {
     let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
-    let store = open_store(&loaded.config).await?;
+    let store = open_existing_store(&loaded.config).await?;
     let database = |error| Failure::new(EXIT_DATABASE, error);
     match cart_id {
         Some(text) => {
@@ -636,11 +730,11 @@ async fn status(config_path: Option<PathBuf>, cart_id: Option<String>) -> Result
             let detail = store.cart_detail(cart_id.clone()).await.map_err(database)?;
             let detail = detail
                 .ok_or_else(|| Failure::new(EXIT_REJECTED, anyhow::anyhow!("cart {cart_id} is not in the database")))?;
-            print!("{}", crate::render::render_cart_detail(&detail));
+            crate::say_raw!("{}", crate::render::render_cart_detail(&detail));
         }
         None => {
             let summary = store.summary(Utc::now()).await.map_err(database)?;
-            print!("{}", crate::render::render_summary(&summary));
+            crate::say_raw!("{}", crate::render::render_summary(&summary));
         }
     }
     Ok(())
@@ -648,7 +742,7 @@ async fn status(config_path: Option<PathBuf>, cart_id: Option<String>) -> Result
 
 async fn events(config_path: Option<PathBuf>, after: i64, limit: u32, follow: bool, json: bool) -> Result<(), Failure> {
     let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
-    let store = open_store(&loaded.config).await?;
+    let store = open_existing_store(&loaded.config).await?;
     let database = |error| Failure::new(EXIT_DATABASE, error);
     let mut cursor = after;
     loop {
@@ -683,14 +777,14 @@ async fn events(config_path: Option<PathBuf>, after: i64, limit: u32, follow: bo
 
 async fn dead_letters(config_path: Option<PathBuf>, endpoint: Option<String>, limit: u32) -> Result<(), Failure> {
     let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
-    let store = open_store(&loaded.config).await?;
+    let store = open_existing_store(&loaded.config).await?;
     check_endpoint(&store, endpoint.as_deref()).await?;
     let letters = store.dead_letters(endpoint, limit).await.map_err(|error| Failure::new(EXIT_DATABASE, error))?;
     if letters.is_empty() {
-        println!("no dead letters");
+        crate::say!("no dead letters");
     }
     for letter in &letters {
-        println!("{}", crate::render::render_dead_letter(letter));
+        crate::say!("{}", crate::render::render_dead_letter(letter));
     }
     Ok(())
 }
@@ -717,15 +811,65 @@ async fn redeliver(
         return Err(Failure::new(EXIT_REJECTED, anyhow::anyhow!("give event ids, or --dead for every dead letter")));
     }
     let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
-    let store = open_store(&loaded.config).await?;
+    let store = open_existing_store(&loaded.config).await?;
     check_endpoint(&store, endpoint.as_deref()).await?;
     let (queued, unknown) = store
         .redeliver(event_ids, dead, endpoint, Utc::now())
         .await
         .map_err(|error| Failure::new(EXIT_DATABASE, error))?;
-    println!("{queued} deliver(ies) queued; a running daemon sends them within a second");
+    crate::say!("{queued} deliver(ies) queued; a running daemon sends them within a second");
     if !unknown.is_empty() {
         return Err(Failure::new(EXIT_REJECTED, anyhow::anyhow!("unknown event id(s): {}", unknown.join(", "))));
+    }
+    Ok(())
+}
+
+async fn skip(
+    config_path: Option<PathBuf>,
+    event_ids: Vec<String>,
+    dead: bool,
+    endpoint: Option<String>,
+) -> Result<(), Failure> {
+    if event_ids.is_empty() && !dead {
+        return Err(Failure::new(EXIT_REJECTED, anyhow::anyhow!("give event ids, or --dead for every dead letter")));
+    }
+    let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
+    let store = open_existing_store(&loaded.config).await?;
+    check_endpoint(&store, endpoint.as_deref()).await?;
+    let (skipped, unknown) = store
+        .skip_dead(event_ids, dead, endpoint, Utc::now())
+        .await
+        .map_err(|error| Failure::new(EXIT_DATABASE, error))?;
+    crate::say!("{skipped} dead letter(s) skipped; the later events of their carts go out now");
+    if !unknown.is_empty() {
+        return Err(Failure::new(EXIT_REJECTED, anyhow::anyhow!("unknown event id(s): {}", unknown.join(", "))));
+    }
+    Ok(())
+}
+
+async fn list_webhooks(config_path: Option<PathBuf>) -> Result<(), Failure> {
+    let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
+    let store = open_existing_store(&loaded.config).await?;
+    let summary = store.summary(Utc::now()).await.map_err(|error| Failure::new(EXIT_DATABASE, error))?;
+    let webhooks: Vec<_> = summary.sinks.iter().filter(|sink| sink.sink != crate::sinks::LOG_SINK).collect();
+    if webhooks.is_empty() {
+        crate::say!("no webhook endpoints configured");
+    }
+    for sink in webhooks {
+        crate::say!("{}", crate::render::render_sink_line(sink));
+    }
+    Ok(())
+}
+
+async fn enable_webhook(config_path: Option<PathBuf>, name: String) -> Result<(), Failure> {
+    let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
+    let store = open_existing_store(&loaded.config).await?;
+    match store.enable_sink(name.clone(), Utc::now()).await.map_err(|error| Failure::new(EXIT_DATABASE, error))? {
+        Some(true) => crate::say!("{name}: enabled; a running daemon sends what was queued for it within a second"),
+        Some(false) => crate::say!("{name}: was not disabled"),
+        None => {
+            check_endpoint(&store, Some(&name)).await?;
+        }
     }
     Ok(())
 }
@@ -757,21 +901,21 @@ async fn change_items(
         ItemAction::Remove => "removed from",
     };
     if outcome.refreshed {
-        println!("(the cart's status was refreshed first)");
+        crate::say!("(the cart's status was refreshed first)");
     }
     for item in &outcome.items {
-        println!("{}", crate::render::render_cart_item(item));
+        crate::say!("{}", crate::render::render_cart_item(item));
     }
     for refusal in &outcome.refused {
-        println!("refused: {refusal}");
+        crate::say!("refused: {refusal}");
     }
-    println!(
+    crate::say!(
         "{} item(s) {verb} cart {}; the cart must be re-opened in the shop's UI",
         outcome.items.len(),
         cart_id.trim().to_ascii_lowercase()
     );
     if let Some(event_id) = outcome.event_id {
-        println!("event {event_id} (cart.items_changed) written");
+        crate::say!("event {event_id} (cart.items_changed) written");
     }
     Ok(())
 }
@@ -779,13 +923,13 @@ async fn change_items(
 async fn list_items(config_path: Option<PathBuf>, cart_id: String) -> Result<(), Failure> {
     let cart_id = CartId::parse(&cart_id).map_err(|error| Failure::new(EXIT_REJECTED, error))?;
     let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
-    let store = open_store(&loaded.config).await?;
+    let store = open_existing_store(&loaded.config).await?;
     let changes = store.item_history(cart_id.to_string()).await.map_err(|error| Failure::new(EXIT_DATABASE, error))?;
     if changes.is_empty() {
-        println!("no item changes recorded for cart {cart_id}");
+        crate::say!("no item changes recorded for cart {cart_id}");
     }
     for change in &changes {
-        println!("{}", crate::render::render_item_change(change));
+        crate::say!("{}", crate::render::render_item_change(change));
     }
     Ok(())
 }
@@ -799,8 +943,8 @@ async fn simulate(settings: SimulatorSettings, listen: std::net::SocketAddr) -> 
         .await
         .map_err(|error| Failure::new(EXIT_FAILURE, anyhow::anyhow!("cannot listen on {listen}: {error}")))?;
     // The first line is for programs that start the simulator and need its address.
-    println!("{}", simulator.base_url());
-    println!("apiCode {DEMO_API_CODE}; Titelive domain 00000; see {}/_sim/stats", simulator.base_url());
+    crate::say!("{}", simulator.base_url());
+    crate::say!("apiCode {DEMO_API_CODE}; Titelive domain 00000; see {}/_sim/stats", simulator.base_url());
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).context("while installing signal handlers")?;
     tokio::select! {
@@ -817,7 +961,7 @@ async fn confirm(config_path: Option<PathBuf>, token: String, domain: Option<Str
     let store = open_store(&loaded.config).await?;
     let service =
         ConfirmService::new(store, Arc::new(loaded.config)).map_err(|error| Failure::new(EXIT_UPSTREAM, error))?;
-    let order = service.confirm(&token, domain.as_deref()).await.map_err(|error| {
+    let (cart_id, order) = service.confirm(&token, domain.as_deref()).await.map_err(|error| {
         let code = match &error {
             ConfirmError::Malformed(_) => EXIT_REJECTED,
             ConfirmError::Refused(_) => EXIT_PARTNER_REFUSED,
@@ -826,8 +970,8 @@ async fn confirm(config_path: Option<PathBuf>, token: String, domain: Option<Str
         };
         Failure::new(code, error)
     })?;
-    println!(
-        "order {} created (status {}, total {}); cart.ordered written",
+    crate::say!(
+        "cart {cart_id}: order {} created (status {}, total {}); cart.ordered written",
         order.id.as_deref().unwrap_or("?"),
         order.status.map_or("?".to_owned(), |status| status.to_string()),
         order.total_price.map_or("?".to_owned(), |total| total.to_string()),
@@ -838,14 +982,14 @@ async fn confirm(config_path: Option<PathBuf>, token: String, domain: Option<Str
 fn check_config(config_path: Option<PathBuf>) -> Result<(), Failure> {
     let loaded = loaded(config_path.as_deref(), Purpose::Upstream)?;
     match &loaded.file {
-        Some(file) => println!("# config file: {}", file.display()),
-        None => println!("# no config file; built-in defaults and the environment"),
+        Some(file) => crate::say!("# config file: {}", file.display()),
+        None => crate::say!("# no config file; built-in defaults and the environment"),
     }
     for warning in &loaded.warnings {
-        println!("# warning: {warning}");
+        crate::say!("# warning: {warning}");
     }
-    println!("# the config is valid\n");
-    print!("{}", loaded.config.to_redacted_toml());
+    crate::say!("# the config is valid\n");
+    crate::say_raw!("{}", loaded.config.to_redacted_toml());
     Ok(())
 }
 
@@ -897,7 +1041,9 @@ mod tests {
         let token = "AbCdEfGhIjKlMnOpQrStUvWxYz".to_owned();
         let requests =
             collect_track_requests(Provider::Titelive, "00000", std::slice::from_ref(&token), None, None).unwrap();
-        assert_eq!((requests[0].cart_id.as_str(), requests[0].account.as_str()), (token.as_str(), "00000"));
+        assert_eq!(requests[0].session_token.as_deref(), Some(token.as_str()), "the token is kept as typed");
+        let derived = crate::provider::titelive::derived_id(&token);
+        assert_eq!((requests[0].cart_id.as_str(), requests[0].account.as_str()), (derived.as_str(), "00000"));
         let problems =
             collect_track_requests(Provider::Titelive, "00000", &["short".to_owned()], None, None).unwrap_err();
         assert!(problems[0].contains("malformed Titelive session token"));

@@ -64,6 +64,14 @@ pub struct HttpConfig {
     pub token_file: PathBuf,
     /// Largest request body accepted.
     pub max_body_bytes: u64,
+    /// Connections open at once; more are refused.
+    pub max_connections: u32,
+    /// Time a client has to send a request's headers.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time a connection may sit without a byte either way before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl HttpConfig {
@@ -110,6 +118,7 @@ pub struct ImaterialiseConfig {
     /// Whether this provider is polled.
     pub enabled: bool,
     /// Base URL, without the `/web-api/...` path.
+    #[serde(serialize_with = "crate::secret::serialize_redacted_url")]
     pub base_url: String,
     /// The apiCode GUID, when given inline or by environment.
     pub api_code: Secret,
@@ -139,6 +148,7 @@ pub struct TiteliveConfig {
     /// Whether this provider is polled.
     pub enabled: bool,
     /// Base URL, without the `/api/json/...` path.
+    #[serde(serialize_with = "crate::secret::serialize_redacted_url")]
     pub base_url: String,
     /// Domain code used when `track` names none.
     pub default_domain: String,
@@ -257,6 +267,7 @@ impl DeliveryConfig {
 #[serde(default)]
 pub struct WebhookConfig {
     /// Where events are POSTed.
+    #[serde(serialize_with = "crate::secret::serialize_redacted_url")]
     pub url: String,
     /// The signing secret, `whsec_` and base64.
     pub secret: Secret,
@@ -421,6 +432,11 @@ pub fn load(
     if file_exists {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Unreadable { path: path.to_owned(), source })?;
+        // Parsed here first, so a syntax error is reported without the line it is on: that
+        // line may hold a secret.
+        if let Err(error) = toml::from_str::<toml::Table>(&text) {
+            return Err(ConfigError::Syntax(describe_toml_error(&error, &text, path)));
+        }
         builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
     }
     let environment: HashMap<String, String> =
@@ -459,10 +475,36 @@ pub fn load(
 }
 
 fn describe_config_error(error: &config::ConfigError, file: Option<&Path>) -> String {
+    let message = error.to_string();
+    // A value of the wrong type is quoted in the message; a secret's must not be.
+    let message = match SECRET_KEYS.iter().find(|key| message.contains(*key)) {
+        Some(key) => format!("the value of {key} has the wrong type (the value is not shown)"),
+        None => message,
+    };
     match file {
-        Some(path) => format!("{error} (in {} or the environment)", path.display()),
-        None => error.to_string(),
+        Some(path) => format!("{message} (in {} or the environment)", path.display()),
+        None => message,
     }
+}
+
+/// The keys whose values are secrets, or may hold one (a URL with a password).
+const SECRET_KEYS: [&str; 5] = ["api_code", "token", "secret", "password", "url"];
+
+/// A TOML syntax error as a message that names the file, line and column and what is wrong,
+/// but never quotes the line, which may set a secret.
+fn describe_toml_error(error: &toml::de::Error, text: &str, path: &Path) -> String {
+    let (line, column) = error.span().map_or((0, 0), |span| {
+        let before = &text[..span.start.min(text.len())];
+        (before.matches('\n').count() + 1, before.len() - before.rfind('\n').map_or(0, |at| at + 1) + 1)
+    });
+    let line_text = text.lines().nth(line.saturating_sub(1)).unwrap_or_default();
+    let secret_line = SECRET_KEYS.iter().any(|key| line_text.contains(key));
+    let what = if secret_line {
+        "not valid TOML (the line is not shown: it sets a secret or a URL)".to_owned()
+    } else {
+        format!("not valid TOML: {}", error.message().trim())
+    };
+    format!("{}, line {line}, column {column}: {what}", path.display())
 }
 
 /// Reads `*_file` secrets into their inline fields, so the rest of the program sees one value.
@@ -746,6 +788,9 @@ impl HttpConfig {
             }
         }
         problems.number("http.max_body_bytes", self.max_body_bytes, 1024..=1 << 30);
+        problems.number("http.max_connections", self.max_connections, 1..=10_000);
+        problems.duration("http.header_timeout", self.header_timeout, 100 * MILLISECOND, 10 * MINUTE);
+        problems.duration("http.idle_timeout", self.idle_timeout, SECOND, DAY);
     }
 }
 
@@ -855,28 +900,36 @@ impl Config {
         warnings
     }
 
-    /// The providers to poll, with their settings.
-    pub fn pollers(&self) -> Vec<PollerSettings> {
-        let mut pollers = Vec::new();
+    /// The providers to poll.
+    pub fn enabled_providers(&self) -> Vec<crate::provider::Provider> {
+        let mut providers = Vec::new();
         if self.imaterialise.enabled {
-            pollers.push(PollerSettings {
-                provider: crate::provider::Provider::Imaterialise,
-                batch_size: self.imaterialise.batch_size as usize,
+            providers.push(crate::provider::Provider::Imaterialise);
+        }
+        if self.titelive.enabled {
+            providers.push(crate::provider::Provider::Titelive);
+        }
+        providers
+    }
+
+    /// What a poller of `provider` needs from this config.
+    pub fn poller_settings(&self, provider: crate::provider::Provider) -> PollerSettings {
+        match provider {
+            crate::provider::Provider::Imaterialise => PollerSettings {
+                provider,
+                batch_size: self.imaterialise.batch_size.clamp(1, 10) as usize,
                 concurrency: self.imaterialise.concurrency as usize,
                 requests_per_second: self.imaterialise.requests_per_second,
                 request_timeout: self.imaterialise.request_timeout,
-            });
-        }
-        if self.titelive.enabled {
-            pollers.push(PollerSettings {
-                provider: crate::provider::Provider::Titelive,
+            },
+            crate::provider::Provider::Titelive => PollerSettings {
+                provider,
                 batch_size: 1,
                 concurrency: self.titelive.concurrency as usize,
                 requests_per_second: self.titelive.requests_per_second,
                 request_timeout: self.titelive.request_timeout,
-            });
+            },
         }
-        pollers
     }
 
     /// The effective config as TOML, with secrets redacted.
@@ -907,15 +960,17 @@ impl LoggingConfig {
 
 /// Checks that a base URL is an absolute http(s) URL with a host and no query.
 pub(crate) fn check_base_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text).map_err(|error| format!("not a valid URL ({error}): {text:?}"))?;
+    // Messages quote the URL without any credentials in it.
+    let shown = crate::secret::redact_url(text);
+    let url = Url::parse(text).map_err(|error| format!("not a valid URL ({error}): {shown:?}"))?;
     if url.scheme() != "https" && url.scheme() != "http" {
-        return Err(format!("must start with https:// (or http:// for a local simulator), got {text:?}"));
+        return Err(format!("must start with https:// (or http:// for a local simulator), got {shown:?}"));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("has no host: {text:?}"));
+        return Err(format!("has no host: {shown:?}"));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("must not have a query or fragment: {text:?}"));
+        return Err(format!("must not have a query or fragment: {shown:?}"));
     }
     Ok(url)
 }
@@ -1023,6 +1078,21 @@ mod tests {
         let error = load_text("[imaterialise\nbatch_size = 1\n", &[], Purpose::Database).unwrap_err();
         assert!(matches!(error, ConfigError::Syntax(_)), "{error:?}");
         assert!(error.to_string().contains("cartwatch.toml"), "{error}");
+    }
+
+    #[test]
+    fn a_syntax_error_on_a_secret_line_does_not_show_the_secret() {
+        for text in [
+            "[imaterialise]\napi_code = 0f7c3c55-5d5b-4a4e-9a52-b1b5d4b0e6a7\n",
+            "[http]\ntoken = \"s3cr3t-t0k3n\n",
+            "[webhooks.erp]\nurl = \"https://user:hunter2@example.com/x\n",
+        ] {
+            let error = load_text(text, &[], Purpose::Database).unwrap_err().to_string();
+            assert!(!error.contains("0f7c3c55") && !error.contains("s3cr3t") && !error.contains("hunter2"), "{error}");
+            assert!(error.contains("line 2") && error.contains("cartwatch.toml"), "{error}");
+        }
+        let error = load_text("[imaterialise]\napi_code = 12345\n", &[], Purpose::Upstream).unwrap_err().to_string();
+        assert!(!error.contains("12345") && error.contains("api_code"), "{error}");
     }
 
     #[test]

@@ -46,14 +46,26 @@ impl ConfirmService {
         Ok(ConfirmService { client: TiteliveClient::new(&config.titelive)?, store, config })
     }
 
-    /// Confirms the cart of session `token`, in `domain` (or the tracked cart's domain, or
+    /// Confirms a Titelive cart, named by its session token or, when it is tracked, by its
+    /// cart id (`tl_...`), in `domain` (or the tracked cart's domain, or
     /// `titelive.default_domain`). Registers the cart if it was not tracked, records the
-    /// order and writes `cart.ordered`.
+    /// order and writes `cart.ordered`. Returns the cart id with the order.
     ///
     /// Fails with the class of the problem; see [`ConfirmError`].
-    pub async fn confirm(&self, token: &str, domain: Option<&str>) -> Result<TiteliveOrder, ConfirmError> {
-        let token = Token::parse(token).map_err(|error| ConfirmError::Malformed(error.to_string()))?;
-        let row = self.store.cart(token.as_str().to_owned()).await?;
+    pub async fn confirm(&self, cart: &str, domain: Option<&str>) -> Result<(String, TiteliveOrder), ConfirmError> {
+        let token = if crate::provider::titelive::is_derived_id(cart.trim()) {
+            self.store.session_token(cart.trim().to_owned()).await?.ok_or_else(|| {
+                ConfirmError::Malformed(format!(
+                    "no tracked Titelive cart {}; confirm an untracked cart by its session token",
+                    cart.trim()
+                ))
+            })?
+        } else {
+            cart.to_owned()
+        };
+        let token = Token::parse(&token).map_err(|error| ConfirmError::Malformed(error.to_string()))?;
+        let cart_id = crate::provider::titelive::derived_id(token.as_str());
+        let row = self.store.cart(cart_id.clone()).await?;
         if let Some(row) = &row
             && row.provider != Provider::Titelive.as_str()
         {
@@ -80,29 +92,25 @@ impl ConfirmService {
             }
             (code, _) => {
                 if code == CheckCode::AlreadyOrder {
-                    let _ = self.store.poll_soon(token.as_str().to_owned(), Utc::now()).await;
+                    let _ = self.store.poll_soon(cart_id.clone(), Utc::now()).await;
                 }
                 let message = if answer.message.is_empty() { String::new() } else { format!(" ({})", answer.message) };
                 return Err(ConfirmError::Refused(format!("{}{message}", code.describe())));
             }
         };
         tracing::info!(
-            cart_id = token.as_str(),
+            cart_id = %cart_id,
             order_id = order.id.as_deref().unwrap_or(""),
             "Titelive cart confirmed as an order"
         );
 
         if row.is_none() {
-            let request = TrackRequest {
-                provider: Provider::Titelive,
-                cart_id: token.as_str().to_owned(),
-                account: domain,
-                reference: None,
-            };
+            let request = TrackRequest::parse(Provider::Titelive, token.as_str(), &domain, None)
+                .map_err(ConfirmError::Malformed)?;
             self.store.track(vec![request], Utc::now()).await?;
         }
-        let Some(row) = self.store.cart(token.as_str().to_owned()).await? else {
-            return Ok(order);
+        let Some(row) = self.store.cart(cart_id.clone()).await? else {
+            return Ok((cart_id, order));
         };
         let observed = Observation {
             status: crate::provider::titelive::STATUS_ORDERED.into(),
@@ -118,6 +126,6 @@ impl ConfirmService {
         self.store
             .apply(vec![(row.key, PollOutcome::Report(CartReport::Status(observed)), rand::random())], context)
             .await?;
-        Ok(order)
+        Ok((cart_id, order))
     }
 }

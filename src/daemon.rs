@@ -4,8 +4,14 @@
 //! [`run`] is what `cartwatch run` calls and what tests call directly with a mock upstream
 //! and a temporary database. It never installs signal handlers: the caller owns the
 //! cancellation token and the reload channel.
+//!
+//! A sweep runs beside the daemon's loop, not inside it, so a reload, a shutdown or a
+//! watchdog ping never waits for a sweep to end.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -16,9 +22,10 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::confirm::ConfirmService;
-use crate::delivery::delivery_loop;
-use crate::http_api;
+use crate::delivery::{Pass, SinkSlot, delivery_loop, drain_once};
+use crate::http_api::{self, Services};
 use crate::items::ItemsService;
+use crate::liveness::{DaemonHealth, Progress};
 use crate::metrics::Metrics;
 use crate::schedule::{Schedule, ScheduleError};
 use crate::sinks::{self, Sink};
@@ -50,7 +57,7 @@ pub enum DaemonError {
     },
 }
 
-/// Opens the database named by the config, on the blocking pool.
+/// Opens the database named by the config, on the blocking pool, creating it if needed.
 ///
 /// Fails when the file cannot be opened or migrated.
 pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
@@ -61,13 +68,24 @@ pub async fn open_store(config: &Config) -> Result<Store, StoreError> {
         .map_err(|error| StoreError::Task(error.to_string()))?
 }
 
+/// Opens the database named by the config, which must exist, on the blocking pool.
+///
+/// Fails when there is no file at `database.path`, or it cannot be opened or migrated.
+pub async fn open_existing_store(config: &Config) -> Result<Store, StoreError> {
+    let path = config.database.path.clone();
+    let busy_timeout = config.database.busy_timeout;
+    tokio::task::spawn_blocking(move || Store::open_existing(&path, busy_timeout))
+        .await
+        .map_err(|error| StoreError::Task(error.to_string()))?
+}
+
 /// Hooks the daemon calls at points of interest, for systemd notification and the demo.
 pub struct Hooks {
     /// Called once the config is valid and the database is open and migrated.
     pub ready: Box<dyn Fn() + Send + Sync>,
-    /// Called as work progresses (between batches and while idle), for a watchdog.
+    /// Called while the daemon is alive and making progress, for a watchdog.
     pub alive: Arc<dyn Fn() + Send + Sync>,
-    /// How often the idle loop calls `alive` at least.
+    /// How often the loop calls `alive` at least.
     pub alive_every: Duration,
     /// Called after a reloaded config has been applied.
     pub reloaded: Box<dyn Fn() + Send + Sync>,
@@ -90,91 +108,98 @@ impl Default for Hooks {
 /// How often the daemon copies the WAL back into the database.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Runs the daemon until `shutdown` is cancelled. Configs sent on `reloads` replace the
-/// apiCode and probe a paused upstream at once.
+/// How long shutdown lets a sweep write what it fetched, and deliveries in flight finish,
+/// before dropping them (they are fetched or sent again by the next run: nothing is lost).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
+/// A sweep running beside the loop.
+type Sweeping = Pin<Box<dyn Future<Output = SweepOutcome> + Send>>;
+
+/// Runs the daemon until `shutdown` is cancelled. Configs sent on `reloads` are applied
+/// whole: pollers (client, apiCode, rate limit, cadence, backoff, event types), webhook
+/// endpoints and the log sink, the schedule, and the item and confirm services; keys that
+/// need a restart are named in one log line.
 ///
 /// Fails when the database cannot be opened, the HTTP API cannot bind its address, or the
-/// schedule cannot start; everything that goes wrong later is logged, retried and reflected
-/// in the database instead.
+/// schedule cannot start; or later, when the database writer dies. Everything else that goes
+/// wrong is logged, retried and reflected in the database instead.
 pub async fn run(
     config: Config,
-    mut reloads: mpsc::Receiver<Config>,
+    mut reloads: mpsc::UnboundedReceiver<Config>,
     hooks: Hooks,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
-    let config = Arc::new(config);
     let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(DaemonHealth::default());
+    let progress = Arc::new(Progress::default());
     let store = open_store(&config).await?;
     let checkpoints_shutdown = CancellationToken::new();
     let checkpoints = store.start_background_checkpoints(CHECKPOINT_INTERVAL, checkpoints_shutdown.clone())?;
-    let sinks = start_sinks(&store, &config, &shutdown).await?;
-    let pollers = start_pollers(&store, &config, &metrics, &hooks.alive).await?;
-    let http_listener = match config.http.address() {
-        Some(address) => Some(http_api::bind(address).await.map_err(|source| DaemonError::Http { address, source })?),
-        None => None,
+
+    let tracker = TaskTracker::new();
+    let stop_deliveries = CancellationToken::new();
+    let abort = CancellationToken::new();
+    let wake = Arc::new(Notify::new());
+    let mut deliveries = Deliveries {
+        store: store.clone(),
+        metrics: Arc::clone(&metrics),
+        wake: Arc::clone(&wake),
+        loops: HashMap::new(),
     };
+    deliveries.apply(&config, &tracker, &stop_deliveries, &abort, &shutdown).await?;
+    let mut pollers = Vec::new();
+    reconcile_pollers(&mut pollers, &store, &config, &metrics, &progress).await?;
+    let services = Arc::new(RwLock::new(build_services(&store, &config)?));
+    if let Some(address) = config.http.address() {
+        let listener = http_api::bind(address).await.map_err(|source| DaemonError::Http { address, source })?;
+        let state = http_api::ApiState {
+            store: store.clone(),
+            metrics: Arc::clone(&metrics),
+            token: (!config.http.token.is_empty()).then(|| config.http.token.clone()),
+            services: Arc::clone(&services),
+            health: Arc::clone(&health),
+        };
+        tracker.spawn(http_api::serve(listener, state, http_api::Limits::from_config(&config.http), abort.clone()));
+    }
     let mut schedule =
         Schedule::start(&config.sweep.cron, &config.sweep.timezone, metrics.sweeps_skipped.clone()).await?;
     info!(
         database = %store.path().display(),
         cron = %config.sweep.cron,
-        sinks = %sinks.iter().map(|s| s.name()).collect::<Vec<_>>().join(","),
+        sinks = %deliveries.names().join(","),
         "cartwatch started"
     );
     (hooks.ready)();
 
-    let tracker = TaskTracker::new();
-    let background_shutdown = CancellationToken::new();
-    let wake = Arc::new(Notify::new());
-    for sink in &sinks {
-        tracker.spawn(delivery_loop(
-            store.clone(),
-            Arc::clone(sink),
-            Arc::clone(&wake),
-            Arc::clone(&metrics),
-            background_shutdown.clone(),
-        ));
-    }
-    let items = match config.imaterialise.enabled {
-        true => Some(Arc::new(ItemsService::new(store.clone(), Arc::clone(&config)).map_err(SetupError::Client)?)),
-        false => None,
-    };
-    if let Some(listener) = http_listener {
-        let token = (!config.http.token.is_empty()).then(|| config.http.token.clone());
-        let confirm = match config.titelive.enabled {
-            true => {
-                Some(Arc::new(ConfirmService::new(store.clone(), Arc::clone(&config)).map_err(SetupError::Client)?))
-            }
-            false => None,
-        };
-        let state = http_api::ApiState {
-            store: store.clone(),
-            metrics: Arc::clone(&metrics),
-            token,
-            items: items.clone(),
-            confirm,
-        };
-        let max_body = usize::try_from(config.http.max_body_bytes).unwrap_or(usize::MAX);
-        tracker.spawn(http_api::serve(listener, state, max_body, background_shutdown.clone()));
-    }
-    tracker.close();
-
+    let mut config = config;
+    let mut sweeping: Option<Sweeping> = None;
     // Sweep once at start, so a restart does not wait for the first tick.
-    let mut sweep_now = true;
-    loop {
-        if sweep_now {
+    let mut sweep_wanted = true;
+    let mut stall_reported = false;
+    let result = loop {
+        if sweep_wanted && sweeping.is_none() {
             schedule.set_busy(true);
-            if sweep_all(&pollers, &shutdown).await.events > 0 {
-                wake.notify_waiters();
-            }
-            schedule.set_busy(false);
-            sweep_now = false;
+            progress.mark();
+            sweeping = Some(Box::pin(sweep_all(pollers.clone(), shutdown.clone())));
+            sweep_wanted = false;
         }
-        (hooks.alive)();
+        let stall_limit = crate::liveness::stall_limit(
+            config.imaterialise.request_timeout.max(config.titelive.request_timeout),
+            config.database.busy_timeout,
+        );
+        if crate::liveness::alive(sweeping.is_some(), progress.since_last(), stall_limit) {
+            (hooks.alive)();
+            stall_reported = false;
+        } else if !std::mem::replace(&mut stall_reported, true) {
+            error!(
+                stalled_for = ?progress.since_last(),
+                "the sweep has made no progress for longer than any of its waits can take; the watchdog is no longer told all is well"
+            );
+        }
         // A paused upstream is probed when its delay ends, not at the next tick after.
         let reopen = pollers
             .iter()
-            .filter_map(Poller::reopens_at)
+            .filter_map(|poller| poller.reopens_at())
             .min()
             .and_then(|at| (at - Utc::now()).to_std().ok())
             .filter(|wait| !wait.is_zero());
@@ -184,133 +209,330 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        let idle = sweeping.is_none();
+        let swept = async {
+            match sweeping.as_mut() {
+                Some(sweep) => sweep.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            () = reopened => sweep_now = true,
-            () = shutdown.cancelled() => break,
+            outcome = swept => {
+                sweeping = None;
+                schedule.set_busy(false);
+                health.record_sweep(outcome.failure.clone());
+                if outcome.record.events > 0 {
+                    wake.notify_waiters();
+                }
+            }
+            () = reopened, if idle => sweep_wanted = true,
+            () = shutdown.cancelled() => break Ok(()),
+            error = store.writer_stopped() => {
+                error!(error = %error, "the database writer stopped; cartwatch cannot record anything and stops");
+                break Err(DaemonError::Store(error));
+            }
             tick = schedule.next_tick() => {
                 if tick.is_none() {
                     warn!("the scheduler stopped; shutting down");
-                    break;
+                    break Ok(());
                 }
-                sweep_now = true;
+                sweep_wanted = true;
             }
-            Some(new_config) = reloads.recv() => {
-                for poller in &pollers {
-                    poller.reload(&new_config);
+            Some(mut new_config) = reloads.recv() => {
+                // Reloads that piled up: the latest wins.
+                while let Ok(newer) = reloads.try_recv() {
+                    new_config = newer;
                 }
-                if let Some(items) = &items {
-                    items.reload(&new_config);
-                }
-                info!("configuration reloaded; probing the upstream at once");
+                let changes = Reload {
+                    store: &store,
+                    metrics: &metrics,
+                    progress: &progress,
+                    services: &services,
+                    tracker: &tracker,
+                    stop_deliveries: &stop_deliveries,
+                    abort: &abort,
+                    shutdown: &shutdown,
+                };
+                changes.apply(&config, &new_config, &mut pollers, &mut deliveries, &mut schedule).await;
+                config = new_config;
                 (hooks.reloaded)();
-                sweep_now = true;
+                sweep_wanted = true;
             }
             () = tokio::time::sleep(hooks.alive_every) => {}
         }
-    }
+    };
 
     (hooks.stopping)();
-    info!("shutting down: finishing deliveries in progress");
+    info!("shutting down: finishing what is in flight");
     schedule.shutdown().await;
-    background_shutdown.cancel();
-    tracker.wait().await;
+    if let Some(sweep) = sweeping {
+        // The sweep saw the cancellation: it sends nothing more and writes what it has.
+        if tokio::time::timeout(SHUTDOWN_GRACE, sweep).await.is_err() {
+            warn!("the sweep did not finish its writes in time; its carts are polled again at the next start");
+        }
+    }
+    stop_deliveries.cancel();
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+        warn!("deliveries in flight did not finish in time; they are sent again, with the same ids, at the next start");
+        abort.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
+    }
+    abort.cancel();
     checkpoints_shutdown.cancel();
     let _ = checkpoints.await;
     info!("cartwatch stopped");
+    result
+}
+
+/// The parts of the daemon a reload touches.
+struct Reload<'a> {
+    store: &'a Store,
+    metrics: &'a Arc<Metrics>,
+    progress: &'a Arc<Progress>,
+    services: &'a Arc<RwLock<Services>>,
+    tracker: &'a TaskTracker,
+    stop_deliveries: &'a CancellationToken,
+    abort: &'a CancellationToken,
+    shutdown: &'a CancellationToken,
+}
+
+impl Reload<'_> {
+    /// Applies `new` over `old`. A part that cannot take the new config keeps the old one and
+    /// says why; the rest is applied.
+    async fn apply(
+        &self,
+        old: &Config,
+        new: &Config,
+        pollers: &mut Vec<Arc<Poller>>,
+        deliveries: &mut Deliveries,
+        schedule: &mut Schedule,
+    ) {
+        let restart = restart_needed(old, new);
+        if !restart.is_empty() {
+            warn!(
+                keys = %restart.join(", "),
+                "these changed settings take effect only when cartwatch restarts (systemctl restart cartwatch); everything else is applied"
+            );
+        }
+        if let Err(error) = reconcile_pollers(pollers, self.store, new, self.metrics, self.progress).await {
+            error!(error = %error, "cannot apply the new config to the pollers; they keep the old one");
+        }
+        if let Err(error) = deliveries.apply(new, self.tracker, self.stop_deliveries, self.abort, self.shutdown).await {
+            error!(error = %error, "cannot apply the new config to the sinks; they keep the old one");
+        }
+        match build_services(self.store, new) {
+            Ok(services) => *self.services.write().unwrap_or_else(PoisonError::into_inner) = services,
+            Err(error) => error!(error = %error, "cannot apply the new config to item changes and confirmations"),
+        }
+        if (&old.sweep.cron, &old.sweep.timezone) != (&new.sweep.cron, &new.sweep.timezone) {
+            match Schedule::start(&new.sweep.cron, &new.sweep.timezone, self.metrics.sweeps_skipped.clone()).await {
+                Ok(started) => std::mem::replace(schedule, started).shutdown().await,
+                Err(error) => error!(error = %error, "cannot start the new schedule; the old one goes on"),
+            }
+        }
+        info!("configuration reloaded and applied; probing a paused upstream at once");
+    }
+}
+
+/// The settings a running daemon cannot change: it holds the database open, listens on the
+/// address, and set up logging at start.
+pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let mut check = |changed: bool, key| {
+        if changed {
+            keys.push(key);
+        }
+    };
+    check(old.database.path != new.database.path, "database.path");
+    check(old.database.busy_timeout != new.database.busy_timeout, "database.busy_timeout");
+    check(old.http.listen != new.http.listen, "http.listen");
+    check(old.http.token.expose() != new.http.token.expose(), "http.token");
+    check(old.http.max_body_bytes != new.http.max_body_bytes, "http.max_body_bytes");
+    check(old.http.max_connections != new.http.max_connections, "http.max_connections");
+    check(old.http.header_timeout != new.http.header_timeout, "http.header_timeout");
+    check(old.http.idle_timeout != new.http.idle_timeout, "http.idle_timeout");
+    check(old.logging.level != new.logging.level, "logging.level");
+    check(old.logging.format != new.logging.format, "logging.format");
+    keys
+}
+
+/// The running delivery loops, one per configured sink.
+struct Deliveries {
+    store: Store,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+    loops: HashMap<String, (SinkSlot, CancellationToken)>,
+}
+
+impl Deliveries {
+    /// Makes the loops match `config`: a new sink gets a loop, a changed one its new
+    /// settings for its next batch (URL, secrets, log file, timeout...), a removed one
+    /// stops after its batch in flight. The `sinks` table follows, so a webhook whose URL
+    /// changed after it answered `410 Gone` is enabled again.
+    ///
+    /// Fails when a sink cannot be built or the table cannot be written within the retry
+    /// budget; nothing is changed then.
+    async fn apply(
+        &mut self,
+        config: &Config,
+        tracker: &TaskTracker,
+        stop: &CancellationToken,
+        abort: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> Result<(), DaemonError> {
+        let sinks: Vec<Arc<Sink>> = sinks::from_config(config)?.into_iter().map(Arc::new).collect();
+        let specs: Vec<_> = sinks.iter().map(|sink| sink.spec()).collect();
+        retrying("record the configured sinks", STORE_RETRY_BUDGET, shutdown, || {
+            self.store.sync_sinks(specs.clone(), Utc::now())
+        })
+        .await?;
+        let names: Vec<String> = sinks.iter().map(|sink| sink.name().to_owned()).collect();
+        for sink in sinks {
+            match self.loops.get(sink.name()) {
+                Some((slot, _)) => slot.replace(sink),
+                None => {
+                    let name = sink.name().to_owned();
+                    let slot = SinkSlot::new(sink);
+                    let token = stop.child_token();
+                    tracker.spawn(delivery_loop(
+                        self.store.clone(),
+                        slot.clone(),
+                        Arc::clone(&self.wake),
+                        Arc::clone(&self.metrics),
+                        token.clone(),
+                        abort.clone(),
+                    ));
+                    self.loops.insert(name, (slot, token));
+                }
+            }
+        }
+        self.loops.retain(|name, (_, token)| {
+            let keep = names.contains(name);
+            if !keep {
+                info!(sink = %name, "this sink is no longer configured; its loop stops");
+                token.cancel();
+            }
+            keep
+        });
+        // Sinks enabled again by the change may have work waiting.
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.loops.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
+
+/// Makes `pollers` match the providers `config` enables: existing ones take the new config,
+/// new ones are created (resuming any persisted pause), disabled ones are dropped.
+async fn reconcile_pollers(
+    pollers: &mut Vec<Arc<Poller>>,
+    store: &Store,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    progress: &Arc<Progress>,
+) -> Result<(), DaemonError> {
+    let mut next = Vec::new();
+    for provider in config.enabled_providers() {
+        match pollers.iter().find(|poller| poller.provider() == provider) {
+            Some(poller) => {
+                poller.reload(config).map_err(SetupError::Client)?;
+                next.push(Arc::clone(poller));
+            }
+            None => {
+                let poller =
+                    Poller::new(store.clone(), config, provider, Arc::clone(metrics), Arc::clone(progress)).await?;
+                next.push(Arc::new(poller));
+            }
+        }
+    }
+    *pollers = next;
     Ok(())
 }
 
-/// Builds the configured sinks and records them in the store, waiting out a lock held by
-/// another process.
-async fn start_sinks(
-    store: &Store,
-    config: &Config,
-    shutdown: &CancellationToken,
-) -> Result<Vec<Arc<Sink>>, DaemonError> {
-    let sinks: Vec<Arc<Sink>> = sinks::from_config(config)?.into_iter().map(Arc::new).collect();
-    let specs: Vec<_> = sinks.iter().map(|sink| sink.spec()).collect();
-    retrying("record the configured sinks", STORE_RETRY_BUDGET, shutdown, || {
-        store.sync_sinks(specs.clone(), Utc::now())
-    })
-    .await?;
-    Ok(sinks)
+/// The item and confirm services the HTTP API offers, for the providers `config` enables.
+fn build_services(store: &Store, config: &Config) -> Result<Services, DaemonError> {
+    let config = Arc::new(config.clone());
+    let items = match config.imaterialise.enabled {
+        true => Some(Arc::new(ItemsService::new(store.clone(), Arc::clone(&config)).map_err(SetupError::Client)?)),
+        false => None,
+    };
+    let confirm = match config.titelive.enabled {
+        true => Some(Arc::new(ConfirmService::new(store.clone(), Arc::clone(&config)).map_err(SetupError::Client)?)),
+        false => None,
+    };
+    Ok(Services { items, confirm })
 }
 
-/// One poller per enabled provider.
-async fn start_pollers(
-    store: &Store,
-    config: &Arc<Config>,
-    metrics: &Arc<Metrics>,
-    alive: &Arc<dyn Fn() + Send + Sync>,
-) -> Result<Vec<Poller>, DaemonError> {
-    let mut pollers = Vec::new();
-    for settings in config.pollers() {
-        let alive = Arc::clone(alive);
-        let poller = Poller::new(store.clone(), Arc::clone(config), settings, Arc::clone(metrics)).await?;
-        pollers.push(poller.with_heartbeat(move || alive()));
-    }
-    Ok(pollers)
+/// What a round of sweeps came to.
+#[derive(Debug, Clone, Default)]
+pub struct SweepOutcome {
+    /// The sweeps' figures added up.
+    pub record: SweepRecord,
+    /// Why a sweep failed (could not read due carts, or could not record outcomes), if one did.
+    pub failure: Option<String>,
 }
 
 /// Sweeps every provider at once and adds up their figures. A provider whose sweep fails is
 /// logged; the others are not held up.
-async fn sweep_all(pollers: &[Poller], shutdown: &CancellationToken) -> SweepRecord {
-    let records = futures_util::future::join_all(pollers.iter().map(|poller| poller.sweep(shutdown))).await;
-    let mut total = SweepRecord::default();
+async fn sweep_all(pollers: Vec<Arc<Poller>>, shutdown: CancellationToken) -> SweepOutcome {
+    let records = futures_util::future::join_all(pollers.iter().map(|poller| poller.sweep(&shutdown))).await;
+    let mut outcome = SweepOutcome::default();
     for (poller, record) in pollers.iter().zip(records) {
         match record {
-            Ok(record) => total.add(&record),
+            Ok(record) => {
+                if record.write_failures > 0 {
+                    outcome.failure = Some(format!(
+                        "{}: {} database operation(s) failed",
+                        poller.provider().as_str(),
+                        record.write_failures
+                    ));
+                }
+                outcome.record.add(&record);
+            }
             Err(error) => {
-                error!(provider = poller.provider().as_str(), error = %error, "sweep failed; the next tick retries")
+                error!(provider = poller.provider().as_str(), error = %error, "sweep failed; the next tick retries");
+                outcome.failure = Some(format!("{}: {error}", poller.provider().as_str()));
             }
         }
     }
-    total
+    outcome
 }
 
-/// Runs one sweep of every enabled provider, then delivers what is pending once, and returns
-/// the sweeps' figures added up.
+/// What `poll-once` did.
+#[derive(Debug, Clone, Default)]
+pub struct PollOnce {
+    /// The sweeps and their figures.
+    pub sweep: SweepOutcome,
+    /// Deliveries attempted and delivered, over every sink.
+    pub deliveries: Pass,
+}
+
+/// Runs one sweep of every enabled provider, then delivers what is pending once, through the
+/// same pass the daemon's delivery loops use.
 ///
-/// Fails when the database cannot be opened or a poller cannot be set up.
-pub async fn poll_once(config: Config, shutdown: CancellationToken) -> Result<SweepRecord, DaemonError> {
-    let config = Arc::new(config);
+/// Fails when the database cannot be opened or a poller or sink cannot be set up.
+pub async fn poll_once(config: Config, shutdown: CancellationToken) -> Result<PollOnce, DaemonError> {
     let store = open_store(&config).await?;
-    let sinks = start_sinks(&store, &config, &shutdown).await?;
-    let no_watchdog: Arc<dyn Fn() + Send + Sync> = Arc::new(|| {});
-    let pollers = start_pollers(&store, &config, &Arc::new(Metrics::default()), &no_watchdog).await?;
-    let record = sweep_all(&pollers, &shutdown).await;
+    let metrics = Arc::new(Metrics::default());
+    let sinks: Vec<Arc<Sink>> = sinks::from_config(&config)?.into_iter().map(Arc::new).collect();
+    let specs: Vec<_> = sinks.iter().map(|sink| sink.spec()).collect();
+    retrying("record the configured sinks", STORE_RETRY_BUDGET, &shutdown, || {
+        store.sync_sinks(specs.clone(), Utc::now())
+    })
+    .await?;
+    let mut pollers = Vec::new();
+    reconcile_pollers(&mut pollers, &store, &config, &metrics, &Arc::default()).await?;
+    let sweep = sweep_all(pollers, shutdown.clone()).await;
+    let mut deliveries = Pass::default();
     for sink in sinks {
-        drain_once(&store, &sink, &shutdown).await;
+        let pass = drain_once(&store, &sink, &metrics, &shutdown).await;
+        deliveries.attempted += pass.attempted;
+        deliveries.delivered += pass.delivered;
     }
-    Ok(record)
-}
-
-/// Delivers every delivery of `sink` that is due now, one pass, without waiting for retries.
-pub async fn drain_once(store: &Store, sink: &Sink, shutdown: &CancellationToken) {
-    loop {
-        let now = Utc::now();
-        let pending =
-            match store.pending_deliveries(sink.name().to_owned(), now, sink.batch_limit(), sink.sequential()).await {
-                Ok(pending) if !pending.is_empty() => pending,
-                Ok(_) => return,
-                Err(error) => {
-                    warn!(sink = sink.name(), error = %error, "cannot read pending deliveries");
-                    return;
-                }
-            };
-        let count = pending.len();
-        let results = sink.deliver(pending, now).await.results;
-        let delivered = results.iter().filter(|r| matches!(r, crate::store::DeliveryResult::Delivered { .. })).count();
-        let recorded = retrying("record deliveries", STORE_RETRY_BUDGET, shutdown, || {
-            store.record_deliveries(sink.name().to_owned(), results.clone(), Utc::now())
-        })
-        .await;
-        if let Err(error) = recorded {
-            warn!(sink = sink.name(), error = %error, "cannot record deliveries");
-            return;
-        }
-        if delivered < count {
-            return;
-        }
-    }
+    Ok(PollOnce { sweep, deliveries })
 }

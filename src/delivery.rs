@@ -1,94 +1,203 @@
-//! The delivery loop: one per sink, working through that sink's pending deliveries in event
-//! order, recording every attempt, sleeping until the next one is due or new events arrive.
+//! Delivery: one pass over a sink's due deliveries (attempt them, record every outcome), and
+//! the per-sink loop that repeats it, sleeping until the next retry is due or new events
+//! arrive. `poll-once` and the daemon's loops share the same pass.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::metrics::{DeliveryLabels, Metrics};
 use crate::sinks::Sink;
-use crate::store::{DeliveryResult, Store, retrying};
+use crate::store::{DeliveryResult, Store, StoreError, retrying};
 use crate::sweep::STORE_RETRY_BUDGET;
 
 /// The longest the loop sleeps without looking for work, so events written by another
-/// process (the CLI, `sqlite3`) are picked up promptly.
+/// process (the CLI, `sqlite3`) and an endpoint enabled again by a command are picked up
+/// promptly.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
-/// Delivers events to `sink` until `shutdown`. A batch in progress when shutdown comes is
-/// finished and recorded first.
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Deliveries attempted.
+    pub attempted: usize,
+    /// Of those, delivered.
+    pub delivered: usize,
+    /// Set when the receiver asked to be disabled (`410 Gone`), with the reason.
+    pub disabled: Option<String>,
+}
+
+/// Why a pass ended without recording anything.
+#[derive(Debug)]
+pub enum PassError {
+    /// The sink is disabled (its receiver answered `410 Gone`); the reason is given.
+    Disabled(String),
+    /// The database could not be read or written.
+    Store(StoreError),
+    /// `abort` was cancelled while attempts were in flight; they will be made again.
+    Aborted,
+}
+
+/// Attempts one batch of `sink`'s due deliveries and records the outcomes. Returns `None`
+/// when nothing is due. A batch in flight when `abort` is cancelled is dropped unrecorded:
+/// its deliveries are attempted again later, with the same ids.
+///
+/// Fails when the sink is disabled, the database fails, or the pass is aborted.
+pub async fn deliver_pass(
+    store: &Store,
+    sink: &Sink,
+    metrics: &Metrics,
+    abort: &CancellationToken,
+) -> Result<Option<Pass>, PassError> {
+    let name = sink.name().to_owned();
+    if let Some(reason) = store.sink_disabled(name.clone()).await.map_err(PassError::Store)? {
+        return Err(PassError::Disabled(reason));
+    }
+    let now = Utc::now();
+    let pending = store
+        .pending_deliveries(name.clone(), now, sink.batch_limit(), sink.sequential())
+        .await
+        .map_err(PassError::Store)?;
+    if pending.is_empty() {
+        return Ok(None);
+    }
+    let attempted = pending.len();
+    let outcome = abort.run_until_cancelled(sink.deliver(pending, now)).await.ok_or(PassError::Aborted)?;
+    let mut delivered = 0;
+    for result in &outcome.results {
+        let label = match result {
+            DeliveryResult::Delivered { .. } => {
+                delivered += 1;
+                "delivered"
+            }
+            DeliveryResult::Retry { .. } => "retry",
+            DeliveryResult::Dead { .. } => "dead",
+        };
+        metrics.deliveries.get_or_create(&DeliveryLabels { sink: name.clone(), outcome: label.into() }).inc();
+    }
+    let results = outcome.results;
+    // Not recorded means attempted again later: a duplicate, never a loss.
+    retrying("record deliveries", STORE_RETRY_BUDGET, abort, || {
+        store.record_deliveries(name.clone(), results.clone(), Utc::now())
+    })
+    .await
+    .map_err(PassError::Store)?;
+    if let Some(reason) = &outcome.disable {
+        error!(sink = %name, reason = %reason, "the receiver answered 410 Gone: this endpoint is DISABLED; events for it are queued and sent, in order, once it is enabled again (change its url and reload, or `cartwatch webhooks enable {name}`)");
+        retrying("disable the endpoint", STORE_RETRY_BUDGET, abort, || {
+            store.disable_sink(name.clone(), reason.clone(), Utc::now())
+        })
+        .await
+        .map_err(PassError::Store)?;
+    }
+    Ok(Some(Pass { attempted, delivered, disabled: outcome.disable }))
+}
+
+/// Delivers everything of `sink` that is due now, without waiting for retries: passes until
+/// one delivers less than it attempted or nothing is left. Returns the deliveries attempted
+/// and delivered.
+pub async fn drain_once(store: &Store, sink: &Sink, metrics: &Metrics, abort: &CancellationToken) -> Pass {
+    let mut total = Pass::default();
+    loop {
+        match deliver_pass(store, sink, metrics, abort).await {
+            Ok(Some(pass)) => {
+                total.attempted += pass.attempted;
+                total.delivered += pass.delivered;
+                if pass.delivered < pass.attempted || pass.disabled.is_some() {
+                    total.disabled = pass.disabled;
+                    return total;
+                }
+            }
+            Ok(None) | Err(PassError::Aborted) => return total,
+            Err(PassError::Disabled(reason)) => {
+                warn!(sink = sink.name(), reason = %reason, "this endpoint is disabled; its events stay queued");
+                total.disabled = Some(reason);
+                return total;
+            }
+            Err(PassError::Store(error)) => {
+                warn!(sink = sink.name(), error = %error, "cannot deliver now");
+                return total;
+            }
+        }
+    }
+}
+
+/// A sink whose settings a reload can replace while its loop runs: each pass uses the sink
+/// the slot holds when it starts.
+#[derive(Debug, Clone)]
+pub struct SinkSlot(Arc<RwLock<Arc<Sink>>>);
+
+impl SinkSlot {
+    /// A slot holding `sink`.
+    pub fn new(sink: Arc<Sink>) -> SinkSlot {
+        SinkSlot(Arc::new(RwLock::new(sink)))
+    }
+
+    /// The sink now.
+    pub fn get(&self) -> Arc<Sink> {
+        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Puts `sink` in its place, for the next pass.
+    pub fn replace(&self, sink: Arc<Sink>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = sink;
+    }
+}
+
+/// Delivers events to the sink in `slot` until `shutdown`, which lets the batch in flight
+/// finish and be recorded; `abort` drops it instead (its deliveries are made again later). A
+/// disabled sink waits, checking every second, until it is enabled again.
 pub async fn delivery_loop(
     store: Store,
-    sink: Arc<Sink>,
+    slot: SinkSlot,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
+    abort: CancellationToken,
 ) {
-    let name = sink.name().to_owned();
-    if let Ok(Some(reason)) = store.sink_disabled(name.clone()).await {
-        error!(sink = %name, reason = %reason, "this endpoint is disabled and receives nothing; change its url in the config to enable it again");
-        return;
-    }
-    loop {
-        if shutdown.is_cancelled() {
-            return;
-        }
+    let name = slot.get().name().to_owned();
+    let mut disabled_reported = false;
+    while !shutdown.is_cancelled() {
         let woken = wake.notified();
-        let now = Utc::now();
-        let pending = match store.pending_deliveries(name.clone(), now, sink.batch_limit(), sink.sequential()).await {
-            Ok(pending) => pending,
-            Err(error) => {
-                warn!(sink = %name, error = %error, "cannot read pending deliveries; retrying");
-                shutdown.run_until_cancelled(tokio::time::sleep(IDLE_POLL)).await;
+        let sink = slot.get();
+        let idle = match deliver_pass(&store, &sink, &metrics, &abort).await {
+            Ok(Some(_)) => {
+                disabled_reported = false;
                 continue;
             }
+            Ok(None) => {
+                if std::mem::take(&mut disabled_reported) {
+                    info!(sink = %name, "this endpoint is enabled again; sending what was queued for it");
+                }
+                // Sleep until the next retry is due, new events arrive, or the idle poll.
+                let next_due = store.next_delivery_due(name.clone(), Utc::now()).await.ok().flatten();
+                next_due
+                    .as_deref()
+                    .and_then(crate::time::parse_ts)
+                    .and_then(|due| (due - Utc::now()).to_std().ok())
+                    .map_or(IDLE_POLL, |wait| wait.min(IDLE_POLL))
+            }
+            Err(PassError::Disabled(reason)) => {
+                if !disabled_reported {
+                    error!(sink = %name, reason = %reason, "this endpoint is DISABLED: events for it are queued; change its url and reload, or run `cartwatch webhooks enable {name}`");
+                    disabled_reported = true;
+                }
+                IDLE_POLL
+            }
+            Err(PassError::Store(error)) => {
+                warn!(sink = %name, error = %error, "cannot deliver now; retrying");
+                IDLE_POLL
+            }
+            Err(PassError::Aborted) => return,
         };
-        if pending.is_empty() {
-            // Sleep until the next retry is due, new events arrive, or the idle poll.
-            let next_due = store.next_delivery_due(name.clone(), Utc::now()).await.ok().flatten();
-            let until_due = next_due
-                .as_deref()
-                .and_then(crate::time::parse_ts)
-                .and_then(|due| (due - Utc::now()).to_std().ok())
-                .map_or(IDLE_POLL, |wait| wait.min(IDLE_POLL));
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = woken => {}
-                () = tokio::time::sleep(until_due) => {}
-            }
-            continue;
-        }
-        let outcome = sink.deliver(pending, now).await;
-        let results = outcome.results;
-        for result in &results {
-            let outcome = match result {
-                DeliveryResult::Delivered { .. } => "delivered",
-                DeliveryResult::Retry { .. } => "retry",
-                DeliveryResult::Dead { .. } => "dead",
-            };
-            metrics.deliveries.get_or_create(&DeliveryLabels { sink: name.clone(), outcome: outcome.into() }).inc();
-        }
-        let recorded = retrying("record deliveries", STORE_RETRY_BUDGET, &shutdown, || {
-            store.record_deliveries(name.clone(), results.clone(), Utc::now())
-        })
-        .await;
-        if let Err(error) = recorded {
-            // Not recorded means attempted again later: a duplicate, never a loss.
-            error!(sink = %name, error = %error, "cannot record deliveries; they will be attempted again");
-        }
-        if let Some(reason) = outcome.disable {
-            error!(sink = %name, reason = %reason, "the receiver answered 410 Gone: this endpoint is DISABLED and receives nothing more; its undelivered events stay queued. Change its url in the config to enable it again");
-            let disabled = retrying("disable the endpoint", STORE_RETRY_BUDGET, &shutdown, || {
-                store.disable_sink(name.clone(), reason.clone(), Utc::now())
-            })
-            .await;
-            if let Err(error) = disabled {
-                error!(sink = %name, error = %error, "cannot record that the endpoint is disabled");
-            }
-            return;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = woken => {}
+            () = tokio::time::sleep(idle) => {}
         }
     }
 }

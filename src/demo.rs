@@ -75,7 +75,7 @@ pub async fn run(provider: Provider, carts: usize, seed: u64) -> anyhow::Result<
     config.sinks.log.path = events_file.clone();
     crate::logging::init(&config.logging);
 
-    println!(
+    crate::say!(
         "cartwatch demo: a simulated partner on {}, a temporary database, polling every second.",
         simulator.base_url()
     );
@@ -92,28 +92,23 @@ pub async fn run(provider: Provider, carts: usize, seed: u64) -> anyhow::Result<
             .session_tokens()
             .into_iter()
             .enumerate()
-            .map(|(index, token)| TrackRequest {
-                provider,
-                cart_id: token,
-                account: "00000".into(),
-                reference: reference(index),
-            })
+            .filter_map(|(index, token)| TrackRequest::parse(provider, &token, "00000", reference(index)).ok())
             .collect(),
     };
     let tracked = requests.len();
     store.track(requests, Utc::now()).await?;
     match provider {
-        Provider::Imaterialise => println!(
+        Provider::Imaterialise => crate::say!(
             "Tracking {tracked} i.materialise carts ({} of them unknown to the partner). Events as they happen:\n",
             simulator.unknown_cart_ids().len()
         ),
         Provider::Titelive => {
-            println!("Tracking {tracked} Titelive sessions (shop domain 00000). Events as they happen:\n")
+            crate::say!("Tracking {tracked} Titelive sessions (shop domain 00000). Events as they happen:\n")
         }
     }
 
     let shutdown = CancellationToken::new();
-    let (_reload_sender, reloads) = mpsc::channel(1);
+    let (_reload_sender, reloads) = mpsc::unbounded_channel();
     let daemon_task = tokio::spawn(daemon::run(config, reloads, Hooks::default(), shutdown.clone()));
 
     let mut cursor = 0;
@@ -124,7 +119,7 @@ pub async fn run(provider: Provider, carts: usize, seed: u64) -> anyhow::Result<
         for event in store.events_after(cursor, 1000).await? {
             cursor = event.seq;
             *counts.entry(event.event_type.clone()).or_default() += 1;
-            println!("{}", render_event_line(&event, started.elapsed()));
+            crate::say!("{}", render_event_line(&event, started.elapsed()));
         }
         if daemon_task.is_finished() {
             break;
@@ -147,39 +142,43 @@ pub async fn run(provider: Provider, carts: usize, seed: u64) -> anyhow::Result<
     let truth = simulator.truth();
     let true_count = |status: &str| truth.iter().filter(|t| t.to == status).count();
     let found = |event_type: &str| counts.get(event_type).copied().unwrap_or(0);
-    println!("\nSummary after {:.1}s", started.elapsed().as_secs_f64());
-    println!("  carts tracked          {tracked}");
+    crate::say!("\nSummary after {:.1}s", started.elapsed().as_secs_f64());
+    crate::say!("  carts tracked          {tracked}");
     match provider {
         Provider::Imaterialise => {
-            println!(
+            crate::say!(
                 "  checkouts found        {} (the simulator made {})",
                 found("cart.checked_out"),
                 true_count("CheckedOut")
             );
-            println!(
+            crate::say!(
                 "  orders found           {} (the simulator made {})",
                 found("cart.ordered"),
                 true_count("Ordered")
             );
-            println!("  carts not found        {}", found("cart.not_found"));
-            println!("  requests sent          {} (at most 10 carts each)", simulator.requests());
+            crate::say!("  carts not found        {}", found("cart.not_found"));
+            crate::say!("  requests sent          {} (at most 10 carts each)", simulator.requests());
         }
         Provider::Titelive => {
-            println!("  carts ready found      {} (the simulator made {})", found("cart.ready"), true_count("Valid"));
-            println!(
+            crate::say!(
+                "  carts ready found      {} (the simulator made {})",
+                found("cart.ready"),
+                true_count("Valid")
+            );
+            crate::say!(
                 "  orders found           {} (the simulator made {})",
                 found("cart.ordered"),
                 true_count("Ordered")
             );
-            println!(
+            crate::say!(
                 "  sessions expired       {} (the simulator ended {})",
                 found("cart.session_expired"),
                 true_count("NoSession")
             );
-            println!("  requests sent          {} (one session each)", simulator.requests());
+            crate::say!("  requests sent          {} (one session each)", simulator.requests());
         }
     }
-    println!("  events written to      {} (deleted with the demo's temporary directory)", events_file.display());
+    crate::say!("  events written to      {} (deleted with the demo's temporary directory)", events_file.display());
     simulator.stop().await;
     Ok(())
 }

@@ -128,11 +128,30 @@ pub struct UpstreamEventData {
 struct Payload<'a, T: Serialize> {
     #[serde(rename = "type")]
     event_type: &'static str,
-    timestamp: String,
-    data: &'a T,
+    timestamp: &'a str,
+    data: Sequenced<'a, T>,
 }
 
-/// An event ready to be written to the outbox.
+/// Event data with the cart's sequence number after its own fields.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Sequenced<'a, T: Serialize> {
+    #[serde(flatten)]
+    data: &'a T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cart_sequence: Option<i64>,
+}
+
+/// What an event says, by kind.
+#[derive(Debug, Clone, PartialEq)]
+enum EventData {
+    Cart(CartEventData),
+    ItemsChanged(ItemsChangedData),
+    Upstream(UpstreamEventData),
+}
+
+/// An event ready to be written to the outbox. Its payload is made when it is written,
+/// because only then is the cart's sequence number known.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
     /// Unique, stable id: the `webhook-id` of every delivery.
@@ -143,44 +162,54 @@ pub struct NewEvent {
     pub cart_id: Option<String>,
     /// When it was detected, in the stored timestamp form.
     pub created_at: String,
-    /// The exact JSON body every sink sends.
-    pub payload: String,
+    timestamp: String,
+    data: EventData,
 }
 
 impl NewEvent {
     /// Builds a cart event detected at `detected_at`.
     pub fn cart(event_type: EventType, data: &CartEventData, detected_at: DateTime<Utc>) -> NewEvent {
-        NewEvent::build(event_type, Some(data.cart_id.clone()), data, detected_at)
+        NewEvent::build(event_type, Some(data.cart_id.clone()), EventData::Cart(data.clone()), detected_at)
     }
 
     /// Builds a `cart.items_changed` event.
     pub fn items_changed(data: &ItemsChangedData, detected_at: DateTime<Utc>) -> NewEvent {
-        NewEvent::build(EventType::CartItemsChanged, Some(data.cart.cart_id.clone()), data, detected_at)
+        let cart_id = Some(data.cart.cart_id.clone());
+        NewEvent::build(EventType::CartItemsChanged, cart_id, EventData::ItemsChanged(data.clone()), detected_at)
     }
 
     /// Builds an upstream event detected at `detected_at`.
     pub fn upstream(event_type: EventType, data: &UpstreamEventData, detected_at: DateTime<Utc>) -> NewEvent {
-        NewEvent::build(event_type, None, data, detected_at)
+        NewEvent::build(event_type, None, EventData::Upstream(data.clone()), detected_at)
     }
 
-    fn build<T: Serialize>(
-        event_type: EventType,
-        cart_id: Option<String>,
-        data: &T,
-        detected_at: DateTime<Utc>,
-    ) -> NewEvent {
-        let payload = Payload {
-            event_type: event_type.as_str(),
-            timestamp: detected_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-            data,
-        };
+    fn build(event_type: EventType, cart_id: Option<String>, data: EventData, detected_at: DateTime<Utc>) -> NewEvent {
         NewEvent {
             event_id: new_event_id(),
             event_type,
             cart_id,
             created_at: crate::time::format_ts(detected_at),
-            // Serialising plain structs of strings cannot fail.
-            payload: serde_json::to_string(&payload).unwrap_or_default(),
+            timestamp: detected_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            data,
+        }
+    }
+
+    /// The exact JSON body every sink sends, with `cartSequence` (the event's position among
+    /// its cart's events, from 1) in `data` when the event is about a cart.
+    pub fn payload(&self, cart_sequence: Option<i64>) -> String {
+        fn render<T: Serialize>(event: &NewEvent, data: &T, cart_sequence: Option<i64>) -> String {
+            let payload = Payload {
+                event_type: event.event_type.as_str(),
+                timestamp: &event.timestamp,
+                data: Sequenced { data, cart_sequence },
+            };
+            // Serialising plain structs of strings and numbers cannot fail.
+            serde_json::to_string(&payload).unwrap_or_default()
+        }
+        match &self.data {
+            EventData::Cart(data) => render(self, data, cart_sequence),
+            EventData::ItemsChanged(data) => render(self, data, cart_sequence),
+            EventData::Upstream(data) => render(self, data, None),
         }
     }
 }
@@ -216,7 +245,7 @@ mod tests {
         };
         let detected_at = Utc.with_ymd_and_hms(2026, 11, 25, 8, 0, 0).unwrap();
         let event = NewEvent::cart(EventType::CartOrdered, &data, detected_at);
-        let payload: serde_json::Value = serde_json::from_str(&event.payload).unwrap();
+        let payload: serde_json::Value = serde_json::from_str(&event.payload(Some(3))).unwrap();
         assert_eq!(
             payload,
             serde_json::json!({
@@ -229,7 +258,8 @@ mod tests {
                     "orderId": "7cf9f78f-6631-44be-905a-94cee7a2cd9c",
                     "cartCreatedAt": "2017-06-13T16:28:47",
                     "reference": null,
-                    "provider": "imaterialise"
+                    "provider": "imaterialise",
+                    "cartSequence": 3
                 }
             })
         );

@@ -7,7 +7,8 @@
 //! problem.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::confirm::{ConfirmError, ConfirmService};
 use crate::items::{ChangeError, ItemsService};
+use crate::liveness::DaemonHealth;
 use crate::metrics::Metrics;
 use crate::provider::imaterialise::items::{ItemAction, ItemsError};
 use crate::provider::{Provider, canonical_any};
@@ -35,6 +37,15 @@ use crate::upstream::Mode;
 /// Most carts one `POST /v1/carts` may register.
 const MAX_CARTS_PER_REQUEST: usize = 10_000;
 
+/// The services the API offers, as the current config builds them; a reload replaces them.
+#[derive(Debug, Clone, Default)]
+pub struct Services {
+    /// Item changes, when the i.materialise provider is enabled.
+    pub items: Option<Arc<ItemsService>>,
+    /// Titelive confirmations, when that provider is enabled.
+    pub confirm: Option<Arc<ConfirmService>>,
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
@@ -44,10 +55,43 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// The bearer token, if one is required.
     pub token: Option<Secret>,
-    /// Item changes, when the i.materialise provider is enabled.
-    pub items: Option<Arc<ItemsService>>,
-    /// Titelive confirmations, when that provider is enabled.
-    pub confirm: Option<Arc<ConfirmService>>,
+    /// Item changes and confirmations.
+    pub services: Arc<RwLock<Services>>,
+    /// Whether sweeps are working, for `/readyz`.
+    pub health: Arc<DaemonHealth>,
+}
+
+impl ApiState {
+    fn services(&self) -> Services {
+        self.services.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// What one connection may take: a client that sends its headers too slowly, or holds a
+/// connection idle, is disconnected, and connections beyond the limit are refused, so no
+/// client can exhaust the daemon's file descriptors.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Time to receive a request's headers.
+    pub header_timeout: Duration,
+    /// Time a connection may sit without a byte either way.
+    pub idle_timeout: Duration,
+}
+
+impl Limits {
+    /// The limits `[http]` sets.
+    pub fn from_config(config: &crate::config::HttpConfig) -> Limits {
+        Limits {
+            max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
+            max_connections: config.max_connections as usize,
+            header_timeout: config.header_timeout,
+            idle_timeout: config.idle_timeout,
+        }
+    }
 }
 
 /// An error answer: a status and a JSON body `{"error": "..."}`.
@@ -99,20 +143,65 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// Serves the API on `listener` until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: ApiState,
-    max_body_bytes: usize,
-    shutdown: CancellationToken,
-) {
+/// Serves the API on `listener` until `shutdown`, within `limits`: connections beyond the
+/// limit are closed at once, and each connection is closed when its headers are too slow or
+/// it sits idle too long. Requests in progress when `shutdown` comes are finished.
+pub async fn serve(listener: tokio::net::TcpListener, state: ApiState, limits: Limits, shutdown: CancellationToken) {
     let address = listener.local_addr().ok();
-    tracing::info!(address = ?address, "HTTP API listening");
-    let served =
-        axum::serve(listener, router(state, max_body_bytes)).with_graceful_shutdown(shutdown.cancelled_owned()).await;
-    if let Err(error) = served {
-        tracing::error!(error = %error, "HTTP API stopped with an error");
+    tracing::info!(address = %address.map(|a| a.to_string()).unwrap_or_default(), "HTTP API listening");
+    let app = router(state, limits.max_body_bytes);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let connections = tokio_util::task::TaskTracker::new();
+    let mut refused_reported = false;
+    loop {
+        let (stream, _peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, usually: wait instead of spinning.
+                    tracing::warn!(error = %error, "HTTP API cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            if !std::mem::replace(&mut refused_reported, true) {
+                tracing::warn!(
+                    limit = limits.max_connections,
+                    "HTTP API connection limit reached; refusing new connections"
+                );
+            }
+            continue;
+        };
+        refused_reported = false;
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_read_timeout(Some(limits.idle_timeout));
+        stream.set_write_timeout(Some(limits.idle_timeout));
+        let io = hyper_util::rt::TokioIo::new(Box::pin(stream));
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+            tower::Service::call(&mut app.clone(), request)
+        });
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(limits.header_timeout);
+            let connection = builder.serve_connection(io, service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
     }
+    connections.close();
+    connections.wait().await;
 }
 
 /// Binds the API's address.
@@ -147,6 +236,9 @@ async fn healthz() -> impl IntoResponse {
 
 async fn readyz(State(state): State<ApiState>) -> Response {
     let mut problems = Vec::new();
+    if let Some(problem) = state.health.problem() {
+        problems.push(problem);
+    }
     if let Err(error) = state.store.ping().await {
         problems.push(format!("database: {error}"));
     }
@@ -229,8 +321,8 @@ fn track_requests(body: &Value) -> Result<Vec<TrackRequest>, ApiError> {
             (Provider::Titelive, Some(domain)) => crate::provider::titelive::check_domain(&domain),
             (Provider::Titelive, None) => Err("Titelive carts need a domain".to_owned()),
         };
-        match (id.map(|id| provider.canonical_cart_id(&id)), account) {
-            (Some(Ok(cart_id)), Ok(account)) => requests.push(TrackRequest { provider, cart_id, account, reference }),
+        match (id.map(|id| TrackRequest::parse(provider, &id, "", reference)), account) {
+            (Some(Ok(request)), Ok(account)) => requests.push(TrackRequest { account, ..request }),
             (Some(Err(error)), _) | (_, Err(error)) => problems.push(format!("carts[{index}]: {error}")),
             (None, _) => problems.push(format!("carts[{index}] has no cartId")),
         }
@@ -256,7 +348,7 @@ async fn register_carts(
             let (outcome, state) = match outcome {
                 TrackOutcome::Added => ("added", None),
                 TrackOutcome::AlreadyTracked => ("already_tracked", None),
-                TrackOutcome::Resumed => ("resumed", None),
+                TrackOutcome::Resumed(state) => ("resumed", Some(state)),
                 TrackOutcome::Finished(state) => ("finished", Some(state)),
             };
             json!({ "cartId": cart_id.as_str(), "outcome": outcome, "state": state })
@@ -337,8 +429,8 @@ async fn change_items(
     action: ItemAction,
 ) -> Result<Response, ApiError> {
     let service = state
+        .services()
         .items
-        .clone()
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "the i.materialise provider is not enabled"))?;
     let body = json_body(body, &headers)?;
     let items: Vec<String> = match body.get("items") {
@@ -390,8 +482,8 @@ async fn confirm_cart(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let service = state
+        .services()
         .confirm
-        .clone()
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "the Titelive provider is not enabled"))?;
     let body = body.map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
     let domain = if body.is_empty() {
@@ -405,7 +497,7 @@ async fn confirm_cart(
         }
     };
     match service.confirm(&token, domain.as_deref()).await {
-        Ok(order) => Ok(axum::Json(json!({ "cartId": token.trim(), "order": order })).into_response()),
+        Ok((cart_id, order)) => Ok(axum::Json(json!({ "cartId": cart_id, "order": order })).into_response()),
         Err(ConfirmError::Malformed(message)) => Err(ApiError::bad_request(message)),
         Err(error @ ConfirmError::Refused(_)) => {
             Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, error.to_string()))

@@ -195,8 +195,8 @@ impl ItemsService {
     }
 
     /// What a refusal teaches about the cart: 105/110 mean its status moved on (poll it now,
-    /// through the normal path, so its transition and event are not lost); 111 means it
-    /// expired.
+    /// through the normal path, so its transition and event are not lost); 111 says it
+    /// expired, which is noted on the cart and checked by polling it at once.
     async fn after_refusal(
         &self,
         cart_id: &CartId,
@@ -215,12 +215,11 @@ impl ItemsService {
         if kinds.iter().any(|kind| matches!(kind, ItemErrorKind::CartExpired))
             && let Some(row) = tracked
         {
-            let emit = self.config.emitted_event_types().contains(&EventType::CartExpired);
-            let event =
-                emit.then(|| NewEvent::cart(EventType::CartExpired, &event_data(row, row.status.clone()), Utc::now()));
-            let reason = "the partner says the cart has expired (item change refused with 111)".to_owned();
-            if let Err(error) = self.store.expire_cart(cart_id.to_string(), reason, event, Utc::now()).await {
-                tracing::warn!(cart_id = %cart_id, error = %error, "cannot mark the cart expired");
+            // One answer never ends tracking: the cart is polled at once and expires, if it
+            // does, on the evidence of its age.
+            let note = "the partner says the cart has expired (an item change was refused with 111)".to_owned();
+            if let Err(error) = self.store.note_cart(row.cart_id.clone(), note, Utc::now()).await {
+                tracing::warn!(cart_id = %cart_id, error = %error, "cannot record the partner's refusal on the cart");
             }
         }
     }

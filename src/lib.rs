@@ -12,11 +12,12 @@
 //! - [`sweep`]: one pass over the due carts; [`schedule`]: when sweeps start.
 //! - [`events`], [`sinks`], [`delivery`]: what is announced, where, and the delivery loop.
 //! - [`daemon`]: `run(config, reloads, hooks, shutdown)`, the whole daemon as a function.
-//! - [`http_api`], [`metrics`], [`systemd`]: the local HTTP API, Prometheus metrics, and
-//!   readiness and watchdog notifications.
+//! - [`http_api`], [`metrics`], [`systemd`], [`liveness`]: the local HTTP API, Prometheus
+//!   metrics, readiness and watchdog notifications, and when the watchdog may be told all is well.
 //! - [`simulator`], [`demo`], [`bench`]: a fake partner on loopback, and the demo and the
 //!   benchmarks built on it.
-//! - [`cli`], [`render`], [`logging`]: the command line, text for people, diagnostics.
+//! - [`cli`], [`render`], [`output`], [`logging`]: the command line, text for people and the
+//!   standard output it goes to, diagnostics.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -32,8 +33,10 @@ pub mod demo;
 pub mod events;
 pub mod http_api;
 pub mod items;
+pub mod liveness;
 pub mod logging;
 pub mod metrics;
+pub mod output;
 pub mod policy;
 pub mod provider;
 pub mod reconcile;

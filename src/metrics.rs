@@ -95,6 +95,9 @@ pub struct Metrics {
     pub carts: Family<CartLabels, Gauge>,
     /// Pending deliveries per sink (read at scrape time).
     pub outbox_backlog: Family<SinkLabels, Gauge>,
+    /// Pending deliveries held behind a dead letter of their cart, per sink (read at scrape
+    /// time).
+    pub deliveries_held: Family<SinkLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -117,6 +120,7 @@ impl Default for Metrics {
         let last_successful_sweep = Gauge::default();
         let carts = Family::default();
         let outbox_backlog = Family::default();
+        let deliveries_held = Family::default();
         let mut registry = Registry::with_prefix("cartwatch");
         registry.register("sweeps", "Sweeps run", sweeps.clone());
         registry.register(
@@ -146,6 +150,11 @@ impl Default for Metrics {
         );
         registry.register("carts", "Carts by state and last status", carts.clone());
         registry.register("outbox_backlog", "Deliveries waiting, by sink", outbox_backlog.clone());
+        registry.register(
+            "deliveries_held",
+            "Deliveries waiting behind a dead letter of the same cart, by sink",
+            deliveries_held.clone(),
+        );
         Metrics {
             registry,
             sweeps,
@@ -160,6 +169,7 @@ impl Default for Metrics {
             last_successful_sweep,
             carts,
             outbox_backlog,
+            deliveries_held,
         }
     }
 }
@@ -191,10 +201,11 @@ impl Metrics {
             self.carts.get_or_create(&labels).set(i64::try_from(*count).unwrap_or(i64::MAX));
         }
         self.outbox_backlog.clear();
-        for (sink, pending, ..) in &summary.sinks {
-            self.outbox_backlog
-                .get_or_create(&SinkLabels { sink: sink.clone() })
-                .set(i64::try_from(*pending).unwrap_or(i64::MAX));
+        self.deliveries_held.clear();
+        for sink in &summary.sinks {
+            let labels = SinkLabels { sink: sink.sink.clone() };
+            self.outbox_backlog.get_or_create(&labels).set(i64::try_from(sink.pending).unwrap_or(i64::MAX));
+            self.deliveries_held.get_or_create(&labels).set(i64::try_from(sink.held).unwrap_or(i64::MAX));
         }
         for record in &summary.upstreams {
             self.set_paused(&record.provider, record.snapshot.mode);

@@ -7,8 +7,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
+use crate::cart_id::shorten;
 use crate::config::CadenceConfig;
 use crate::events::{CartEventData, EventType};
 use crate::policy::{Exponential, poll_interval, spread};
@@ -78,6 +79,8 @@ pub struct CartRow {
     pub state: String,
     /// Last status seen, canonical spelling.
     pub status: Option<String>,
+    /// The status before `status`; `None` when `status` was the first seen.
+    pub previous_status: Option<String>,
     /// More about the status (Titelive: which requirement is missing).
     pub status_detail: Option<String>,
     /// The OrderID, once ordered.
@@ -92,6 +95,8 @@ pub struct CartRow {
     pub cart_created_at_raw: Option<String>,
     /// When the cart was registered.
     pub registered_at: String,
+    /// When tracking last (re)started: registration, or `track` resuming a finished cart.
+    pub tracked_since: String,
     /// Next poll, stored form; `None` for "never".
     pub next_poll_at: Option<String>,
     /// Last poll that reached the partner.
@@ -170,6 +175,12 @@ pub struct Decision {
 /// Decides what a poll outcome means for a cart. `unit` is a uniform sample in `[0, 1)` used
 /// to jitter the next poll time. Returns `None` when the cart is no longer tracked, in which
 /// case nothing must be written.
+///
+/// The partner's answers are evidence, not truth: no single answer ends the tracking of a
+/// cart or loses its OrderID. A creation date that cannot be right is kept as sent but not
+/// used; expiry needs two polls past the deadline; "ordered" without an OrderID keeps the
+/// cart polled until the OrderID comes; a lost session must be reported several times in a
+/// row; an order is never undone by a later, staler answer.
 pub fn decide(row: &CartRow, outcome: &PollOutcome, context: &Context, unit: f64) -> Option<Decision> {
     if CartState::parse(&row.state) != Some(CartState::Tracking) {
         return None;
@@ -180,72 +191,112 @@ pub fn decide(row: &CartRow, outcome: &PollOutcome, context: &Context, unit: f64
     let mut unknown_status = None;
     let mut event_types = Vec::new();
     let provider = Provider::parse(&row.provider).unwrap_or(Provider::Imaterialise);
+    let previous_poll = row.last_polled_at.as_deref();
     match outcome {
         PollOutcome::Report(CartReport::Status(observed)) => {
+            let observed = observed.bounded();
             next.last_polled_at = Some(format_ts(now));
             next.consecutive_errors = 0;
-            next.consecutive_not_found = 0;
             next.last_error = None;
             next.status_detail = observed.detail.clone();
             if observed.created_at_raw.is_some() {
                 next.cart_created_at_raw = observed.created_at_raw.clone();
-                next.cart_created_at = observed.created_at.map(format_naive);
+                // Only a plausible date replaces the one kept for cadence and expiry.
+                if let Some(created) = observed.created_at.filter(|created| plausible_creation(*created, row, context))
+                {
+                    next.cart_created_at = Some(format_naive(created));
+                }
             }
             if !observed.known_status {
                 unknown_status = Some(observed.status.clone());
             }
-            if row.status.as_deref() != Some(observed.status.as_str()) {
-                if let Some(event_type) = provider.transition_event(row.status.as_deref(), &observed.status) {
-                    event_types.push(event_type);
+            let was_ordered = row.status.as_deref().is_some_and(|status| provider.ending(status) == Ending::Ordered);
+            let ending = provider.ending(&observed.status);
+            if was_ordered && ending != Ending::Ordered {
+                // Only a cart still waiting for its OrderID is polled after Ordered. An order
+                // cannot be undone, so an earlier status now is a stale answer.
+                next.last_error = Some(format!(
+                    "the partner answered {} after Ordered; an order cannot be undone, so it stays Ordered",
+                    observed.status
+                ));
+                await_order_id(&mut next, previous_poll, context, unit, &mut event_types);
+            } else if ending == Ending::Expired {
+                session_gone(&mut next, &observed.status, context, unit, &mut transition, &mut event_types);
+            } else {
+                next.consecutive_not_found = 0;
+                if row.status.as_deref() != Some(observed.status.as_str()) {
+                    if let Some(event_type) = provider.transition_event(row.status.as_deref(), &observed.status) {
+                        event_types.push(event_type);
+                    }
+                    transition = Some(Transition { from: row.status.clone(), to: observed.status.clone() });
+                    next.previous_status = row.status.clone();
+                    next.status = Some(observed.status.clone());
+                    next.status_changed_at = Some(format_ts(now));
                 }
-                transition = Some(Transition { from: row.status.clone(), to: observed.status.clone() });
-                next.status = Some(observed.status.clone());
-                next.status_changed_at = Some(format_ts(now));
-            }
-            match provider.ending(&observed.status) {
-                Ending::Ordered => {
+                if ending == Ending::Ordered {
                     next.order_id = observed.order_id.clone().or(next.order_id);
                     next.order_status = observed.order_status.clone().or(next.order_status);
                     next.order_total = observed.order_total.clone().or(next.order_total);
-                    finish(&mut next, CartState::Ordered, now);
+                    if next.order_id.is_some() || !provider.orders_carry_an_id() {
+                        finish(&mut next, CartState::Ordered, now);
+                        if was_ordered {
+                            // The OrderID arrived after the status: this is the announcement.
+                            event_types.push(EventType::CartOrdered);
+                        }
+                    } else {
+                        // No OrderID yet: the order is announced when it arrives, so that
+                        // every cart.ordered carries one.
+                        event_types.retain(|event_type| *event_type != EventType::CartOrdered);
+                        next.status_detail = Some(AWAITING_ORDER_ID.into());
+                        await_order_id(&mut next, previous_poll, context, unit, &mut event_types);
+                    }
+                } else {
+                    schedule_or_expire(&mut next, previous_poll, provider, context, unit, &mut event_types);
                 }
-                Ending::Expired => finish(&mut next, CartState::Expired, now),
-                Ending::Continue => schedule_or_expire(&mut next, provider, context, unit, &mut event_types),
             }
         }
         PollOutcome::Report(CartReport::NotFound(message)) => {
             next.last_polled_at = Some(format_ts(now));
             next.consecutive_not_found = next.consecutive_not_found.saturating_add(1);
-            next.last_error = Some(format!("partner error 101: {message}"));
+            next.last_error = Some(format!("partner error 101: {}", shorten(message, MAX_MESSAGE_CHARS)));
             if next.consecutive_not_found >= context.not_found_after {
                 finish(&mut next, CartState::NotFound, now);
                 event_types.push(EventType::CartNotFound);
             } else {
-                schedule_or_expire(&mut next, provider, context, unit, &mut event_types);
+                schedule_or_expire(&mut next, previous_poll, provider, context, unit, &mut event_types);
             }
         }
         PollOutcome::Report(CartReport::Error(code, message)) => {
             let code = code.map_or("without a code".to_owned(), |code| code.to_string());
+            let message = shorten(message, MAX_MESSAGE_CHARS);
             retry_later(&mut next, format!("partner error {code}: {message}"), context, unit);
         }
         PollOutcome::Report(CartReport::Malformed(reason)) => {
+            let reason = shorten(reason, MAX_MESSAGE_CHARS);
             retry_later(&mut next, format!("unreadable entry: {reason}"), context, unit);
         }
         PollOutcome::Report(CartReport::Missing) => {
             retry_later(&mut next, "the partner's answer did not mention this cart".into(), context, unit);
         }
-        PollOutcome::Failed(message) => retry_later(&mut next, message.clone(), context, unit),
+        PollOutcome::Failed(message) => retry_later(&mut next, shorten(message, MAX_MESSAGE_CHARS), context, unit),
     }
     event_types.retain(|event_type| context.emit.contains(event_type));
     // Most polls announce nothing; the event data is built only for those that do.
     let events = if event_types.is_empty() {
         Vec::new()
     } else {
-        let data = event_data(&next, row.status.clone());
+        let previous = if transition.is_some() { row.status.clone() } else { next.previous_status.clone() };
+        let data = event_data(&next, previous);
         event_types.into_iter().map(|event_type| (event_type, data.clone())).collect()
     };
     Some(Decision { row: next, transition, events, unknown_status })
 }
+
+/// What `status_detail` says while an ordered cart waits for its OrderID.
+pub const AWAITING_ORDER_ID: &str = "ordered; waiting for the partner to send the OrderID";
+
+/// Longest partner message kept in `last_error`.
+const MAX_MESSAGE_CHARS: usize = 300;
 
 /// Builds the event data for a cart row.
 pub fn event_data(row: &CartRow, previous_status: Option<String>) -> CartEventData {
@@ -266,31 +317,121 @@ fn finish(row: &mut CartRow, state: CartState, now: DateTime<Utc>) {
     row.finished_at = Some(format_ts(now));
 }
 
-/// The age of a cart: from the partner's creation date (read as UTC, since the partner does
-/// not say), else from registration.
-pub fn cart_age(row: &CartRow, now: DateTime<Utc>) -> Duration {
-    let created =
-        row.cart_created_at.as_deref().and_then(parse_ts).or_else(|| parse_ts(&row.registered_at)).unwrap_or(now);
-    (now - created).to_std().unwrap_or(Duration::ZERO)
+/// The earliest creation date believed: carts were not made with these APIs before 2000.
+fn earliest_plausible() -> NaiveDateTime {
+    NaiveDate::from_ymd_opt(2000, 1, 1).unwrap_or_default().and_hms_opt(0, 0, 0).unwrap_or_default()
 }
 
+/// Whether a creation date the partner sent can be right: not before 2000 (an unset .NET
+/// `DateTime` is `0001-01-01`), not more than a day in the future, and not older than the
+/// start of tracking by more than the maximum age (a cart that old would have been expired
+/// before it was registered). Dates have no zone and are read as UTC.
+pub fn plausible_creation(created: NaiveDateTime, row: &CartRow, context: &Context) -> bool {
+    let created = created.and_utc();
+    let tracked_since = parse_ts(&row.tracked_since).unwrap_or(context.now);
+    created.naive_utc() >= earliest_plausible()
+        && created <= context.now + chrono::Duration::days(1)
+        && created >= tracked_since - crate::time::to_chrono(context.cadence.max_age)
+}
+
+/// The age of a cart for its cadence: from the partner's creation date if it is plausible,
+/// else from the start of tracking.
+pub fn cart_age(row: &CartRow, context: &Context) -> Duration {
+    let tracked_since = parse_ts(&row.tracked_since).unwrap_or(context.now);
+    let created = stored_creation(row, context).unwrap_or(tracked_since);
+    (context.now - created).to_std().unwrap_or(Duration::ZERO)
+}
+
+/// The stored creation date, if it is plausible.
+fn stored_creation(row: &CartRow, context: &Context) -> Option<DateTime<Utc>> {
+    let created = crate::time::parse_naive(row.cart_created_at.as_deref()?)?;
+    plausible_creation(created, row, context).then(|| created.and_utc())
+}
+
+/// When a cart that is not ordered expires: the maximum age after the later of the start of
+/// tracking and its plausible creation date.
+pub fn expires_at(row: &CartRow, context: &Context) -> DateTime<Utc> {
+    let tracked_since = parse_ts(&row.tracked_since).unwrap_or(context.now);
+    let anchor = stored_creation(row, context).map_or(tracked_since, |created| created.max(tracked_since));
+    add(anchor, context.cadence.max_age)
+}
+
+/// Whether the cart has consistent evidence of being past its maximum age: this poll and the
+/// one before it both came after the deadline.
+fn past_max_age(row: &CartRow, previous_poll: Option<&str>, context: &Context) -> bool {
+    let deadline = expires_at(row, context);
+    context.now >= deadline && previous_poll.and_then(parse_ts).is_some_and(|previous| previous >= deadline)
+}
+
+/// Schedules the next poll by the cart's age and status, or expires the cart. `previous_poll`
+/// is when it was polled before this answer.
 fn schedule_or_expire(
     row: &mut CartRow,
+    previous_poll: Option<&str>,
     provider: Provider,
     context: &Context,
     unit: f64,
     event_types: &mut Vec<EventType>,
 ) {
-    let age = cart_age(row, context.now);
-    if age >= context.cadence.max_age {
+    if past_max_age(row, previous_poll, context) {
         finish(row, CartState::Expired, context.now);
         event_types.push(EventType::CartExpired);
         return;
     }
     let order_is_near = row.status.as_deref().is_some_and(|status| provider.order_is_near(status));
-    let interval = poll_interval(&context.cadence, age, order_is_near);
+    let interval = poll_interval(&context.cadence, cart_age(row, context), order_is_near);
     let delay = spread(interval, context.cadence.jitter, unit);
     row.next_poll_at = Some(format_ts(add(context.now, delay)));
+}
+
+/// A cart the partner calls ordered but without its OrderID: polled as closely as a
+/// checked-out one until the OrderID arrives. Should the maximum age pass first, the order is
+/// announced without it rather than not at all.
+fn await_order_id(
+    row: &mut CartRow,
+    previous_poll: Option<&str>,
+    context: &Context,
+    unit: f64,
+    event_types: &mut Vec<EventType>,
+) {
+    if past_max_age(row, previous_poll, context) {
+        tracing::error!(cart_id = %row.cart_id, "the partner never sent this order's OrderID; announcing the order without it");
+        row.status_detail = Some("ordered; the partner never sent the OrderID".into());
+        finish(row, CartState::Ordered, context.now);
+        event_types.push(EventType::CartOrdered);
+        return;
+    }
+    let delay = spread(context.cadence.checked_out_every, context.cadence.jitter, unit);
+    row.next_poll_at = Some(format_ts(add(context.now, delay)));
+}
+
+/// The partner says the cart's session is gone. Believed only after `not_found_after`
+/// answers in a row; until then the status stays as it was.
+fn session_gone(
+    row: &mut CartRow,
+    status: &str,
+    context: &Context,
+    unit: f64,
+    transition: &mut Option<Transition>,
+    event_types: &mut Vec<EventType>,
+) {
+    row.consecutive_not_found = row.consecutive_not_found.saturating_add(1);
+    if row.consecutive_not_found < context.not_found_after {
+        row.last_error = Some(format!(
+            "the partner reports {status} ({} of {} answers in a row before tracking ends)",
+            row.consecutive_not_found, context.not_found_after
+        ));
+        let delay = spread(context.cadence.checked_out_every, context.cadence.jitter, unit);
+        row.next_poll_at = Some(format_ts(add(context.now, delay)));
+        return;
+    }
+    if row.status.as_deref() != Some(status) {
+        *transition = Some(Transition { from: row.status.clone(), to: status.to_owned() });
+        row.previous_status = row.status.replace(status.to_owned());
+        row.status_changed_at = Some(format_ts(context.now));
+    }
+    finish(row, CartState::Expired, context.now);
+    event_types.push(EventType::CartSessionExpired);
 }
 
 fn retry_later(row: &mut CartRow, message: String, context: &Context, unit: f64) {
@@ -329,6 +470,7 @@ mod tests {
             reference: Some("order-form-17".into()),
             state: "tracking".into(),
             status: status.map(str::to_owned),
+            previous_status: None,
             status_detail: None,
             order_id: None,
             order_status: None,
@@ -336,6 +478,7 @@ mod tests {
             cart_created_at: None,
             cart_created_at_raw: None,
             registered_at: "2026-11-25T07:30:00.000Z".into(),
+            tracked_since: "2026-11-25T07:30:00.000Z".into(),
             next_poll_at: Some("2026-11-25T08:00:00.000Z".into()),
             last_polled_at: None,
             status_changed_at: None,
@@ -443,18 +586,93 @@ mod tests {
         assert!(decision.events.is_empty());
     }
 
+    fn with_created(outcome: PollOutcome, raw: Option<&str>) -> PollOutcome {
+        let PollOutcome::Report(CartReport::Status(mut observed)) = outcome else { return outcome };
+        observed.created_at_raw = raw.map(str::to_owned);
+        observed.created_at = raw.and_then(crate::time::parse_naive);
+        PollOutcome::Report(CartReport::Status(observed))
+    }
+
+    fn at(context: &Context, seconds: i64) -> Context {
+        Context { now: context.now + chrono::Duration::seconds(seconds), ..context.clone() }
+    }
+
     #[test]
-    fn old_carts_expire() {
+    fn expiry_needs_two_polls_past_the_deadline_counted_from_tracking() {
+        let mut context = context();
+        context.cadence.max_age = Duration::from_secs(3600);
+        let outcome = with_created(reported("Pending", None), None);
+        // Tracked at 07:30; the deadline is 08:30.
         let mut current = row(Some("Pending"));
         current.registered_at = "2026-10-01T00:00:00.000Z".into();
-        let mut outcome = reported("Pending", None);
-        if let PollOutcome::Report(CartReport::Status(status)) = &mut outcome {
-            status.created_at_raw = None;
-            status.created_at = None;
-        }
-        let decision = decide(&current, &outcome, &context(), 0.5).unwrap();
+        current = decide(&current, &outcome, &at(&context, 29 * 60), 0.5).unwrap().row;
+        assert_eq!(current.state, "tracking", "before the deadline");
+        current = decide(&current, &outcome, &at(&context, 31 * 60), 0.5).unwrap().row;
+        assert_eq!(current.state, "tracking", "the first poll past the deadline is not enough");
+        let decision = decide(&current, &outcome, &at(&context, 36 * 60), 0.5).unwrap();
         assert_eq!(decision.row.state, "expired");
         assert_eq!(event_types(&decision), [EventType::CartExpired]);
+    }
+
+    #[test]
+    fn creation_dates_that_cannot_be_right_are_kept_but_not_used() {
+        let mut context = context();
+        context.cadence.max_age = Duration::from_secs(3600);
+        for raw in ["0001-01-01T00:00:00", "1900-01-01T00:00:00", "2026-11-28T08:00:00", "2026-10-01T00:00:00"] {
+            let outcome = with_created(reported("Pending", None), Some(raw));
+            let mut current = row(Some("Pending"));
+            for minutes in [1, 2, 3] {
+                current = decide(&current, &outcome, &at(&context, minutes * 60), 0.5).unwrap().row;
+            }
+            assert_eq!(current.state, "tracking", "{raw}");
+            assert_eq!(current.cart_created_at_raw.as_deref(), Some(raw), "kept as sent");
+            assert_eq!(current.cart_created_at, None, "{raw} is not used");
+            // Young by its tracking time: polled every minute.
+            assert_eq!(current.next_poll_at.as_deref(), Some("2026-11-25T08:04:00.000Z"), "{raw}");
+        }
+        // A plausible date older than tracking drives the cadence and the expiry.
+        let outcome = with_created(reported("Pending", None), Some("2026-11-25T06:00:00"));
+        let decision = decide(&row(Some("Pending")), &outcome, &self::context(), 0.5).unwrap();
+        assert_eq!(decision.row.cart_created_at.as_deref(), Some("2026-11-25T06:00:00.000"));
+        assert_eq!(decision.row.next_poll_at.as_deref(), Some("2026-11-25T08:05:00.000Z"), "two hours old");
+    }
+
+    #[test]
+    fn ordered_without_an_order_id_is_polled_until_the_id_comes_and_announced_then() {
+        let context = context();
+        let waiting = decide(&row(Some("CheckedOut")), &reported("Ordered", None), &context, 0.5).unwrap();
+        assert_eq!(waiting.row.state, "tracking");
+        assert_eq!(waiting.row.status.as_deref(), Some("Ordered"));
+        assert_eq!(waiting.row.status_detail.as_deref(), Some(AWAITING_ORDER_ID));
+        assert_eq!(waiting.transition, Some(Transition { from: Some("CheckedOut".into()), to: "Ordered".into() }));
+        assert!(waiting.events.is_empty(), "no cart.ordered without an OrderID");
+        assert_eq!(waiting.row.next_poll_at.as_deref(), Some("2026-11-25T08:01:00.000Z"), "polled closely");
+
+        // A stale answer cannot undo the order.
+        let stale = decide(&waiting.row, &reported("CheckedOut", None), &at(&context, 60), 0.5).unwrap();
+        assert_eq!((stale.row.status.as_deref(), stale.transition.as_ref()), (Some("Ordered"), None));
+        assert!(stale.row.last_error.as_deref().unwrap().contains("cannot be undone"));
+        assert!(stale.events.is_empty());
+
+        let order_id = "7cf9f78f-6631-44be-905a-94cee7a2cd9c";
+        let found = decide(&stale.row, &reported("Ordered", Some(order_id)), &at(&context, 120), 0.5).unwrap();
+        assert_eq!(found.row.state, "ordered");
+        assert_eq!(found.transition, None);
+        assert_eq!(event_types(&found), [EventType::CartOrdered]);
+        let data = &found.events[0].1;
+        assert_eq!(data.order_id.as_deref(), Some(order_id));
+        assert_eq!(data.previous_status.as_deref(), Some("CheckedOut"), "the status before Ordered");
+    }
+
+    #[test]
+    fn partner_strings_are_bounded() {
+        let long = "x".repeat(200_000);
+        let decision = decide(&row(Some("Pending")), &reported(&long, Some(&long)), &context(), 0.5).unwrap();
+        assert!(decision.row.status.as_deref().unwrap().chars().count() <= crate::provider::MAX_STATUS_CHARS + 1);
+        let decision =
+            decide(&row(None), &PollOutcome::Report(CartReport::Error(Some(7), long.clone())), &context(), 0.5)
+                .unwrap();
+        assert!(decision.row.last_error.unwrap().len() < 1000);
     }
 
     #[test]
@@ -476,11 +694,20 @@ mod tests {
         );
         let decision = decide(&titelive(Some("Valid")), &observed("Ordered"), &context(), 0.5).unwrap();
         assert_eq!((event_types(&decision), decision.row.state.as_str()), (vec![EventType::CartOrdered], "ordered"));
-        let decision = decide(&titelive(Some("Valid")), &observed("NoSession"), &context(), 0.5).unwrap();
+        // A lost session is believed after `not_found_after` answers in a row.
+        let mut current = titelive(Some("Valid"));
+        for _ in 1..context().not_found_after {
+            let decision = decide(&current, &observed("NoSession"), &context(), 0.5).unwrap();
+            assert_eq!((decision.row.state.as_str(), decision.transition.as_ref()), ("tracking", None));
+            assert!(decision.events.is_empty());
+            current = decision.row;
+        }
+        let decision = decide(&current, &observed("NoSession"), &context(), 0.5).unwrap();
         assert_eq!(
             (event_types(&decision), decision.row.state.as_str()),
             (vec![EventType::CartSessionExpired], "expired")
         );
+        assert_eq!(decision.row.status.as_deref(), Some("NoSession"));
         let decision = decide(&titelive(None), &observed("NoProducts"), &context(), 0.5).unwrap();
         assert!(decision.events.is_empty(), "a missing requirement is recorded, not announced");
         assert!(decision.transition.is_some());

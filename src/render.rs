@@ -14,12 +14,13 @@ pub fn render_summary(summary: &Summary) -> String {
     } else {
         let _ = writeln!(out, "  {:<11} {:<14} {:>9}", "state", "status", "carts");
         for (state, status, count) in &summary.carts {
-            let _ = writeln!(out, "  {:<11} {:<14} {:>9}", state, status.as_deref().unwrap_or("(not seen)"), count);
+            let status = status.as_deref().map_or("(not seen)".into(), printable);
+            let _ = writeln!(out, "  {:<11} {:<14} {:>9}", printable(state), status, count);
         }
     }
     let _ = writeln!(out, "  due now: {}", summary.due_now);
     for (cart_id, reason) in &summary.invalid {
-        let _ = writeln!(out, "  invalid: {cart_id}: {reason}");
+        let _ = writeln!(out, "  invalid: {}: {}", printable(cart_id), printable(reason));
     }
 
     let _ = writeln!(out, "\nUpstream");
@@ -46,7 +47,7 @@ pub fn render_summary(summary: &Summary) -> String {
         }
         let _ = writeln!(out, "{line}");
         if let Some(error) = &record.last_error {
-            let _ = writeln!(out, "  {:<13} last error: {error}", "");
+            let _ = writeln!(out, "  {:<13} last error: {}", "", printable(error));
         }
     }
 
@@ -54,12 +55,8 @@ pub fn render_summary(summary: &Summary) -> String {
     if summary.sinks.is_empty() {
         let _ = writeln!(out, "  none configured");
     }
-    for (sink, pending, delivered, dead, disabled) in &summary.sinks {
-        let _ = write!(out, "  {sink:<20} pending {pending:>7}  delivered {delivered:>9}  dead {dead:>6}");
-        if let Some(reason) = disabled {
-            let _ = write!(out, "  DISABLED: {reason}");
-        }
-        let _ = writeln!(out);
+    for sink in &summary.sinks {
+        let _ = writeln!(out, "{}", render_sink_line(sink));
     }
     let _ = writeln!(out, "\nEvents written: {}", summary.events);
     match &summary.last_sweep {
@@ -83,12 +80,47 @@ pub fn render_summary(summary: &Summary) -> String {
     out
 }
 
+/// One sink's delivery figures, and what an operator can do about held or queued events.
+pub fn render_sink_line(sink: &crate::store::SinkSummary) -> String {
+    let mut line = format!(
+        "  {:<20} pending {:>7}  delivered {:>9}  dead {:>6}",
+        sink.sink, sink.pending, sink.delivered, sink.dead
+    );
+    if sink.held > 0 {
+        let _ = write!(
+            line,
+            "  held {} behind dead letters (`cartwatch events redeliver --dead` or `events skip --dead`)",
+            sink.held
+        );
+    }
+    if let Some(reason) = &sink.disabled {
+        let _ = write!(
+            line,
+            "  DISABLED: {} (events are queued; `cartwatch webhooks enable {}`)",
+            printable(reason),
+            sink.sink
+        );
+    }
+    line
+}
+
+/// Text from the partner or the database made safe for a terminal: control characters (an
+/// escape sequence could recolour or rewrite the screen) are shown escaped, not sent.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(
+        text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect(),
+    )
+}
+
 /// One cart in detail, with its transitions.
 pub fn render_cart_detail(detail: &CartDetail) -> String {
     let cart = &detail.cart;
     let mut out = String::new();
     let field = |out: &mut String, name: &str, value: Option<&str>| {
-        let _ = writeln!(out, "{name:<18} {}", value.unwrap_or("-"));
+        let _ = writeln!(out, "{name:<18} {}", value.map_or("-".into(), printable));
     };
     field(&mut out, "cart", Some(&cart.cart_id));
     field(&mut out, "provider", Some(&cart.provider));
@@ -111,10 +143,10 @@ pub fn render_cart_detail(detail: &CartDetail) -> String {
         let _ = writeln!(
             out,
             "  {}  {} -> {}{}{}",
-            transition.detected_at,
-            transition.from_status.as_deref().unwrap_or("(unknown)"),
-            transition.to_status,
-            transition.order_id.as_deref().map(|id| format!("  order {id}")).unwrap_or_default(),
+            printable(&transition.detected_at),
+            transition.from_status.as_deref().map_or("(unknown)".into(), printable),
+            printable(&transition.to_status),
+            transition.order_id.as_deref().map(|id| format!("  order {}", printable(id))).unwrap_or_default(),
             transition.event_id.as_deref().map(|id| format!("  event {id}")).unwrap_or_default(),
         );
     }
@@ -142,16 +174,16 @@ pub fn render_event_line(event: &StoredEvent, elapsed: std::time::Duration) -> S
     };
     let mut line = format!("  {:>6.1}s  {symbol} {words:<12}", elapsed.as_secs_f64());
     if let Some(cart_id) = event.cart_id.as_deref() {
-        let _ = write!(line, " {cart_id}");
+        let _ = write!(line, " {}", printable(cart_id));
     }
     if let Some(reference) = text("reference") {
-        let _ = write!(line, "  ref {reference}");
+        let _ = write!(line, "  ref {}", printable(&reference));
     }
     if let Some(order_id) = text("orderId") {
-        let _ = write!(line, "  order {order_id}");
+        let _ = write!(line, "  order {}", printable(&order_id));
     }
     if let Some(message) = text("message") {
-        let _ = write!(line, "  {message}");
+        let _ = write!(line, "  {}", printable(&message));
     }
     line
 }
@@ -162,10 +194,10 @@ pub fn render_event_row(event: &StoredEvent, deliveries: &[&DeliveryState]) -> S
     let mut line = format!(
         "{:>7}  {}  {:<24} {:<36}  {}",
         event.seq,
-        event.created_at,
-        event.event_type,
-        event.cart_id.as_deref().unwrap_or("-"),
-        event.event_id
+        printable(&event.created_at),
+        printable(&event.event_type),
+        event.cart_id.as_deref().map_or("-".into(), printable),
+        printable(&event.event_id)
     );
     for delivery in deliveries {
         let _ = write!(line, "  {}:{}", delivery.sink, delivery.state);
@@ -192,14 +224,14 @@ pub fn render_dead_letter(letter: &DeadLetter) -> String {
     format!(
         "{}  {}  {}  {}  endpoint {}  dead since {}  after {} attempt(s)  last {}: {}",
         letter.event.seq,
-        letter.event.event_id,
-        letter.event.event_type,
-        letter.event.cart_id.as_deref().unwrap_or("-"),
-        delivery.sink,
-        delivery.dead_at.as_deref().unwrap_or("?"),
+        printable(&letter.event.event_id),
+        printable(&letter.event.event_type),
+        letter.event.cart_id.as_deref().map_or("-".into(), printable),
+        printable(&delivery.sink),
+        delivery.dead_at.as_deref().map_or("?".into(), printable),
         delivery.attempts,
         delivery.last_status.map_or("no answer".to_owned(), |status| format!("HTTP {status}")),
-        delivery.last_error.as_deref().unwrap_or("-"),
+        delivery.last_error.as_deref().map_or("-".into(), printable),
     )
 }
 
@@ -229,4 +261,17 @@ pub fn render_item_change(change: &crate::store::ItemChange) -> String {
         change.currency.as_deref().unwrap_or(""),
         change.imat_unit_price.as_deref().unwrap_or("-"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        assert_eq!(printable("Pending"), "Pending");
+        let shown = printable("Pend\u{1b}[2J\u{1b}]0;owned\u{7}ing\r\n");
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.contains("\\u{1b}[2J"), "{shown}");
+    }
 }

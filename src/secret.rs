@@ -57,6 +57,22 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// A URL as it may be shown: credentials in it (`https://user:password@host/...`) replaced by
+/// [`REDACTED`]. Works on text that is not a valid URL too, since error messages quote those.
+pub fn redact_url(text: &str) -> String {
+    let Some(scheme_end) = text.find("://").map(|at| at + 3) else { return text.to_owned() };
+    let authority_end = text[scheme_end..].find(['/', '?', '#']).map_or(text.len(), |offset| scheme_end + offset);
+    match text[scheme_end..authority_end].rfind('@') {
+        Some(at) => format!("{}{REDACTED}@{}", &text[..scheme_end], &text[scheme_end + at + 1..]),
+        None => text.to_owned(),
+    }
+}
+
+/// Serialises a URL with [`redact_url`], for `#[serde(serialize_with)]` on config fields.
+pub fn serialize_redacted_url<S: Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redact_url(url))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,6 +84,15 @@ mod tests {
         assert_eq!(format!("{secret}"), REDACTED);
         assert_eq!(serde_json::to_string(&secret).unwrap(), "\"<redacted>\"");
         assert_eq!(secret.expose(), "0f7c3c55-5d5b-4a4e-9a52-b1b5d4b0e6a7");
+    }
+
+    #[test]
+    fn credentials_in_urls_are_never_shown() {
+        assert_eq!(redact_url("https://user:hunter2@erp.example.com/hook"), "https://<redacted>@erp.example.com/hook");
+        assert_eq!(redact_url("https://erp.example.com/a@b"), "https://erp.example.com/a@b", "an @ in the path");
+        assert_eq!(redact_url("https://hunter2@erp.example.com"), "https://<redacted>@erp.example.com");
+        assert_eq!(redact_url("not a url at all"), "not a url at all");
+        assert_eq!(redact_url("http://us:er:p@ss@host:8080?q"), "http://<redacted>@host:8080?q");
     }
 
     #[test]

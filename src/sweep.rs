@@ -1,17 +1,19 @@
 //! A sweep: read the due carts in pages, send them upstream in batches with bounded
 //! concurrency and a rate limit, and apply each batch's outcome in one transaction.
 //!
-//! The [`Poller`] owns everything about one upstream that outlives a sweep: its client, its
-//! health (backoff, circuit, authentication pause, batch size) and its rate limiter. A sweep
-//! never holds a database transaction while a request is in flight.
+//! The [`Poller`] owns everything about one upstream that outlives a sweep: its health
+//! (backoff, circuit, authentication pause, batch size) and its [`Tuning`], the client, rate
+//! limiter and decision settings built from the config, which a reload swaps even in the
+//! middle of a sweep. A sweep never holds a database transaction while a request is in
+//! flight.
 
 use std::collections::{HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -20,17 +22,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::cart_id::{CartId, shorten};
-use crate::config::Config;
-use crate::config::PollerSettings;
+use crate::config::{Config, PollerSettings};
 use crate::events::{EventType, NewEvent, UpstreamEventData};
+use crate::liveness::Progress;
 use crate::metrics::{EventLabels, Metrics, TransitionLabels};
 use crate::policy::{FailureKind, classify};
-use crate::provider::UpstreamError;
 use crate::provider::imaterialise::StatusClient;
 use crate::provider::titelive::TiteliveClient;
-use crate::provider::{BatchReply, CartReport, Provider};
+use crate::provider::{BatchReply, CartReport, Provider, UpstreamError};
 use crate::reconcile::{Context, PollOutcome};
-use crate::store::{AppliedBatch, DueCart, Store, StoreError, SweepRecord, retrying};
+use crate::store::{AppliedBatch, DueCart, Store, StoreError, SweepRecord, UpstreamRecord, retrying};
 use crate::time::format_ts;
 use crate::upstream::{Change, Gate, UpstreamHealth};
 
@@ -63,6 +64,7 @@ struct Counters {
     carts_polled: AtomicU64,
     requests: AtomicU64,
     failures: AtomicU64,
+    write_failures: AtomicU64,
     transitions: AtomicU64,
     events: AtomicU64,
 }
@@ -93,6 +95,7 @@ struct Due {
     key: i64,
     cart_id: String,
     account: String,
+    session_token: Option<String>,
 }
 
 /// A provider's client.
@@ -103,6 +106,13 @@ enum Client {
 }
 
 impl Client {
+    fn new(provider: Provider, config: &Config) -> Result<Client, UpstreamError> {
+        Ok(match provider {
+            Provider::Imaterialise => Client::Imaterialise(StatusClient::new(&config.imaterialise)?),
+            Provider::Titelive => Client::Titelive(TiteliveClient::new(&config.titelive)?),
+        })
+    }
+
     /// Asks about a batch of carts (Titelive: one request per cart, the batch being one).
     async fn fetch(&self, part: &[Due]) -> Result<BatchReply, UpstreamError> {
         match self {
@@ -113,59 +123,92 @@ impl Client {
             Client::Titelive(client) => {
                 let mut reports = Vec::with_capacity(part.len());
                 for due in part {
-                    reports.push((due.cart_id.clone(), client.poll(&due.account, &due.cart_id).await?));
+                    let token = due.session_token.as_deref().unwrap_or_default();
+                    reports.push((due.cart_id.clone(), client.poll(&due.account, token).await?));
                 }
-                Ok(BatchReply { reports, unexpected: Vec::new(), unidentified: 0 })
+                Ok(BatchReply { reports, unexpected: Vec::new(), duplicated: Vec::new(), unidentified: 0 })
             }
         }
     }
 }
 
+/// What a poller takes from the config: rebuilt whole on every reload.
+#[derive(Debug)]
+struct Tuning {
+    client: Client,
+    settings: PollerSettings,
+    limiter: Option<DefaultDirectRateLimiter>,
+    /// The parts of a decision's context that only change with the config.
+    context: Context,
+    page_size: u32,
+}
+
+impl Tuning {
+    fn new(provider: Provider, config: &Config) -> Result<Tuning, UpstreamError> {
+        let settings = config.poller_settings(provider);
+        Ok(Tuning {
+            client: Client::new(provider, config)?,
+            limiter: rate_limiter(settings.requests_per_second),
+            settings,
+            context: Context::from_config(config, Utc::now()),
+            page_size: config.sweep.page_size,
+        })
+    }
+}
+
+/// When the upstream last answered, and when and how it last failed.
+#[derive(Debug, Default, Clone)]
+struct LastOutcomes {
+    success_at: Option<DateTime<Utc>>,
+    error_at: Option<DateTime<Utc>>,
+    error: Option<String>,
+}
+
 /// Polls one upstream on behalf of the daemon.
 pub struct Poller {
     store: Store,
-    client: Client,
     provider: Provider,
-    settings: PollerSettings,
-    config: Arc<Config>,
+    tuning: RwLock<Arc<Tuning>>,
     health: Mutex<UpstreamHealth>,
     probe_done: Notify,
-    limiter: Option<DefaultDirectRateLimiter>,
     unknown_statuses: Mutex<HashSet<String>>,
-    heartbeat: Box<dyn Fn() + Send + Sync>,
+    last: Mutex<LastOutcomes>,
+    progress: Arc<Progress>,
     metrics: Arc<Metrics>,
-    /// The parts of a decision's context that only change with the config.
-    context: Context,
 }
 
 impl std::fmt::Debug for Poller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Poller").field("client", &self.client).finish_non_exhaustive()
+        f.debug_struct("Poller").field("provider", &self.provider).finish_non_exhaustive()
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Poller {
     /// Builds the poller for one provider and resumes any pause persisted by an earlier run.
+    /// Every request, write and wait marks `progress`, so a watchdog can tell a long sweep
+    /// from a stuck one.
     ///
     /// Fails when the client cannot be built or the persisted state cannot be read.
     pub async fn new(
         store: Store,
-        config: Arc<Config>,
-        settings: PollerSettings,
+        config: &Config,
+        provider: Provider,
         metrics: Arc<Metrics>,
+        progress: Arc<Progress>,
     ) -> Result<Poller, SetupError> {
-        let provider = settings.provider;
-        let client = match provider {
-            Provider::Imaterialise => Client::Imaterialise(StatusClient::new(&config.imaterialise)?),
-            Provider::Titelive => Client::Titelive(TiteliveClient::new(&config.titelive)?),
-        };
+        let tuning = Tuning::new(provider, config)?;
         let mut health = UpstreamHealth::new(
             crate::policy::transient_backoff(&config.backoff),
             crate::policy::auth_backoff(&config.backoff),
             config.backoff.circuit_after,
-            settings.batch_size.clamp(1, provider.max_batch()),
+            tuning.settings.batch_size,
         );
         let records = store.upstream_records().await?;
+        let mut last = LastOutcomes::default();
         if let Some(record) = records.iter().find(|record| record.provider == provider.as_str()) {
             health.resume(&record.snapshot, Utc::now());
             if health.mode() != crate::upstream::Mode::Healthy {
@@ -175,37 +218,46 @@ impl Poller {
                     "resuming a pause from the previous run; probing at once"
                 );
             }
+            last = LastOutcomes {
+                success_at: record.last_success_at,
+                error_at: record.last_error_at,
+                error: record.last_error.clone(),
+            };
         }
-        let context = Context::from_config(&config, Utc::now());
+        metrics.set_paused(provider.as_str(), health.mode());
         Ok(Poller {
             store,
-            client,
             provider,
-            limiter: rate_limiter(settings.requests_per_second),
-            settings,
-            config,
+            tuning: RwLock::new(Arc::new(tuning)),
             health: Mutex::new(health),
             probe_done: Notify::new(),
             unknown_statuses: Mutex::new(HashSet::new()),
-            heartbeat: Box::new(|| {}),
+            last: Mutex::new(last),
+            progress,
             metrics,
-            context,
         })
     }
 
-    /// Sets a function called after every batch, so a watchdog can tell a long sweep from a
-    /// stuck one.
-    pub fn with_heartbeat(mut self, heartbeat: impl Fn() + Send + Sync + 'static) -> Poller {
-        self.heartbeat = Box::new(heartbeat);
-        self
+    /// Applies a reloaded config: a new client (base URL, apiCode, format, timeouts), rate
+    /// limit, concurrency, batch size, cadence, backoff and event types, taking effect with
+    /// the next request even in the middle of a sweep; then probes a paused upstream at once.
+    ///
+    /// Fails when the new client cannot be built; the old tuning then stays.
+    pub fn reload(&self, config: &Config) -> Result<(), UpstreamError> {
+        let tuning = Tuning::new(self.provider, config)?;
+        lock(&self.health).reconfigure(
+            crate::policy::transient_backoff(&config.backoff),
+            crate::policy::auth_backoff(&config.backoff),
+            config.backoff.circuit_after,
+            tuning.settings.batch_size,
+        );
+        *self.tuning.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tuning);
+        lock(&self.health).probe_now(Utc::now());
+        Ok(())
     }
 
-    /// Applies a reloaded config's apiCode and probes a paused upstream at once.
-    pub fn reload(&self, config: &Config) {
-        if let Client::Imaterialise(client) = &self.client {
-            client.set_api_code(config.imaterialise.api_code.clone());
-        }
-        self.lock_health().probe_now(Utc::now());
+    fn tuning(&self) -> Arc<Tuning> {
+        Arc::clone(&self.tuning.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The provider this poller polls.
@@ -213,29 +265,25 @@ impl Poller {
         self.provider
     }
 
-    fn lock_health(&self) -> std::sync::MutexGuard<'_, UpstreamHealth> {
-        self.health.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// When a paused or throttled upstream may next be asked, if it is closed now: the daemon
     /// sweeps again at that moment instead of waiting for the next tick.
-    pub fn reopens_at(&self) -> Option<chrono::DateTime<Utc>> {
-        self.lock_health().reopens_at(Utc::now())
+    pub fn reopens_at(&self) -> Option<DateTime<Utc>> {
+        lock(&self.health).reopens_at(Utc::now())
     }
 
     /// The upstream's current health.
     pub fn health(&self) -> crate::upstream::Snapshot {
-        self.lock_health().snapshot()
+        lock(&self.health).snapshot()
     }
 
     /// Runs one sweep over every cart due now. Returns its figures; they are also recorded in
-    /// the `sweeps` table.
+    /// the `sweeps` table, and the upstream's health in `upstream_state`.
     ///
     /// Fails only when the database cannot be read at all; upstream failures are handled
     /// inside and end up in the carts' rows and the upstream state.
     pub async fn sweep(&self, shutdown: &CancellationToken) -> Result<SweepRecord, StoreError> {
         let started = Utc::now();
-        let span = info_span!("sweep", started_at = %format_ts(started));
+        let span = info_span!("sweep", provider = self.provider.as_str(), started_at = %format_ts(started));
         self.sweep_inner(shutdown, started).instrument(span).await
     }
 
@@ -243,9 +291,11 @@ impl Poller {
     /// outcomes. A request's slot is free again as soon as its answer is in, so waiting for
     /// the database never stretches the time between requests. Due carts are read a page at
     /// a time, ahead of need.
-    async fn pipeline(&self, run: &SweepRun, shutdown: &CancellationToken, started: chrono::DateTime<Utc>) {
-        let concurrency = self.settings.concurrency.max(1);
-        let page_size = self.config.sweep.page_size;
+    async fn pipeline(&self, run: &SweepRun, shutdown: &CancellationToken, started: DateTime<Utc>) {
+        let tuning = self.tuning();
+        let concurrency = tuning.settings.concurrency.max(1);
+        let page_size = tuning.page_size;
+        drop(tuning);
         let mut cursor: Option<Option<(String, i64)>> = Some(None);
         let mut queue: VecDeque<Vec<Due>> = VecDeque::new();
         let mut requests = FuturesUnordered::new();
@@ -265,6 +315,7 @@ impl Poller {
                         }
                         Err(error) => {
                             error!(error = %error, "cannot read due carts; the sweep ends here");
+                            run.counters.write_failures.fetch_add(1, Ordering::Relaxed);
                             run.stop(format!("cannot read due carts: {error}"));
                         }
                     }
@@ -281,7 +332,7 @@ impl Poller {
                         writes.push(self.apply_outcomes(outcomes, run, shutdown));
                     }
                 }
-                Some(()) = writes.next(), if !writes.is_empty() => (self.heartbeat)(),
+                Some(()) = writes.next(), if !writes.is_empty() => self.progress.mark(),
             }
         }
     }
@@ -289,21 +340,25 @@ impl Poller {
     async fn sweep_inner(
         &self,
         shutdown: &CancellationToken,
-        started: chrono::DateTime<Utc>,
+        started: DateTime<Utc>,
     ) -> Result<SweepRecord, StoreError> {
-        // Rows inserted by hand are checked first; when the database is locked this waits for
-        // a later sweep rather than holding this one up.
-        match self.store.check_hand_inserted(started, 10_000).await {
-            Ok(hand_inserted) => {
-                if !hand_inserted.accepted.is_empty() {
-                    info!(count = hand_inserted.accepted.len(), "accepted carts inserted directly into the database");
+        self.progress.mark();
+        // Rows inserted or edited by hand are checked first; when the database is locked
+        // this waits for a later sweep rather than holding this one up.
+        match self.store.check_hand_edited(self.provider, started, 10_000).await {
+            Ok(report) => {
+                if !report.accepted.is_empty() {
+                    info!(count = report.accepted.len(), "accepted carts inserted directly into the database");
                 }
-                for (found, reason) in &hand_inserted.flagged {
-                    warn!(cart_id = %shorten(found, 60), reason = %reason, "flagged a hand-inserted cart as invalid; it will not be polled");
+                for (found, reason) in &report.flagged {
+                    warn!(cart_id = ?shorten(found, 60), reason = %reason, "flagged a hand-inserted cart as invalid; it will not be polled");
+                }
+                for cart_id in &report.rescheduled {
+                    warn!(cart_id = ?shorten(cart_id, 60), "this cart's next_poll_at was not a timestamp (edited by hand?); it is polled now");
                 }
             }
             Err(error) if error.is_retryable() => {
-                warn!(error = %error, "cannot check hand-inserted carts now; the next sweep will")
+                warn!(error = %error, "cannot check hand-edited carts now; the next sweep will")
             }
             Err(error) => return Err(error),
         }
@@ -320,32 +375,39 @@ impl Poller {
             carts_polled: counters.carts_polled.load(Ordering::Relaxed),
             requests: counters.requests.load(Ordering::Relaxed),
             failures: counters.failures.load(Ordering::Relaxed),
+            write_failures: counters.write_failures.load(Ordering::Relaxed),
             transitions: counters.transitions.load(Ordering::Relaxed),
             events: counters.events.load(Ordering::Relaxed),
-            stopped_early: run
-                .stop_reason
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
+            stopped_early: lock(&run.stop_reason)
                 .clone()
                 .or_else(|| shutdown.is_cancelled().then(|| "shutdown".to_owned())),
         };
         if let Err(error) = self.store.record_sweep(record.clone()).await {
             warn!(error = %error, "cannot record the sweep's figures");
         }
+        // The health is written after every sweep, healthy included, so `status` always
+        // shows when the partner last answered.
+        self.save_health(Vec::new()).await;
         let finished = Utc::now();
         self.metrics.sweeps.inc();
         self.metrics.sweep_duration.observe((finished - started).to_std().unwrap_or_default().as_secs_f64());
-        if record.stopped_early.is_none() && record.failures == 0 {
+        if record.stopped_early.is_none() && record.failures == 0 && record.write_failures == 0 {
             self.metrics.last_successful_sweep.set(finished.timestamp_millis() as f64 / 1000.0);
         }
-        info!(
-            carts = record.carts_polled,
-            requests = record.requests,
-            failures = record.failures,
-            transitions = record.transitions,
-            events = record.events,
-            "sweep finished"
-        );
+        let busy = record.requests > 0 || record.transitions > 0 || record.failures > 0 || record.write_failures > 0;
+        if busy {
+            info!(
+                carts = record.carts_polled,
+                requests = record.requests,
+                failures = record.failures,
+                write_failures = record.write_failures,
+                transitions = record.transitions,
+                events = record.events,
+                "sweep finished"
+            );
+        } else {
+            debug!("sweep finished; nothing was due");
+        }
         Ok(record)
     }
 
@@ -354,24 +416,29 @@ impl Poller {
     async fn batches_of(&self, page: Vec<DueCart>) -> Vec<Vec<Due>> {
         let mut carts = Vec::with_capacity(page.len());
         for due in page {
-            if self.provider.canonical_cart_id(&due.cart_id).is_ok_and(|canonical| canonical == due.cart_id) {
-                carts.push(Due { key: due.key, cart_id: due.cart_id, account: due.account });
+            if self.provider.stored_id_is_canonical(&due.cart_id, due.session_token.as_deref()) {
+                carts.push(Due {
+                    key: due.key,
+                    cart_id: due.cart_id,
+                    account: due.account,
+                    session_token: due.session_token,
+                });
                 continue;
             }
             match self.store.repair_due_cart(due.key, due.cart_id.clone(), self.provider, Utc::now()).await {
-                Ok(Ok(canonical)) => {
-                    info!(cart_id = %canonical, "normalised a hand-edited cart id");
-                    carts.push(Due { key: due.key, cart_id: canonical, account: due.account });
+                Ok(Ok((cart_id, session_token))) => {
+                    info!(cart_id = %cart_id, "normalised a hand-edited cart id");
+                    carts.push(Due { key: due.key, cart_id, account: due.account, session_token });
                 }
                 Ok(Err(reason)) => {
-                    warn!(cart_id = %shorten(&due.cart_id, 60), reason = %reason, "flagged a cart as invalid; it will not be polled")
+                    warn!(cart_id = ?shorten(&due.cart_id, 60), reason = %reason, "flagged a cart as invalid; it will not be polled")
                 }
                 Err(error) => {
-                    warn!(cart_id = %shorten(&due.cart_id, 60), error = %error, "cannot repair a hand-edited cart id")
+                    warn!(cart_id = ?shorten(&due.cart_id, 60), error = %error, "cannot repair a hand-edited cart id")
                 }
             }
         }
-        let batch_size = self.lock_health().batch_size().clamp(1, self.provider.max_batch());
+        let batch_size = lock(&self.health).batch_size().clamp(1, self.provider.max_batch());
         let mut batches = Vec::with_capacity(carts.len().div_ceil(batch_size));
         let mut carts = carts.into_iter().peekable();
         while carts.peek().is_some() {
@@ -392,7 +459,7 @@ impl Poller {
         let mut work = VecDeque::from([batch]);
         while let Some(part) = work.pop_front() {
             // A batch formed before the batch size was halved is cut down before it goes.
-            let batch_size = self.lock_health().batch_size();
+            let batch_size = lock(&self.health).batch_size();
             if part.len() > batch_size {
                 for chunk in part.chunks(batch_size).rev() {
                     work.push_front(chunk.to_vec());
@@ -402,23 +469,28 @@ impl Poller {
             let Some(probe) = self.wait_for_gate(run, shutdown).await else {
                 return settled;
             };
-            if let Some(limiter) = &self.limiter
+            // The tuning of this request: a reload in the middle of a sweep applies from here.
+            let tuning = self.tuning();
+            if let Some(limiter) = &tuning.limiter
                 && shutdown.run_until_cancelled(limiter.until_ready()).await.is_none()
             {
                 self.abandon_probe(probe);
                 return settled;
             }
             run.counters.requests.fetch_add(1, Ordering::Relaxed);
+            self.progress.mark();
             // A shutdown drops the request in flight: nothing of this batch is written, and
             // the next run fetches the same statuses again.
-            let Some(result) = shutdown.run_until_cancelled(self.client.fetch(&part)).await else {
+            let Some(result) = shutdown.run_until_cancelled(tuning.client.fetch(&part)).await else {
                 self.abandon_probe(probe);
                 return settled;
             };
+            self.progress.mark();
             match result {
                 Ok(reply) => {
                     self.metrics.request(self.provider.as_str(), "ok");
-                    let change = self.lock_health().on_success();
+                    lock(&self.last).success_at = Some(Utc::now());
+                    let change = lock(&self.health).on_success();
                     self.after_probe(probe);
                     if let Some(change) = change {
                         self.handle_change(change, None).await;
@@ -428,9 +500,14 @@ impl Poller {
                 Err(upstream_error) => {
                     self.metrics.request(self.provider.as_str(), upstream_error.label());
                     run.counters.failures.fetch_add(1, Ordering::Relaxed);
+                    {
+                        let mut last = lock(&self.last);
+                        last.error_at = Some(Utc::now());
+                        last.error = Some(upstream_error.to_string());
+                    }
                     let kind = classify(&upstream_error, part.len());
                     let change = {
-                        let mut health = self.lock_health();
+                        let mut health = lock(&self.health);
                         let change = health.on_failure(kind, probe, Utc::now());
                         match kind {
                             FailureKind::TooManyIds => health.on_too_many_ids(part.len()),
@@ -477,9 +554,10 @@ impl Poller {
             if run.stopped() || shutdown.is_cancelled() {
                 return None;
             }
+            self.progress.mark();
             let probe_finished = self.probe_done.notified();
             let now = Utc::now();
-            let gate = self.lock_health().gate(now);
+            let gate = lock(&self.health).gate(now);
             match gate {
                 Gate::Send => return Some(false),
                 Gate::Probe => {
@@ -487,7 +565,7 @@ impl Poller {
                     return Some(true);
                 }
                 Gate::Wait { probe_in_flight: true, .. } => {
-                    let wait = tokio::time::timeout(self.settings.request_timeout * 2, probe_finished);
+                    let wait = tokio::time::timeout(self.tuning().settings.request_timeout * 2, probe_finished);
                     shutdown.run_until_cancelled(wait).await?.ok();
                 }
                 Gate::Wait { until, .. } => {
@@ -511,7 +589,7 @@ impl Poller {
     /// A probe that was granted but never sent must not keep the upstream closed.
     fn abandon_probe(&self, probe: bool) {
         if probe {
-            self.lock_health().probe_now(Utc::now());
+            lock(&self.health).probe_now(Utc::now());
             self.probe_done.notify_waiters();
         }
     }
@@ -524,6 +602,8 @@ impl Poller {
         let count = outcomes.len();
         let writing = std::time::Instant::now();
         let applied = retrying("record a batch's outcome", STORE_RETRY_BUDGET, shutdown, || {
+            // Each attempt is progress: waiting out another process's lock is not being stuck.
+            self.progress.mark();
             self.store.apply(outcomes.clone(), Arc::new(self.context()))
         })
         .await;
@@ -532,7 +612,7 @@ impl Poller {
             Ok(applied) => applied,
             Err(error) => {
                 error!(error = %error, carts = count, "cannot record a batch's outcome; its carts stay due and will be polled again");
-                run.counters.failures.fetch_add(1, Ordering::Relaxed);
+                run.counters.write_failures.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         };
@@ -544,7 +624,7 @@ impl Poller {
 
     fn log_applied(&self, applied: &AppliedBatch) {
         for (cart_id, from, to) in &applied.transitions {
-            info!(cart_id = %cart_id, from = from.as_deref().unwrap_or("unknown"), to = %to, "status changed");
+            info!(cart_id = %cart_id, from = ?from.as_deref().unwrap_or("unknown"), to = ?to, "status changed");
             self.metrics.transitions.get_or_create(&TransitionLabels { to: to.clone() }).inc();
         }
         for (event_type, cart_id, event_id) in &applied.events {
@@ -555,18 +635,19 @@ impl Poller {
             info!(cart_id = %cart_id, state = %state, "polling ended");
         }
         for (cart_id, raw) in &applied.unknown_statuses {
-            let first_time = self.unknown_statuses.lock().unwrap_or_else(PoisonError::into_inner).insert(raw.clone());
+            let first_time = lock(&self.unknown_statuses).insert(raw.clone());
             if first_time {
-                warn!(cart_id = %cart_id, status = %shorten(raw, 60), "the partner sent a status the documentation does not list; kept verbatim");
+                warn!(cart_id = %cart_id, status = ?shorten(raw, 60), "the partner sent a status the documentation does not list; kept verbatim");
             }
         }
     }
 
     fn context(&self) -> Context {
-        Context { now: Utc::now(), ..self.context.clone() }
+        Context { now: Utc::now(), ..self.tuning().context.clone() }
     }
 
-    /// Logs a health change, persists the new state and writes the authentication events.
+    /// Logs a health change, and persists the new state together with the event that
+    /// announces it, in one transaction.
     async fn handle_change(&self, change: Change, cause: Option<&UpstreamError>) {
         let provider = self.provider.as_str();
         let now = Utc::now();
@@ -612,25 +693,45 @@ impl Poller {
                 warn!(provider, batch_size, "the partner refused the batch size (code 102); halved it")
             }
         }
-        if let Some((event_type, message, since)) = event
-            && self.config.emitted_event_types().contains(&event_type)
-        {
-            let data = UpstreamEventData { provider: provider.to_owned(), message, since };
-            match self.store.write_events(vec![NewEvent::upstream(event_type, &data, now)]).await {
-                Ok(()) => {
-                    self.metrics
-                        .events_written
-                        .get_or_create(&EventLabels { r#type: event_type.as_str().into() })
-                        .inc();
-                }
-                Err(error) => error!(error = %error, event_type = %event_type, "cannot write an upstream event"),
+        if cause.is_some() {
+            lock(&self.last).error_at = Some(now);
+        }
+        let events: Vec<NewEvent> = event
+            .filter(|(event_type, ..)| self.tuning().context.emit.contains(event_type))
+            .map(|(event_type, message, since)| {
+                let data = UpstreamEventData { provider: provider.to_owned(), message, since };
+                NewEvent::upstream(event_type, &data, now)
+            })
+            .into_iter()
+            .collect();
+        let written: Vec<EventType> = events.iter().map(|event| event.event_type).collect();
+        if self.save_health(events).await {
+            for event_type in written {
+                self.metrics.events_written.get_or_create(&EventLabels { r#type: event_type.as_str().into() }).inc();
             }
         }
+    }
+
+    /// Persists the upstream's health and `events` in one transaction; returns whether it
+    /// was written.
+    async fn save_health(&self, events: Vec<NewEvent>) -> bool {
         let snapshot = self.health();
-        self.metrics.set_paused(provider, snapshot.mode);
-        let last_error = cause.map(ToString::to_string);
-        if let Err(error) = self.store.save_upstream(provider.to_owned(), snapshot, last_error, now).await {
-            warn!(error = %error, "cannot persist the upstream state");
+        self.metrics.set_paused(self.provider.as_str(), snapshot.mode);
+        let last = lock(&self.last).clone();
+        let record = UpstreamRecord {
+            provider: self.provider.as_str().to_owned(),
+            snapshot,
+            last_success_at: last.success_at,
+            last_error_at: last.error_at,
+            last_error: last.error,
+            updated_at: format_ts(Utc::now()),
+        };
+        match self.store.save_upstream(record, events).await {
+            Ok(()) => true,
+            Err(error) => {
+                warn!(error = %error, "cannot persist the upstream state");
+                false
+            }
         }
     }
 }
@@ -639,9 +740,15 @@ impl Poller {
 fn reply_outcomes(part: &[Due], reply: BatchReply) -> Vec<(i64, PollOutcome)> {
     if !reply.unexpected.is_empty() || reply.unidentified > 0 {
         warn!(
-            unexpected = %shorten(&reply.unexpected.join(","), 200),
+            unexpected = ?shorten(&reply.unexpected.join(","), 200),
             unidentified = reply.unidentified,
             "the partner's answer mentions carts that were not asked for; ignored"
+        );
+    }
+    if !reply.duplicated.is_empty() {
+        warn!(
+            carts = %shorten(&reply.duplicated.join(","), 200),
+            "the partner's answer lists these carts more than once; kept the most advanced entry of each"
         );
     }
     part.iter()

@@ -128,6 +128,7 @@ pub struct UpstreamHealth {
     consecutive_failures: u32,
     throttled_until: Option<DateTime<Utc>>,
     batch_size: usize,
+    configured_batch_size: usize,
 }
 
 impl UpstreamHealth {
@@ -145,7 +146,21 @@ impl UpstreamHealth {
             consecutive_failures: 0,
             throttled_until: None,
             batch_size: batch_size.max(1),
+            configured_batch_size: batch_size.max(1),
         }
+    }
+
+    /// Takes new backoff settings and a new configured batch size from a reloaded config. The
+    /// current pause, if any, keeps its schedule; a batch size the partner refused stays
+    /// refused unless the new one is smaller.
+    pub fn reconfigure(&mut self, transient: Exponential, auth: Exponential, circuit_after: u32, batch_size: usize) {
+        self.transient = transient;
+        self.auth = auth;
+        self.circuit_after = circuit_after.max(1);
+        let refused = self.batch_size < self.configured_batch_size;
+        self.configured_batch_size = batch_size.max(1);
+        self.batch_size =
+            if refused { self.batch_size.min(self.configured_batch_size) } else { self.configured_batch_size };
     }
 
     /// Resumes a pause persisted by an earlier run, probing at once: the config may have
@@ -421,6 +436,22 @@ mod tests {
         assert_eq!(health.on_too_many_ids(10), None);
         assert_eq!(health.batch_size(), 5);
         assert_eq!(health.on_too_many_ids(5), Some(Change::BatchSizeReduced { batch_size: 2 }));
+    }
+
+    #[test]
+    fn a_reload_takes_the_new_batch_size_unless_the_partner_refused_a_smaller_one() {
+        let backoffs = |h: &UpstreamHealth| (h.transient, h.auth);
+        let mut health = health();
+        let (transient, auth) = backoffs(&health);
+        health.reconfigure(transient, auth, 3, 6);
+        assert_eq!(health.batch_size(), 6);
+        health.reconfigure(transient, auth, 3, 10);
+        assert_eq!(health.batch_size(), 10);
+        health.on_too_many_ids(10);
+        health.reconfigure(transient, auth, 3, 8);
+        assert_eq!(health.batch_size(), 5, "the partner refused more than 5");
+        health.reconfigure(transient, auth, 3, 2);
+        assert_eq!(health.batch_size(), 2);
     }
 
     #[test]

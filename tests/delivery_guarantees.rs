@@ -183,8 +183,8 @@ async fn a_receiver_outage_delays_but_loses_nothing() {
     let daemon = RunningDaemon::start(config);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let pending_during_outage = store.summary(chrono::Utc::now()).await.unwrap().sinks;
-    let erp = pending_during_outage.iter().find(|sink| sink.0 == "erp").unwrap();
-    assert!(erp.1 > 0 && erp.2 == 0, "events queue up while the receiver is down: {erp:?}");
+    let erp = pending_during_outage.iter().find(|sink| sink.sink == "erp").unwrap();
+    assert!(erp.pending > 0 && erp.delivered == 0, "events queue up while the receiver is down: {erp:?}");
 
     let receiver = TestReceiver::start(address, WEBHOOK_SECRET).await;
     let arrived = wait_until(Duration::from_secs(40), async || {

@@ -99,7 +99,7 @@ async fn poll_once_sends_the_fewest_requests_for_the_due_carts() {
     let store = store_for(&config).await;
     assert_eq!(track_all(&store, &simulator).await, 93);
 
-    let record = daemon::poll_once(config.clone(), CancellationToken::new()).await.unwrap();
+    let record = daemon::poll_once(config.clone(), CancellationToken::new()).await.unwrap().sweep.record;
     assert_eq!(simulator.requests(), 10, "ceil(93 / 10) requests");
     assert_eq!(simulator.batch_sizes().iter().sum::<usize>(), 93);
     assert!(simulator.batch_sizes().iter().all(|size| *size <= 10));

@@ -316,7 +316,7 @@ async fn a_stale_status_is_refreshed_first() {
 }
 
 #[tokio::test]
-async fn code_110_polls_the_cart_at_once_and_111_expires_it() {
+async fn code_110_polls_the_cart_at_once_and_111_is_noted_but_ends_nothing_alone() {
     let server = MockServer::start().await;
     let refusal = json!({ "cartItems": [{ "error": { "message": "Cannot add/remove items. Specified Cart was already checked out or ordered.", "code": 110 }, "cartItemID": ITEM }] });
     Mock::given(path(ITEMS_PATH)).respond_with(ResponseTemplate::new(403).set_body_json(refusal)).mount(&server).await;
@@ -340,9 +340,14 @@ async fn code_110_polls_the_cart_at_once_and_111_expires_it() {
     let refusal = json!({ "cartItems": [{ "error": { "message": "Cannot add/remove items. Specified Cart has expired.", "code": 111 }, "cartItemID": ITEM }] });
     Mock::given(path(ITEMS_PATH)).respond_with(ResponseTemplate::new(403).set_body_json(refusal)).mount(&server).await;
     let (service, store, _directory) = guarded(&server, Some("Pending"), "tracking", Duration::ZERO).await;
+    let before = chrono::Utc::now();
     assert!(service.change(ItemAction::Add, CART, &[ITEM.into()], false).await.is_err());
-    assert_eq!(store.cart(CART.into()).await.unwrap().unwrap().state, "expired");
-    assert_eq!(store.events_after(0, 10).await.unwrap()[0].event_type, "cart.expired");
+    let row = store.cart(CART.into()).await.unwrap().unwrap();
+    assert_eq!(row.state, "tracking", "one answer never ends tracking");
+    assert!(row.last_error.as_deref().unwrap().contains("refused with 111"), "{:?}", row.last_error);
+    let due = cartwatch::time::parse_ts(row.next_poll_at.as_deref().unwrap()).unwrap();
+    assert!(due <= chrono::Utc::now() && due >= before - chrono::Duration::milliseconds(1), "polled at once");
+    assert!(store.events_after(0, 10).await.unwrap().is_empty(), "nothing announced on one answer");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

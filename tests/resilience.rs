@@ -15,7 +15,7 @@ use common::*;
 use tokio_util::sync::CancellationToken;
 
 async fn poll_once(config: &Config) -> cartwatch::store::SweepRecord {
-    daemon::poll_once(config.clone(), CancellationToken::new()).await.unwrap()
+    daemon::poll_once(config.clone(), CancellationToken::new()).await.unwrap().sweep.record
 }
 
 async fn events_of_type(store: &Store, event_type: &str) -> Vec<cartwatch::store::StoredEvent> {
@@ -74,7 +74,7 @@ async fn a_rejected_api_code_pauses_with_logarithmic_probes_and_a_reload_resumes
     let mut fixed = config.clone();
     fixed.imaterialise.api_code = Secret::new(DEMO_API_CODE);
     let reloaded_at = Instant::now();
-    daemon.reloads.send(fixed).await.unwrap();
+    daemon.reloads.send(fixed).unwrap();
     let resumed = wait_until(Duration::from_secs(5), async || ok_requests(&simulator) >= 2).await;
     let first_ok = simulator.request_log().into_iter().find(|record| record.outcome == "ok").map(|record| record.at);
     assert!(resumed, "polling resumed");
@@ -455,11 +455,25 @@ async fn rows_inserted_by_hand_are_normalised_or_flagged_and_never_sent_malforme
     let store = store_for(&config).await;
     let ids = simulator.cart_ids();
     let connection = rusqlite::Connection::open(&config.database.path).unwrap();
+    // SQLite's own guards refuse what would stall work, naming the column or constraint.
+    let refused = connection
+        .execute(
+            "INSERT INTO carts (cart_id, consecutive_errors) VALUES (?1, 'lots')",
+            [ids[1].as_str().to_uppercase()],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("cannot store TEXT value in INTEGER column carts.consecutive_errors"), "{refused}");
+    let refused = connection
+        .execute("INSERT INTO carts (cart_id, next_poll_at) VALUES (?1, 'soon')", [ids[1].as_str().to_uppercase()])
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("next_poll_at_is_a_timestamp"), "{refused}");
     connection
         .execute_batch(&format!(
             "INSERT INTO carts (cart_id, reference) VALUES ('  {}  ', 'by hand');
              INSERT INTO carts (cart_id) VALUES ('not-a-guid');
-             INSERT INTO carts (cart_id, next_poll_at, consecutive_errors) VALUES ('{}', '2020-01-01 00:00:00', 'lots');",
+             INSERT INTO carts (cart_id, next_poll_at) VALUES ('{}', '2020-01-01 00:00:00');",
             ids[0].as_str().to_uppercase(),
             ids[1].as_str().to_uppercase()
         ))
@@ -486,17 +500,26 @@ async fn carts_past_their_maximum_age_expire_with_an_event() {
     let simulator =
         simulator(SimulatorSettings { seed: 8, carts: 20, unknown_carts: 0, ..SimulatorSettings::default() }).await;
     let mut config = config_for(&simulator, directory.path());
-    // The simulator's carts were created minutes ago; a maximum age of one second expires
-    // every one that is not ordered at its first poll.
+    // The simulator's carts were created minutes ago, before they were registered; their
+    // maximum age of one second counts from registration, and expiry needs two polls past it.
     config.cadence.max_age = Duration::from_secs(1);
     let store = store_for(&config).await;
     track_all(&store, &simulator).await;
+    let summary = async || store.summary(chrono::Utc::now()).await.unwrap();
+    let count = |summary: &cartwatch::store::Summary, state: &str| {
+        summary.carts.iter().filter(|(s, _, _)| s == state).map(|(_, _, n)| n).sum::<u64>()
+    };
     poll_once(&config).await;
-    let summary = store.summary(chrono::Utc::now()).await.unwrap();
-    let count = |state: &str| summary.carts.iter().filter(|(s, _, _)| s == state).map(|(_, _, n)| n).sum::<u64>();
-    assert_eq!(count("expired") + count("ordered"), 20);
-    assert!(count("expired") > 0);
-    assert_eq!(events_of_type(&store, "cart.expired").await.len() as u64, count("expired"));
+    assert_eq!(count(&summary().await, "expired"), 0, "registered a moment ago");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    poll_once(&config).await;
+    assert_eq!(count(&summary().await, "expired"), 0, "one poll past the maximum age is not enough");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    poll_once(&config).await;
+    let summary = summary().await;
+    assert_eq!(count(&summary, "expired") + count(&summary, "ordered"), 20);
+    assert!(count(&summary, "expired") > 0);
+    assert_eq!(events_of_type(&store, "cart.expired").await.len() as u64, count(&summary, "expired"));
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(poll_once(&config).await.requests, 0);
     simulator.stop().await;

@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use cartwatch::config::Config;
-use cartwatch::provider::titelive::{CheckCode, TiteliveClient, Token};
+use cartwatch::provider::titelive::{self, CheckCode, TiteliveClient, Token};
 use cartwatch::provider::{CartReport, UpstreamError};
 use cartwatch::simulator::SimulatorSettings;
 use cartwatch::store::TrackRequest;
@@ -230,12 +230,7 @@ async fn both_providers_in_one_daemon_match_the_simulators_truth() {
     let sessions: Vec<TrackRequest> = simulator
         .session_tokens()
         .into_iter()
-        .map(|token| TrackRequest {
-            provider: cartwatch::provider::Provider::Titelive,
-            cart_id: token,
-            account: "00000".into(),
-            reference: None,
-        })
+        .map(|token| TrackRequest::parse(cartwatch::provider::Provider::Titelive, &token, "00000", None).unwrap())
         .collect();
     store.track(sessions, chrono::Utc::now()).await.unwrap();
 
@@ -244,12 +239,16 @@ async fn both_providers_in_one_daemon_match_the_simulators_truth() {
         let mut expected: Vec<(String, String)> = simulator
             .truth()
             .into_iter()
-            .filter_map(|t| match t.to.as_str() {
-                "CheckedOut" => Some((t.cart_id, "cart.checked_out".to_owned())),
-                "Ordered" => Some((t.cart_id, "cart.ordered".to_owned())),
-                "Valid" => Some((t.cart_id, "cart.ready".to_owned())),
-                "NoSession" => Some((t.cart_id, "cart.session_expired".to_owned())),
-                _ => None,
+            .filter_map(|t| {
+                // Titelive carts are announced by the id derived from their session token.
+                let cart_id = if t.cart_id.len() == 26 { titelive::derived_id(&t.cart_id) } else { t.cart_id };
+                match t.to.as_str() {
+                    "CheckedOut" => Some((cart_id, "cart.checked_out".to_owned())),
+                    "Ordered" => Some((cart_id, "cart.ordered".to_owned())),
+                    "Valid" => Some((cart_id, "cart.ready".to_owned())),
+                    "NoSession" => Some((cart_id, "cart.session_expired".to_owned())),
+                    _ => None,
+                }
             })
             .collect();
         expected.sort();
@@ -285,7 +284,7 @@ async fn both_providers_in_one_daemon_match_the_simulators_truth() {
     assert!(events.iter().any(|e| e["data"]["provider"] == "imaterialise" && e["type"] == "cart.ordered"));
     // Ordered sessions are no longer polled and their rows say so.
     for transition in simulator.truth().into_iter().filter(|t| t.to == "Ordered" && t.cart_id.len() == 26) {
-        let cart = store.cart(transition.cart_id).await.unwrap().unwrap();
+        let cart = store.cart(titelive::derived_id(&transition.cart_id)).await.unwrap().unwrap();
         assert_eq!(
             (cart.state.as_str(), cart.provider.as_str(), cart.account.as_str()),
             ("ordered", "titelive", "00000")
@@ -324,14 +323,16 @@ async fn both_providers_in_one_daemon_match_the_simulators_truth() {
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(String::from_utf8_lossy(&output.stdout).contains("created (status 1, total 22.5)"));
-    let cart = store.cart(valid_token.clone()).await.unwrap().unwrap();
+    let valid_id = titelive::derived_id(&valid_token);
+    let cart = store.cart(valid_id.clone()).await.unwrap().unwrap();
     let order = simulator.truth().into_iter().rfind(|t| t.cart_id == valid_token).unwrap();
     assert_eq!(
         (cart.state.as_str(), cart.order_id.clone(), cart.order_total.as_deref()),
         ("ordered", order.order_id, Some("22.5"))
     );
     let last = store.events_after(0, 10_000).await.unwrap().pop().unwrap();
-    assert_eq!((last.event_type.as_str(), last.cart_id.as_deref()), ("cart.ordered", Some(valid_token.as_str())));
+    assert_eq!((last.event_type.as_str(), last.cart_id.as_deref()), ("cart.ordered", Some(valid_id.as_str())));
+    assert!(!last.payload.contains(&valid_token), "the session token is never in an event");
     // Confirming again is refused by the partner (already an order).
     let output = std::process::Command::new(BINARY)
         .arg("--config")
@@ -388,7 +389,8 @@ async fn a_database_from_before_providers_migrates_and_keeps_working() {
     );
     assert_eq!(store.events_after(0, 10).await.unwrap()[0].event_id, "evt_old");
 
-    let record = cartwatch::daemon::poll_once(config, tokio_util::sync::CancellationToken::new()).await.unwrap();
+    let record =
+        cartwatch::daemon::poll_once(config, tokio_util::sync::CancellationToken::new()).await.unwrap().sweep.record;
     assert_eq!((record.requests, record.carts_polled), (1, 6));
     let polled = store.cart(simulator.cart_ids()[0].to_string()).await.unwrap().unwrap();
     assert!(polled.status.is_some());
@@ -417,12 +419,7 @@ async fn confirm_through_the_http_api() {
     let sessions: Vec<TrackRequest> = simulator
         .session_tokens()
         .into_iter()
-        .map(|token| TrackRequest {
-            provider: cartwatch::provider::Provider::Titelive,
-            cart_id: token,
-            account: "00000".into(),
-            reference: None,
-        })
+        .map(|token| TrackRequest::parse(cartwatch::provider::Provider::Titelive, &token, "00000", None).unwrap())
         .collect();
     store.track(sessions, chrono::Utc::now()).await.unwrap();
     let daemon = RunningDaemon::start(config);
@@ -431,7 +428,7 @@ async fn confirm_through_the_http_api() {
     let found = wait_until(Duration::from_secs(30), async || {
         for token in simulator.session_tokens() {
             if store
-                .cart(token.clone())
+                .cart(titelive::derived_id(&token))
                 .await
                 .unwrap()
                 .is_some_and(|cart| cart.state == "tracking" && cart.status.as_deref() == Some("Valid"))
@@ -465,7 +462,7 @@ async fn confirm_through_the_http_api() {
     let response = client.post(format!("http://127.0.0.1:{port}/v1/carts/short/confirm")).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 400);
     let ordered = wait_until(Duration::from_secs(10), async || {
-        store.cart(token.clone()).await.unwrap().unwrap().state == "ordered"
+        store.cart(titelive::derived_id(&token)).await.unwrap().unwrap().state == "ordered"
     })
     .await;
     assert!(ordered);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cartwatch::config::Config;
-use cartwatch::delivery::delivery_loop;
+use cartwatch::delivery::{SinkSlot, delivery_loop};
 use cartwatch::events::{CartEventData, EventType, NewEvent};
 use cartwatch::sinks::{self, Sink};
 use cartwatch::store::{DeliveryState, Store};
@@ -71,10 +71,11 @@ impl Harness {
             .map(|sink| {
                 tokio::spawn(delivery_loop(
                     self.store.clone(),
-                    Arc::clone(sink),
+                    SinkSlot::new(Arc::clone(sink)),
                     Arc::new(Notify::new()),
                     Arc::new(cartwatch::metrics::Metrics::default()),
                     shutdown.clone(),
+                    CancellationToken::new(),
                 ))
             })
             .collect();
@@ -118,7 +119,9 @@ async fn signatures_verify_with_the_standard_webhooks_crate_including_a_rotated_
     }
     assert_eq!(headers["webhook-id"], event.event_id.as_str());
     assert_eq!(headers["content-type"], "application/json");
-    assert_eq!(request.body, event.payload.as_bytes(), "the body is the stored payload, byte for byte");
+    let stored = harness.store.events_after(0, 1).await.unwrap().remove(0);
+    assert_eq!(stored.event_id, event.event_id);
+    assert_eq!(request.body, stored.payload.as_bytes(), "the body is the stored payload, byte for byte");
     // Receivers holding either the new or the old secret accept it; a stranger's does not.
     standardwebhooks::Webhook::new(WEBHOOK_SECRET).unwrap().verify(&request.body, &headers).unwrap();
     standardwebhooks::Webhook::new(OLD_SECRET).unwrap().verify(&request.body, &headers).unwrap();

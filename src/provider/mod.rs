@@ -51,17 +51,32 @@ impl Provider {
         Provider::ALL.into_iter().find(|provider| provider.as_str().eq_ignore_ascii_case(name.trim()))
     }
 
-    /// The canonical form of a cart id on this provider: a lower-case GUID for
-    /// i.materialise, a 26-character session token (case kept) for Titelive. Returns a
-    /// message naming the problem otherwise.
-    pub fn canonical_cart_id(self, text: &str) -> Result<String, String> {
+    /// Reads a cart id as a user gives it at registration, and returns its public id with,
+    /// for Titelive, the session token polling needs: i.materialise carts are lower-case
+    /// GUIDs; a Titelive cart is named by [`titelive::derived_id`] of its 26-character token
+    /// (case kept), so the token, a customer's credential, is never shown. Returns a message
+    /// naming the problem otherwise.
+    pub fn register_id(self, text: &str) -> Result<(String, Option<String>), String> {
         match self {
             Provider::Imaterialise => {
-                crate::cart_id::CartId::parse(text).map(|id| id.to_string()).map_err(|error| error.to_string())
+                crate::cart_id::CartId::parse(text).map(|id| (id.to_string(), None)).map_err(|error| error.to_string())
             }
-            Provider::Titelive => {
-                titelive::Token::parse(text).map(|token| token.as_str().to_owned()).map_err(|error| error.to_string())
+            Provider::Titelive => titelive::Token::parse(text)
+                .map(|token| (titelive::derived_id(token.as_str()), Some(token.as_str().to_owned())))
+                .map_err(|error| error.to_string()),
+        }
+    }
+
+    /// Whether a stored cart's id is in the form [`register_id`](Self::register_id) gives,
+    /// with the session token that goes with it.
+    pub fn stored_id_is_canonical(self, cart_id: &str, session_token: Option<&str>) -> bool {
+        match (self, session_token) {
+            (Provider::Imaterialise, None) => crate::cart_id::CartId::from_canonical(cart_id).is_some(),
+            (Provider::Titelive, Some(token)) => {
+                titelive::Token::parse(token).is_ok_and(|parsed| parsed.as_str() == token)
+                    && titelive::derived_id(token) == cart_id
             }
+            _ => false,
         }
     }
 
@@ -121,6 +136,12 @@ impl Provider {
         }
     }
 
+    /// Whether an order always comes with its id on this provider, so that an "ordered"
+    /// answer without one means the id is still to come. Titelive's `check` never sends one.
+    pub fn orders_carry_an_id(self) -> bool {
+        self == Provider::Imaterialise
+    }
+
     /// Whether a cart in `status` is polled at the fastest tier whatever its age, because
     /// an order is near.
     pub fn order_is_near(self, status: &str) -> bool {
@@ -137,17 +158,23 @@ impl std::fmt::Display for Provider {
     }
 }
 
-/// The canonical form of a cart id given without its provider: a GUID (any spelling) or a
-/// Titelive session token. Returns a message naming the problem otherwise.
+/// The public id of a cart given without its provider, to look it up: a GUID (any
+/// spelling), a Titelive cart id (`tl_...`), or a Titelive session token (which gives its
+/// derived id). Returns a message naming the problem otherwise.
 pub fn canonical_any(text: &str) -> Result<String, String> {
-    Provider::Imaterialise.canonical_cart_id(text).or_else(|_| Provider::Titelive.canonical_cart_id(text)).map_err(
-        |_| {
+    if titelive::is_derived_id(text.trim()) {
+        return Ok(text.trim().to_owned());
+    }
+    Provider::Imaterialise
+        .register_id(text)
+        .or_else(|_| Provider::Titelive.register_id(text))
+        .map(|(cart_id, _)| cart_id)
+        .map_err(|_| {
             format!(
-                "malformed cart id {:?}: expected a GUID, or a 26-character Titelive session token",
+                "malformed cart id {:?}: expected a GUID, a Titelive cart id (tl_...), or a 26-character Titelive session token",
                 crate::cart_id::shorten(text.trim(), 60)
             )
-        },
-    )
+        })
 }
 
 /// What a poll observed about one cart, in provider-neutral terms.
@@ -169,6 +196,33 @@ pub struct Observation {
     pub created_at_raw: Option<String>,
     /// The creation date parsed (no zone).
     pub created_at: Option<NaiveDateTime>,
+}
+
+/// Longest status (or order status, total, date) kept from an answer; longer ones are cut.
+pub const MAX_STATUS_CHARS: usize = 64;
+
+/// Longest OrderID kept; the documents' OrderIDs are 36-character GUIDs.
+pub const MAX_ORDER_ID_CHARS: usize = 100;
+
+/// Longest status detail kept.
+pub const MAX_DETAIL_CHARS: usize = 300;
+
+impl Observation {
+    /// The observation with every string the partner sent cut to a sensible length, so a
+    /// broken or hostile answer cannot fill the database, the events or a terminal.
+    pub fn bounded(&self) -> Observation {
+        let cut = |text: &Option<String>, max| text.as_deref().map(|text| crate::cart_id::shorten(text, max));
+        Observation {
+            status: crate::cart_id::shorten(&self.status, MAX_STATUS_CHARS),
+            known_status: self.known_status,
+            detail: cut(&self.detail, MAX_DETAIL_CHARS),
+            order_id: cut(&self.order_id, MAX_ORDER_ID_CHARS),
+            order_status: cut(&self.order_status, MAX_STATUS_CHARS),
+            order_total: cut(&self.order_total, MAX_STATUS_CHARS),
+            created_at_raw: cut(&self.created_at_raw, MAX_STATUS_CHARS),
+            created_at: self.created_at,
+        }
+    }
 }
 
 /// What the partner said about one requested cart.
@@ -193,6 +247,8 @@ pub struct BatchReply {
     pub reports: Vec<(String, CartReport)>,
     /// Cart ids in the answer that were not requested, as the answer wrote them.
     pub unexpected: Vec<String>,
+    /// Requested carts the answer listed more than once (the most advanced entry was kept).
+    pub duplicated: Vec<String>,
     /// Entries without a cart id.
     pub unidentified: usize,
 }

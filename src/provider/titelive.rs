@@ -80,6 +80,32 @@ impl fmt::Debug for Token {
     }
 }
 
+/// The public id of a Titelive cart: `tl_` and the first 32 hexadecimal digits of the
+/// SHA-256 of its session token. The token is a credential for the customer's session
+/// (whoever holds it can confirm the cart), so it is kept only where polling needs it; logs,
+/// output, the HTTP API and events name the cart by this id, which anyone holding the token
+/// can compute and nobody can turn back into the token.
+pub fn derived_id(token: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(token.trim().as_bytes());
+    let mut id = String::with_capacity(35);
+    id.push_str(DERIVED_ID_PREFIX);
+    for byte in &digest[..16] {
+        let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{byte:02x}"));
+    }
+    id
+}
+
+/// What every Titelive cart id starts with.
+pub const DERIVED_ID_PREFIX: &str = "tl_";
+
+/// Whether `text` is a Titelive cart id as [`derived_id`] makes them.
+pub fn is_derived_id(text: &str) -> bool {
+    text.strip_prefix(DERIVED_ID_PREFIX).is_some_and(|hex| {
+        hex.len() == 32 && hex.bytes().all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+    })
+}
+
 /// Checks a shop domain code such as `00000`: 1 to 32 letters, digits, `-` or `_`.
 ///
 /// Fails with a message naming the problem.
@@ -662,6 +688,18 @@ mod tests {
         assert_eq!(check_domain(" 00000 ").unwrap(), "00000");
         assert!(check_domain("../etc").is_err());
         assert!(check_domain("").is_err());
+    }
+
+    #[test]
+    fn derived_ids_are_stable_and_do_not_show_the_token() {
+        let token = "AbCdEfGhIjKlMnOpQrStUvWxYz";
+        let id = derived_id(token);
+        assert_eq!(id, derived_id(&format!(" {token}\n")));
+        assert!(is_derived_id(&id), "{id}");
+        assert_eq!(id.len(), 35);
+        assert!(!id.contains("AbCd"));
+        assert_ne!(id, derived_id("AbCdEfGhIjKlMnOpQrStUvWxYZ"));
+        assert!(!is_derived_id(token));
     }
 
     #[test]

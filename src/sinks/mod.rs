@@ -44,7 +44,7 @@ impl Sink {
             Sink::Webhook(sink) => SinkSpec {
                 name: self.name().to_owned(),
                 kind: "webhook".into(),
-                target: sink.url().to_owned(),
+                target: sink.url(),
                 event_types: (!sink.event_types().is_empty()).then(|| sink.event_types().to_vec()),
             },
         }

@@ -70,7 +70,7 @@ pub struct WebhookSink {
 
 impl std::fmt::Debug for WebhookSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebhookSink").field("name", &self.name).field("url", &self.url.as_str()).finish_non_exhaustive()
+        f.debug_struct("WebhookSink").field("name", &self.name).field("url", &self.url()).finish_non_exhaustive()
     }
 }
 
@@ -124,9 +124,10 @@ impl WebhookSink {
         &self.name
     }
 
-    /// The URL, for the `sinks` table.
-    pub fn url(&self) -> &str {
-        self.url.as_str()
+    /// The URL as it may be shown and stored in the `sinks` table: a password in it is
+    /// redacted.
+    pub fn url(&self) -> String {
+        crate::secret::redact_url(self.url.as_str())
     }
 
     /// The event types it wants; empty for all.

@@ -15,14 +15,14 @@ use super::{Store, StoreError};
 use crate::cart_id::CartId;
 use crate::events::{EventType, NewEvent};
 use crate::provider::Provider;
-use crate::reconcile::{CartRow, Context, PollOutcome, decide};
+use crate::reconcile::{CartRow, CartState, Context, PollOutcome, decide};
 use crate::time::format_ts;
 
 /// The columns of [`CartRow`], in the order [`read_cart_row`] expects.
 pub(super) const CART_COLUMNS: &str = "cart_key, cart_id, reference, state, status, order_id, cart_created_at, \
      cart_created_at_raw, registered_at, next_poll_at, last_polled_at, status_changed_at, \
      consecutive_errors, consecutive_not_found, last_error, finished_at, provider, account, status_detail, \
-     order_status, order_total";
+     order_status, order_total, previous_status, tracked_since";
 
 /// Reads a row selected with [`CART_COLUMNS`]. Lenient about types, since people edit this
 /// table by hand: a number where text belongs is read as text, garbage counters as zero.
@@ -49,6 +49,8 @@ pub(super) fn read_cart_row(row: &Row<'_>) -> rusqlite::Result<CartRow> {
         status_detail: lenient_text(row, 18)?,
         order_status: lenient_text(row, 19)?,
         order_total: lenient_text(row, 20)?,
+        previous_status: lenient_text(row, 21)?,
+        tracked_since: lenient_text(row, 22)?.unwrap_or_default(),
     })
 }
 
@@ -75,8 +77,10 @@ fn lenient_count(row: &Row<'_>, index: usize) -> rusqlite::Result<u32> {
 pub struct TrackRequest {
     /// The provider it lives on.
     pub provider: Provider,
-    /// The cart id in its provider's canonical form.
+    /// The cart's public id in its provider's canonical form.
     pub cart_id: String,
+    /// What polling sends instead of the id, when that is a secret (Titelive's session token).
+    pub session_token: Option<String>,
     /// The partner account (Titelive: the domain code); empty for i.materialise.
     pub account: String,
     /// The shop's reference, if any.
@@ -89,9 +93,23 @@ impl TrackRequest {
         TrackRequest {
             provider: Provider::Imaterialise,
             cart_id: cart_id.to_string(),
+            session_token: None,
             account: String::new(),
             reference,
         }
+    }
+
+    /// A cart of `provider` named by `text` as a user typed it, in `account`.
+    ///
+    /// Fails with a message naming the problem when `text` is not an id of that provider.
+    pub fn parse(
+        provider: Provider,
+        text: &str,
+        account: &str,
+        reference: Option<String>,
+    ) -> Result<TrackRequest, String> {
+        let (cart_id, session_token) = provider.register_id(text)?;
+        Ok(TrackRequest { provider, cart_id, session_token, account: account.to_owned(), reference })
     }
 }
 
@@ -102,9 +120,10 @@ pub enum TrackOutcome {
     Added,
     /// Already tracked; the reference was updated if one was given.
     AlreadyTracked,
-    /// Had been untracked; tracking resumed.
-    Resumed,
-    /// Already finished (ordered, not found, expired, invalid); left as it is.
+    /// Its tracking had ended (the state it was in is given): it is polled again from now,
+    /// with its age and maximum age counted afresh.
+    Resumed(String),
+    /// Already ordered, or flagged invalid; left as it is (the state is given).
     Finished(String),
 }
 
@@ -130,6 +149,8 @@ pub struct DueCart {
     pub next_poll_at: String,
     /// The partner account (Titelive domain).
     pub account: String,
+    /// What polling sends for a cart whose id is not that (Titelive's session token).
+    pub session_token: Option<String>,
 }
 
 /// What applying a batch wrote.
@@ -147,13 +168,15 @@ pub struct AppliedBatch {
     pub skipped: usize,
 }
 
-/// What checking hand-inserted rows did.
+/// What checking rows inserted or edited by hand did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HandInsertReport {
+pub struct HandEditReport {
     /// Rows accepted (some after normalising their id).
     pub accepted: Vec<String>,
     /// Rows flagged invalid: the id as found and why.
     pub flagged: Vec<(String, String)>,
+    /// Tracked carts whose `next_poll_at` was not a timestamp, made due now.
+    pub rescheduled: Vec<String>,
 }
 
 impl Store {
@@ -224,15 +247,24 @@ impl Store {
         .await
     }
 
-    /// Checks rows inserted by hand (tracking, with no `next_poll_at`): a valid id is
-    /// normalised and made due; a malformed one is flagged `invalid` with the reason in
-    /// `last_error`, so it never reaches the API.
-    pub async fn check_hand_inserted(&self, now: DateTime<Utc>, limit: u32) -> Result<HandInsertReport, StoreError> {
+    /// Checks rows inserted or edited by hand: a tracked row with no `next_poll_at` (a
+    /// plain `INSERT`) gets a canonical id and is made due, or is flagged `invalid` with the
+    /// reason in `last_error` so it never reaches the API; a tracked row of `provider` whose
+    /// `next_poll_at` is not a timestamp (which would sort after every real one and never
+    /// come due) is made due now. Both use indexes, so they cost nothing when all is well.
+    /// An index or view the code needs that someone dropped is created again first.
+    pub async fn check_hand_edited(
+        &self,
+        provider: Provider,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<HandEditReport, StoreError> {
         self.write(move |connection| {
             let transaction = connection.transaction()?;
+            super::schema::repair_missing(&transaction)?;
             let rows: Vec<(i64, String, String)> = {
                 let mut statement = transaction.prepare_cached(
-                    "SELECT cart_key, cart_id, provider FROM carts INDEXED BY carts_unchecked \
+                    "SELECT cart_key, cart_id, provider FROM carts \
                      WHERE state = 'tracking' AND next_poll_at IS NULL LIMIT ?1",
                 )?;
                 let rows = statement.query_map([limit], |row| {
@@ -244,14 +276,26 @@ impl Store {
                 })?;
                 rows.collect::<Result<_, _>>()?
             };
-            let mut report = HandInsertReport::default();
+            let mut report = HandEditReport::default();
             let now = format_ts(now);
             for (key, found, provider) in rows {
                 match repair_cart_id(&transaction, key, &found, &provider, &now)? {
-                    Ok(canonical) => report.accepted.push(canonical),
+                    Ok((canonical, _)) => report.accepted.push(canonical),
                     Err(reason) => report.flagged.push((found, reason)),
                 }
             }
+            report.rescheduled = {
+                let mut statement = transaction.prepare_cached(
+                    "UPDATE carts SET next_poll_at = ?2 WHERE cart_key IN (SELECT cart_key FROM carts \
+                       WHERE state = 'tracking' AND provider = ?1 AND next_poll_at > ?3 LIMIT ?4) \
+                     RETURNING cart_id",
+                )?;
+                let rows = statement
+                    .query_map(params![provider.as_str(), now, format_ts(crate::time::max_stored()), limit], |row| {
+                        lenient_text(row, 0).map(Option::unwrap_or_default)
+                    })?;
+                rows.collect::<Result<_, _>>()?
+            };
             transaction.commit()?;
             Ok(report)
         })
@@ -259,14 +303,14 @@ impl Store {
     }
 
     /// Normalises the id of one due row whose id is not in canonical form, or flags it
-    /// invalid. Returns the canonical id, or the reason it was flagged.
+    /// invalid. Returns the canonical id with its session token, or the reason it was flagged.
     pub async fn repair_due_cart(
         &self,
         key: i64,
         found: String,
         provider: Provider,
         now: DateTime<Utc>,
-    ) -> Result<Result<String, String>, StoreError> {
+    ) -> Result<Result<(String, Option<String>), String>, StoreError> {
         self.write(move |connection| {
             let transaction = connection.transaction()?;
             let result = repair_cart_id(&transaction, key, &found, provider.as_str(), &format_ts(now))?;
@@ -296,6 +340,7 @@ impl Store {
                         cart_id: lenient_text(row, 1)?.unwrap_or_default(),
                         next_poll_at: lenient_text(row, 2)?.unwrap_or_default(),
                         account: lenient_text(row, 3)?.unwrap_or_default(),
+                        session_token: lenient_text(row, 4)?,
                     })
                 },
             )?;
@@ -347,11 +392,23 @@ impl Store {
         context: Arc<Context>,
     ) -> Result<AppliedBatch, StoreError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.inner
-            .apply_queue
-            .send(ApplyJob { outcomes, context, reply })
-            .map_err(|_| StoreError::Task("the database writer thread has stopped".into()))?;
-        answer.await.map_err(|_| StoreError::Task("the database writer thread has stopped".into()))?
+        let stopped = || {
+            let reason = self.inner.writer_failure.reason.get().cloned();
+            StoreError::WriterStopped(reason.unwrap_or_else(|| "it ended".into()))
+        };
+        self.inner.apply_queue.send(WriterJob::Apply(ApplyJob { outcomes, context, reply })).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// The session token a cart is polled with (Titelive), if it has one.
+    pub async fn session_token(&self, cart_id: String) -> Result<Option<String>, StoreError> {
+        self.read(move |connection| {
+            Ok(connection
+                .query_row("SELECT session_token FROM carts WHERE cart_id = ?1", [cart_id], |row| lenient_text(row, 0))
+                .optional()?
+                .flatten())
+        })
+        .await
     }
 
     /// One cart by id, as stored.
@@ -365,7 +422,7 @@ impl Store {
     }
 }
 
-const DUE_PAGE_SQL: &str = "SELECT cart_key, cart_id, next_poll_at, account FROM carts INDEXED BY carts_due \
+const DUE_PAGE_SQL: &str = "SELECT cart_key, cart_id, next_poll_at, account, session_token FROM carts INDEXED BY carts_due \
      WHERE state = 'tracking' AND provider = ?1 AND next_poll_at <= ?2 AND (next_poll_at, cart_key) > (?3, ?4) \
      ORDER BY next_poll_at, cart_key LIMIT ?5";
 
@@ -377,13 +434,15 @@ fn track_one(
 ) -> Result<TrackOutcome, StoreError> {
     let inserted = transaction
         .prepare_cached(
-            "INSERT INTO carts (cart_id, provider, account, reference, state, registered_at, next_poll_at) \
-             VALUES (?1, ?2, ?3, ?4, 'tracking', ?5, ?6) ON CONFLICT (cart_id) DO NOTHING",
+            "INSERT INTO carts (cart_id, provider, account, session_token, reference, state, registered_at, \
+             tracked_since, next_poll_at) VALUES (?1, ?2, ?3, ?4, ?5, 'tracking', ?6, ?6, ?7) \
+             ON CONFLICT (cart_id) DO NOTHING",
         )?
         .execute(params![
             request.cart_id,
             request.provider.as_str(),
             request.account,
+            request.session_token,
             request.reference,
             now,
             due_at
@@ -395,35 +454,41 @@ fn track_one(
         transaction.query_row("SELECT state FROM carts WHERE cart_id = ?1", [request.cart_id.as_str()], |row| {
             Ok(lenient_text(row, 0)?.unwrap_or_default())
         })?;
-    match state.as_str() {
-        "tracking" => {
+    match CartState::parse(&state) {
+        Some(CartState::Tracking) => {
             transaction.execute(
-                "UPDATE carts SET reference = coalesce(?2, reference) WHERE cart_id = ?1",
-                params![request.cart_id, request.reference],
+                "UPDATE carts SET reference = coalesce(?2, reference), session_token = coalesce(?3, session_token) \
+                 WHERE cart_id = ?1",
+                params![request.cart_id, request.reference, request.session_token],
             )?;
             Ok(TrackOutcome::AlreadyTracked)
         }
-        "untracked" => {
+        // Registering again is how an operator says "keep watching this one": a cart that was
+        // untracked, expired or not found is polled again, its age counted from now.
+        Some(CartState::Untracked | CartState::Expired | CartState::NotFound) => {
             transaction.execute(
-                "UPDATE carts SET state = 'tracking', next_poll_at = ?2, finished_at = NULL, \
-                 consecutive_errors = 0, consecutive_not_found = 0, reference = coalesce(?3, reference) \
+                "UPDATE carts SET state = 'tracking', next_poll_at = ?2, tracked_since = ?3, finished_at = NULL, \
+                 consecutive_errors = 0, consecutive_not_found = 0, last_error = NULL, \
+                 reference = coalesce(?4, reference), session_token = coalesce(?5, session_token) \
                  WHERE cart_id = ?1",
-                params![request.cart_id, now, request.reference],
+                params![request.cart_id, due_at, now, request.reference, request.session_token],
             )?;
-            Ok(TrackOutcome::Resumed)
+            Ok(TrackOutcome::Resumed(state))
         }
-        _ => Ok(TrackOutcome::Finished(state)),
+        Some(CartState::Ordered | CartState::Invalid) | None => Ok(TrackOutcome::Finished(state)),
     }
 }
 
+/// Puts a hand-edited row's id into canonical form (a Titelive token moves to
+/// `session_token`, the id becomes the one derived from it), or flags the row invalid.
 fn repair_cart_id(
     transaction: &Transaction<'_>,
     key: i64,
     found: &str,
     provider: &str,
     now: &str,
-) -> Result<Result<String, String>, StoreError> {
-    let flag = |reason: String| -> Result<Result<String, String>, StoreError> {
+) -> Result<Result<(String, Option<String>), String>, StoreError> {
+    let flag = |reason: String| -> Result<Result<(String, Option<String>), String>, StoreError> {
         transaction.execute(
             "UPDATE carts SET state = 'invalid', next_poll_at = NULL, last_error = ?2, finished_at = ?3 WHERE cart_key = ?1",
             params![key, reason, now],
@@ -433,8 +498,16 @@ fn repair_cart_id(
     let Some(provider) = Provider::parse(provider) else {
         return flag(format!("unknown provider {provider:?}; expected imaterialise or titelive"));
     };
-    let canonical = match provider.canonical_cart_id(found) {
-        Ok(id) => id,
+    let session_token: Option<String> =
+        transaction
+            .query_row("SELECT session_token FROM carts WHERE cart_key = ?1", [key], |row| lenient_text(row, 0))?;
+    // A Titelive row inserted by hand names its cart by the token.
+    let given = match (provider, &session_token) {
+        (Provider::Titelive, Some(token)) => token.as_str(),
+        _ => found,
+    };
+    let (canonical, token) = match provider.register_id(given) {
+        Ok(registered) => registered,
         Err(message) => return flag(message),
     };
     if canonical != found {
@@ -450,10 +523,10 @@ fn repair_cart_id(
         }
     }
     transaction.execute(
-        "UPDATE carts SET cart_id = ?2, next_poll_at = coalesce(next_poll_at, ?3) WHERE cart_key = ?1",
-        params![key, canonical, now],
+        "UPDATE carts SET cart_id = ?2, session_token = ?3, next_poll_at = coalesce(next_poll_at, ?4) WHERE cart_key = ?1",
+        params![key, canonical, token, now],
     )?;
-    Ok(Ok(canonical))
+    Ok(Ok((canonical, token)))
 }
 
 /// One batch's outcomes for the writer thread.
@@ -510,34 +583,72 @@ const MAX_GROUP: usize = 64;
 /// cost less CPU; a status reaching the database this much later changes nothing.
 const GROUP_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// Why the writer thread died, once it has.
+#[derive(Debug, Default)]
+pub(super) struct WriterFailure {
+    pub(super) reason: std::sync::OnceLock<String>,
+    pub(super) notify: tokio::sync::Notify,
+}
+
+/// What the writer thread is asked to do.
+pub(super) enum WriterJob {
+    /// Write a batch's outcomes.
+    Apply(ApplyJob),
+    /// Die, as a bug would make it: for the test that shows a dead writer is noticed.
+    #[cfg(test)]
+    Crash,
+}
+
 /// Starts the thread that writes batches' outcomes, grouping those that wait together.
-/// It ends when the store (and so the queue's sender) is dropped.
+/// It ends when the store (and so the queue's sender) is dropped. Should it die of a bug,
+/// `failure` says so and wakes whoever waits on it: nothing would be recorded any more, and
+/// a daemon that kept running would only look alive.
 pub(super) fn start_apply_thread(
     writer: Arc<Mutex<Connection>>,
     stats: Arc<WriterStats>,
-) -> Result<std::sync::mpsc::Sender<ApplyJob>, StoreError> {
-    let (sender, receiver) = std::sync::mpsc::channel::<ApplyJob>();
+    failure: Arc<WriterFailure>,
+) -> Result<std::sync::mpsc::Sender<WriterJob>, StoreError> {
+    let (sender, receiver) = std::sync::mpsc::channel::<WriterJob>();
     std::thread::Builder::new()
         .name("cartwatch-writer".into())
         .spawn(move || {
-            while let Ok(first) = receiver.recv() {
-                let deadline = std::time::Instant::now() + GROUP_LINGER;
-                let mut jobs = vec![first];
-                while jobs.len() < MAX_GROUP {
-                    match receiver.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
-                        Ok(job) => jobs.push(job),
-                        Err(_) => break,
-                    }
-                }
-                let mut connection = writer.lock().unwrap_or_else(PoisonError::into_inner);
-                let writing = std::time::Instant::now();
-                let batches = jobs.len() as u64;
-                write_group(&mut connection, jobs);
-                stats.record(writing.elapsed(), batches);
+            let work = std::panic::AssertUnwindSafe(|| write_jobs(&receiver, &writer, &stats));
+            if let Err(panic) = std::panic::catch_unwind(work) {
+                let reason = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|text| (*text).to_owned()))
+                    .unwrap_or_else(|| "it panicked".into());
+                tracing::error!(reason = %reason, "the database writer thread died");
+                let _ = failure.reason.set(reason);
+                failure.notify.notify_waiters();
             }
         })
         .map_err(|error| StoreError::Task(format!("cannot start the database writer thread: {error}")))?;
     Ok(sender)
+}
+
+fn write_jobs(receiver: &std::sync::mpsc::Receiver<WriterJob>, writer: &Mutex<Connection>, stats: &WriterStats) {
+    let take = |job: WriterJob| match job {
+        WriterJob::Apply(job) => job,
+        #[cfg(test)]
+        WriterJob::Crash => panic!("told to crash"),
+    };
+    while let Ok(first) = receiver.recv() {
+        let deadline = std::time::Instant::now() + GROUP_LINGER;
+        let mut jobs = vec![take(first)];
+        while jobs.len() < MAX_GROUP {
+            match receiver.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                Ok(job) => jobs.push(take(job)),
+                Err(_) => break,
+            }
+        }
+        let mut connection = writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let writing = std::time::Instant::now();
+        let batches = jobs.len() as u64;
+        write_group(&mut connection, jobs);
+        stats.record(writing.elapsed(), batches);
+    }
 }
 
 /// Writes a group of batches in one transaction. Should one batch fail, the group is rolled
@@ -589,6 +700,7 @@ fn write_group(connection: &mut Connection, jobs: Vec<ApplyJob>) {
 /// Whether `next` differs from `current` only in the columns the schedule update writes.
 fn schedule_only(current: &CartRow, next: &CartRow) -> bool {
     current.status == next.status
+        && current.previous_status == next.previous_status
         && current.state == next.state
         && current.order_id == next.order_id
         && current.order_status == next.order_status
@@ -608,7 +720,7 @@ fn apply_in(
         "UPDATE carts SET status = ?2, order_id = ?3, cart_created_at = ?4, cart_created_at_raw = ?5, state = ?6, \
          next_poll_at = ?7, last_polled_at = ?8, status_changed_at = ?9, consecutive_errors = ?10, \
          consecutive_not_found = ?11, last_error = ?12, finished_at = ?13, status_detail = ?14, order_status = ?15, \
-         order_total = ?16 WHERE cart_key = ?1",
+         order_total = ?16, previous_status = ?17 WHERE cart_key = ?1",
     )?;
     // Most polls change nothing but the schedule and the bookkeeping; leaving the status,
     // state and order columns out of the statement spares the (state, status) index.
@@ -660,7 +772,8 @@ fn apply_in(
                 row.finished_at,
                 row.status_detail,
                 row.order_status,
-                row.order_total
+                row.order_total,
+                row.previous_status
             ])?;
         }
         let mut first_event_id = None;
@@ -708,6 +821,18 @@ mod tests {
             created_at: crate::time::parse_naive(created_at_raw),
             ..Observation::default()
         }))
+    }
+
+    #[tokio::test]
+    async fn a_dead_writer_is_reported_not_hidden() {
+        let (store, _directory) = temp_store();
+        store.inner.apply_queue.send(WriterJob::Crash).unwrap();
+        let stopped = tokio::time::timeout(std::time::Duration::from_secs(5), store.writer_stopped()).await.unwrap();
+        assert!(matches!(&stopped, StoreError::WriterStopped(reason) if reason.contains("told to crash")), "{stopped}");
+        assert!(!stopped.is_retryable());
+        let context = Arc::new(Context::from_config(&Config::default(), Utc::now()));
+        let error = store.apply(vec![(1, PollOutcome::Failed("x".into()), 0.5)], context).await.unwrap_err();
+        assert!(matches!(error, StoreError::WriterStopped(_)), "{error}");
     }
 
     /// Whichever statement writes it (the whole row, or only the schedule when the status

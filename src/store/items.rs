@@ -108,29 +108,15 @@ impl Store {
         .await
     }
 
-    /// Ends polling of a tracked cart the partner says has expired, with its event. Returns
-    /// whether the cart was tracked.
-    pub async fn expire_cart(
-        &self,
-        cart_id: String,
-        reason: String,
-        event: Option<NewEvent>,
-        now: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    /// Notes what the partner said about a tracked cart in its `last_error`, and makes it due
+    /// at once so a poll checks it.
+    pub async fn note_cart(&self, cart_id: String, note: String, now: DateTime<Utc>) -> Result<(), StoreError> {
         self.write(move |connection| {
-            let transaction = connection.transaction()?;
-            let changed = transaction.execute(
-                "UPDATE carts SET state = 'expired', next_poll_at = NULL, finished_at = ?2, last_error = ?3 \
-                 WHERE cart_id = ?1 AND state = 'tracking'",
-                params![cart_id, format_ts(now), reason],
+            connection.execute(
+                "UPDATE carts SET last_error = ?2, next_poll_at = ?3 WHERE cart_id = ?1 AND state = 'tracking'",
+                params![cart_id, note, format_ts(now)],
             )?;
-            if changed > 0
-                && let Some(event) = &event
-            {
-                insert_event(&transaction, event)?;
-            }
-            transaction.commit()?;
-            Ok(changed > 0)
+            Ok(())
         })
         .await
     }

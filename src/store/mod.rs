@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
-pub use carts::{AppliedBatch, DueCart, HandInsertReport, TrackOutcome, TrackRequest, UntrackOutcome, WriterTotals};
+pub use carts::{AppliedBatch, DueCart, HandEditReport, TrackOutcome, TrackRequest, UntrackOutcome, WriterTotals};
 pub use items::ItemChange;
 pub use outbox::{DeadLetter, DeliveryResult, DeliveryState, PendingDelivery, SinkSpec, StoredEvent};
-pub use reports::{CartDetail, StoredTransition, Summary, SweepRecord, UpstreamRecord};
+pub use reports::{CartDetail, SinkSummary, StoredTransition, Summary, SweepRecord, UpstreamRecord};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,15 @@ pub enum StoreError {
         /// Why.
         source: rusqlite::Error,
     },
+    /// There is no database file, and the command only works with one that exists.
+    #[error(
+        "there is no database at {} (the database.path setting); `cartwatch track` or `cartwatch run` creates one",
+        path.display()
+    )]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
     /// The database was written by a newer cartwatch.
     #[error(
         "the database has schema version {found}, newer than this cartwatch supports ({supported}); upgrade cartwatch"
@@ -52,6 +61,15 @@ pub enum StoreError {
         found: i64,
         /// Latest this build knows.
         supported: i64,
+    },
+    /// `PRAGMA user_version` is negative, which no cartwatch writes: someone set it by hand.
+    #[error(
+        "the database's schema version is {found}, which cartwatch never writes (was PRAGMA user_version set by hand?); \
+         set it back to the version it had, or restore a backup"
+    )]
+    BadVersion {
+        /// Version found.
+        found: i64,
     },
     /// A migration failed and was rolled back.
     #[error("migrating the database to schema version {version} failed: {source}")]
@@ -67,6 +85,10 @@ pub enum StoreError {
     /// The blocking task running the query failed.
     #[error("database task failed: {0}")]
     Task(String),
+    /// The thread that writes poll outcomes died. Nothing can be recorded any more: the
+    /// daemon stops, so that its service manager restarts it.
+    #[error("the database writer thread stopped: {0}")]
+    WriterStopped(String),
 }
 
 impl StoreError {
@@ -108,8 +130,9 @@ struct Inner {
     path: PathBuf,
     /// Batches' outcomes on their way to the writer thread, which commits the batches that
     /// arrive within a moment of each other in one transaction.
-    apply_queue: std::sync::mpsc::Sender<carts::ApplyJob>,
+    apply_queue: std::sync::mpsc::Sender<carts::WriterJob>,
     writer_stats: Arc<carts::WriterStats>,
+    writer_failure: Arc<carts::WriterFailure>,
 }
 
 /// A handle to the database; cheap to clone.
@@ -130,6 +153,21 @@ impl Store {
     /// Fails when the file cannot be opened or created, the schema is newer than this build,
     /// or a migration fails.
     pub fn open(path: &Path, busy_timeout: Duration) -> Result<Store, StoreError> {
+        Store::open_with(path, busy_timeout, true)
+    }
+
+    /// Opens and migrates a database that exists, for commands that read or change what is
+    /// there: a mistyped path then names itself instead of creating an empty database.
+    ///
+    /// Fails like [`open`](Self::open), and when there is no file at `path`.
+    pub fn open_existing(path: &Path, busy_timeout: Duration) -> Result<Store, StoreError> {
+        Store::open_with(path, busy_timeout, false)
+    }
+
+    fn open_with(path: &Path, busy_timeout: Duration, create: bool) -> Result<Store, StoreError> {
+        if !create && !path.exists() {
+            return Err(StoreError::Missing { path: path.to_owned() });
+        }
         let open = |flags: OpenFlags| -> Result<Connection, StoreError> {
             let connection = Connection::open_with_flags(path, flags)
                 .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
@@ -151,7 +189,9 @@ impl Store {
         let reader = open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         let writer = Arc::new(Mutex::new(writer));
         let writer_stats = Arc::new(carts::WriterStats::default());
-        let apply_queue = carts::start_apply_thread(Arc::clone(&writer), Arc::clone(&writer_stats))?;
+        let writer_failure = Arc::new(carts::WriterFailure::default());
+        let apply_queue =
+            carts::start_apply_thread(Arc::clone(&writer), Arc::clone(&writer_stats), Arc::clone(&writer_failure))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 writer,
@@ -159,6 +199,7 @@ impl Store {
                 path: path.to_owned(),
                 apply_queue,
                 writer_stats,
+                writer_failure,
             }),
         })
     }
@@ -237,6 +278,19 @@ impl Store {
             }
             let _ = checkpoint().await;
         }))
+    }
+
+    /// Waits until the thread that writes poll outcomes dies, and says why. Never returns
+    /// while it is alive.
+    pub async fn writer_stopped(&self) -> StoreError {
+        let failure = &self.inner.writer_failure;
+        loop {
+            let notified = failure.notify.notified();
+            if let Some(reason) = failure.reason.get() {
+                return StoreError::WriterStopped(reason.clone());
+            }
+            notified.await;
+        }
     }
 
     /// Checks that the database answers a trivial query, for readiness probes.

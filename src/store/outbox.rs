@@ -113,22 +113,65 @@ pub struct DeadLetter {
     pub delivery: DeliveryState,
 }
 
-/// Writes an event and one pending delivery per active sink that wants its type.
+/// Writes an event and one pending delivery per configured sink that wants its type, a
+/// disabled one included (it gets the event when it is enabled again). An event about a cart
+/// takes the cart's next sequence number; a cart with no row yet (an item change forced on a
+/// cart nobody registered) gets one, untracked, so that its events are numbered too.
 pub(super) fn insert_event(transaction: &rusqlite::Connection, event: &NewEvent) -> Result<i64, StoreError> {
+    let cart_sequence = match &event.cart_id {
+        Some(cart_id) => {
+            let mut next_sequence = transaction.prepare_cached(
+                "UPDATE carts SET events_written = events_written + 1 WHERE cart_id = ?1 RETURNING events_written",
+            )?;
+            match next_sequence.query_row([cart_id], |row| row.get::<_, i64>(0)).optional()? {
+                Some(sequence) => Some(sequence),
+                None => {
+                    transaction.execute(
+                        "INSERT INTO carts (cart_id, state, registered_at, tracked_since, finished_at, events_written) \
+                         VALUES (?1, 'untracked', ?2, ?2, ?2, 1)",
+                        params![cart_id, event.created_at],
+                    )?;
+                    Some(1)
+                }
+            }
+        }
+        None => None,
+    };
     transaction
         .prepare_cached(
-            "INSERT INTO events (event_id, event_type, cart_id, created_at, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO events (event_id, event_type, cart_id, cart_sequence, created_at, payload) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
-        .execute(params![event.event_id, event.event_type.as_str(), event.cart_id, event.created_at, event.payload])?;
+        .execute(params![
+            event.event_id,
+            event.event_type.as_str(),
+            event.cart_id,
+            cart_sequence,
+            event.created_at,
+            event.payload(cart_sequence)
+        ])?;
     let seq = transaction.last_insert_rowid();
     transaction
         .prepare_cached(
             "INSERT INTO deliveries (sink, event_seq, ordering_key, next_attempt_at) \
              SELECT sink, ?1, CASE WHEN kind = 'log' THEN NULL ELSE ?2 END, ?3 FROM sinks \
-             WHERE active = 1 AND disabled_at IS NULL AND (event_types IS NULL OR instr(event_types, ?4) > 0)",
+             WHERE active = 1 AND (event_types IS NULL OR instr(event_types, ?4) > 0)",
         )?
         .execute(params![seq, event.cart_id, event.created_at, format!(",{},", event.event_type.as_str())])?;
     Ok(seq)
+}
+
+/// Deliveries a receiver refused with `410 Gone` while their sink is enabled (again) are
+/// attempted at once, their attempts starting afresh: the refusal was the endpoint's, not the
+/// event's.
+fn restart_refused_deliveries(transaction: &rusqlite::Connection, now: &str) -> Result<(), StoreError> {
+    transaction.execute(
+        "UPDATE deliveries SET attempts = 0, next_attempt_at = ?1, last_status = NULL, last_error = NULL \
+         WHERE state = 'pending' AND last_status = 410 \
+           AND sink IN (SELECT sink FROM sinks WHERE disabled_at IS NULL AND active = 1)",
+        [now],
+    )?;
+    Ok(())
 }
 
 fn read_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
@@ -272,7 +315,8 @@ impl Store {
     }
 
     /// Makes the `sinks` table match the config: listed sinks active, others inactive. A sink
-    /// disabled by its receiver stays disabled unless its target changed.
+    /// disabled by its receiver stays disabled unless its target changed; one enabled again
+    /// gets its queued deliveries with their attempts starting afresh.
     pub async fn sync_sinks(&self, specs: Vec<SinkSpec>, now: DateTime<Utc>) -> Result<(), StoreError> {
         self.write(move |connection| {
             let transaction = connection.transaction()?;
@@ -288,8 +332,66 @@ impl Store {
                     params![spec.name, spec.kind, spec.target, event_types, format_ts(now)],
                 )?;
             }
+            restart_refused_deliveries(&transaction, &format_ts(now))?;
             transaction.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Enables a sink its receiver disabled with `410 Gone`, as `cartwatch webhooks enable`
+    /// does: everything queued for it while it was disabled is sent, in order. Returns
+    /// whether it was disabled, or `None` when there is no such sink.
+    pub async fn enable_sink(&self, sink: String, now: DateTime<Utc>) -> Result<Option<bool>, StoreError> {
+        self.write(move |connection| {
+            let transaction = connection.transaction()?;
+            let disabled: Option<bool> = transaction
+                .query_row("SELECT disabled_at IS NOT NULL FROM sinks WHERE sink = ?1", [&sink], |row| row.get(0))
+                .optional()?;
+            transaction
+                .execute("UPDATE sinks SET disabled_at = NULL, disabled_reason = NULL WHERE sink = ?1", [&sink])?;
+            restart_refused_deliveries(&transaction, &format_ts(now))?;
+            transaction.commit()?;
+            Ok(disabled)
+        })
+        .await
+    }
+
+    /// Marks dead letters as skipped, so the later events of their carts, held behind them,
+    /// go out: the events named by id (on every sink where they are dead, or on `sink`), or
+    /// with `dead_only` every dead letter (of `sink`, if given). Returns how many were
+    /// skipped, and the event ids that do not exist.
+    pub async fn skip_dead(
+        &self,
+        event_ids: Vec<String>,
+        dead_only: bool,
+        sink: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(usize, Vec<String>), StoreError> {
+        self.write(move |connection| {
+            let transaction = connection.transaction()?;
+            let note = format!(" (skipped by an operator at {})", format_ts(now));
+            let skip = "UPDATE deliveries SET state = 'skipped', last_error = coalesce(last_error, '') || ?1 \
+                        WHERE state = 'dead' AND (?2 IS NULL OR sink = ?2)";
+            let mut skipped = 0;
+            if dead_only {
+                skipped += transaction.execute(skip, params![note, sink])?;
+            }
+            let mut unknown = Vec::new();
+            for event_id in event_ids {
+                let seq: Option<i64> = transaction
+                    .query_row("SELECT seq FROM events WHERE event_id = ?1", [&event_id], |row| row.get(0))
+                    .optional()?;
+                match seq {
+                    Some(seq) => {
+                        skipped +=
+                            transaction.execute(&format!("{skip} AND event_seq = ?3"), params![note, sink, seq])?
+                    }
+                    None => unknown.push(event_id),
+                }
+            }
+            transaction.commit()?;
+            Ok((skipped, unknown))
         })
         .await
     }
@@ -322,7 +424,9 @@ impl Store {
     }
 
     /// Up to `limit` deliveries of `sink` that are due at `now`, oldest event first, never an
-    /// event whose cart has an earlier delivery still pending on this sink.
+    /// event whose cart has an earlier delivery still pending or dead on this sink: a dead
+    /// letter holds its cart's later events until it is redelivered or skipped, so a
+    /// receiver never sees a cart's events out of order.
     ///
     /// A `sequential` sink (one that handles a batch in order, all or nothing, like the log
     /// sink) gets the oldest pending deliveries up to the first that is not due yet: the
@@ -359,9 +463,9 @@ impl Store {
                 "SELECT e.seq, e.event_id, e.event_type, e.cart_id, e.created_at, e.payload, d.attempts \
                  FROM deliveries d INDEXED BY deliveries_pending_in_order JOIN events e ON e.seq = d.event_seq \
                  WHERE d.sink = ?1 AND d.state = 'pending' AND d.next_attempt_at <= ?2 \
-                   AND NOT EXISTS (SELECT 1 FROM deliveries p INDEXED BY deliveries_pending_by_key \
-                                   WHERE p.sink = ?1 AND p.state = 'pending' AND p.ordering_key = d.ordering_key \
-                                     AND p.event_seq < d.event_seq) \
+                   AND NOT EXISTS (SELECT 1 FROM deliveries p INDEXED BY deliveries_blocking_by_key \
+                                   WHERE p.sink = ?1 AND p.state IN ('pending', 'dead') \
+                                     AND p.ordering_key = d.ordering_key AND p.event_seq < d.event_seq) \
                  ORDER BY d.event_seq LIMIT ?3",
             )?;
             let rows = statement.query_map(params![sink, now, limit], |row| {

@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 
 use super::carts::{CART_COLUMNS, lenient_text, read_cart_row};
+use super::outbox::insert_event;
 use super::{Store, StoreError};
+use crate::events::NewEvent;
 use crate::reconcile::CartRow;
 use crate::time::{format_ts, parse_ts};
 use crate::upstream::{Mode, Snapshot};
@@ -41,6 +43,10 @@ pub struct UpstreamRecord {
     pub provider: String,
     /// The state machine's view.
     pub snapshot: Snapshot,
+    /// When a request last succeeded.
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// When a request last failed.
+    pub last_error_at: Option<DateTime<Utc>>,
     /// The last failure, for people.
     pub last_error: Option<String>,
     /// When it was written.
@@ -62,6 +68,8 @@ pub struct SweepRecord {
     pub requests: u64,
     /// Requests that failed.
     pub failures: u64,
+    /// Database reads or writes that failed (the carts involved stay due).
+    pub write_failures: u64,
     /// Status changes recorded.
     pub transitions: u64,
     /// Events written.
@@ -82,6 +90,7 @@ impl SweepRecord {
         self.carts_polled += other.carts_polled;
         self.requests += other.requests;
         self.failures += other.failures;
+        self.write_failures += other.write_failures;
         self.transitions += other.transitions;
         self.events += other.events;
         if let Some(reason) = &other.stopped_early {
@@ -93,6 +102,23 @@ impl SweepRecord {
     }
 }
 
+/// One sink's deliveries, for `cartwatch status` and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SinkSummary {
+    /// The sink's name (`log`, or the webhook's).
+    pub sink: String,
+    /// Deliveries waiting to be attempted (held ones included).
+    pub pending: u64,
+    /// Deliveries made.
+    pub delivered: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Pending deliveries held behind a dead letter of the same cart.
+    pub held: u64,
+    /// Why the sink is disabled, if it is.
+    pub disabled: Option<String>,
+}
+
 /// Counts for `cartwatch status` and metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
@@ -100,8 +126,8 @@ pub struct Summary {
     pub carts: Vec<(String, Option<String>, u64)>,
     /// Carts due now.
     pub due_now: u64,
-    /// Per sink: name, pending, delivered, dead, disabled reason.
-    pub sinks: Vec<(String, u64, u64, u64, Option<String>)>,
+    /// Each configured sink's deliveries.
+    pub sinks: Vec<SinkSummary>,
     /// Events in the outbox.
     pub events: u64,
     /// Upstream health.
@@ -162,17 +188,30 @@ impl Store {
                    (SELECT count(*) FROM deliveries d WHERE d.sink = s.sink AND d.state = 'pending'), \
                    (SELECT count(*) FROM deliveries d WHERE d.sink = s.sink AND d.state = 'delivered'), \
                    (SELECT count(*) FROM deliveries d WHERE d.sink = s.sink AND d.state = 'dead'), \
+                   (SELECT count(*) FROM deliveries d WHERE d.sink = s.sink AND d.state = 'pending' \
+                      AND d.ordering_key IS NOT NULL AND EXISTS (SELECT 1 FROM deliveries b \
+                        WHERE b.sink = d.sink AND b.ordering_key = d.ordering_key AND b.state = 'dead' \
+                          AND b.event_seq < d.event_seq)), \
                    CASE WHEN s.disabled_at IS NOT NULL THEN coalesce(s.disabled_reason, 'disabled') END \
                  FROM sinks s WHERE s.active = 1 ORDER BY s.sink",
             )?;
             summary.sinks = statement
-                .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)))?
+                .query_map([], |row| {
+                    Ok(SinkSummary {
+                        sink: lenient_text(row, 0)?.unwrap_or_default(),
+                        pending: row.get(1)?,
+                        delivered: row.get(2)?,
+                        dead: row.get(3)?,
+                        held: row.get(4)?,
+                        disabled: lenient_text(row, 5)?,
+                    })
+                })?
                 .collect::<Result<_, _>>()?;
             summary.events = connection.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |row| row.get(0))?;
             summary.last_sweep = connection
                 .query_row(
                     "SELECT started_at, finished_at, carts_polled, requests, failures, transitions, events, stopped_early, \
-                     coalesce(provider, 'imaterialise') FROM sweeps ORDER BY sweep_id DESC LIMIT 1",
+                     coalesce(provider, 'imaterialise'), write_failures FROM sweeps ORDER BY sweep_id DESC LIMIT 1",
                     [],
                     read_sweep,
                 )
@@ -188,34 +227,41 @@ impl Store {
         .await
     }
 
-    /// Persists an upstream's health.
-    pub async fn save_upstream(
-        &self,
-        provider: String,
-        snapshot: Snapshot,
-        last_error: Option<String>,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    /// Persists an upstream's health, with the events that announce a change of it, in one
+    /// transaction: an `upstream.*` event exists only if the state it announces was saved.
+    pub async fn save_upstream(&self, record: UpstreamRecord, events: Vec<NewEvent>) -> Result<(), StoreError> {
         self.write(move |connection| {
-            connection.execute(
-                "INSERT INTO upstream_state (provider, mode, since, next_probe_at, step, consecutive_failures, throttled_until, batch_size, last_error, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
-                 ON CONFLICT (provider) DO UPDATE SET mode = excluded.mode, since = excluded.since, next_probe_at = excluded.next_probe_at, \
-                   step = excluded.step, consecutive_failures = excluded.consecutive_failures, throttled_until = excluded.throttled_until, \
-                   batch_size = excluded.batch_size, last_error = coalesce(excluded.last_error, last_error), updated_at = excluded.updated_at",
+            let transaction = connection.transaction()?;
+            let snapshot = &record.snapshot;
+            transaction.execute(
+                "INSERT INTO upstream_state (provider, mode, since, next_probe_at, step, consecutive_failures, throttled_until, \
+                   batch_size, last_success_at, last_error_at, last_error, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+                 ON CONFLICT (provider) DO UPDATE SET mode = excluded.mode, since = excluded.since, \
+                   next_probe_at = excluded.next_probe_at, step = excluded.step, \
+                   consecutive_failures = excluded.consecutive_failures, throttled_until = excluded.throttled_until, \
+                   batch_size = excluded.batch_size, last_success_at = excluded.last_success_at, \
+                   last_error_at = excluded.last_error_at, last_error = coalesce(excluded.last_error, last_error), \
+                   updated_at = excluded.updated_at",
                 params![
-                    provider,
+                    record.provider,
                     snapshot.mode.as_str(),
                     snapshot.since.map(format_ts),
                     snapshot.next_probe_at.map(format_ts),
                     snapshot.step,
                     snapshot.consecutive_failures,
                     snapshot.throttled_until.map(format_ts),
-                    snapshot.batch_size as i64,
-                    last_error,
-                    format_ts(now)
+                    snapshot.batch_size.clamp(1, 10) as i64,
+                    record.last_success_at.map(format_ts),
+                    record.last_error_at.map(format_ts),
+                    record.last_error.as_deref().map(|error| crate::cart_id::shorten(error, 300)),
+                    record.updated_at
                 ],
             )?;
+            for event in &events {
+                insert_event(&transaction, event)?;
+            }
+            transaction.commit()?;
             Ok(())
         })
         .await
@@ -225,8 +271,8 @@ impl Store {
     pub async fn upstream_records(&self) -> Result<Vec<UpstreamRecord>, StoreError> {
         self.read(|connection| {
             let mut statement = connection.prepare(
-                "SELECT provider, mode, since, next_probe_at, step, consecutive_failures, throttled_until, batch_size, last_error, updated_at \
-                 FROM upstream_state ORDER BY provider",
+                "SELECT provider, mode, since, next_probe_at, step, consecutive_failures, throttled_until, batch_size, last_error, \
+                 updated_at, last_success_at, last_error_at FROM upstream_state ORDER BY provider",
             )?;
             let rows = statement.query_map([], |row| {
                 let time = |index| -> rusqlite::Result<Option<DateTime<Utc>>> {
@@ -243,6 +289,8 @@ impl Store {
                         throttled_until: time(6)?,
                         batch_size: row.get::<_, Option<i64>>(7).ok().flatten().unwrap_or(10).clamp(1, 10) as usize,
                     },
+                    last_success_at: time(10)?,
+                    last_error_at: time(11)?,
                     last_error: lenient_text(row, 8)?,
                     updated_at: lenient_text(row, 9)?.unwrap_or_default(),
                 })
@@ -256,8 +304,8 @@ impl Store {
     pub async fn record_sweep(&self, record: SweepRecord) -> Result<(), StoreError> {
         self.write(move |connection| {
             connection.execute(
-                "INSERT INTO sweeps (started_at, finished_at, carts_polled, requests, failures, transitions, events, stopped_early, provider) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO sweeps (started_at, finished_at, carts_polled, requests, failures, transitions, events, stopped_early, \
+                 provider, write_failures) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     record.started_at,
                     record.finished_at,
@@ -267,7 +315,8 @@ impl Store {
                     record.transitions,
                     record.events,
                     record.stopped_early,
-                    record.provider
+                    record.provider,
+                    record.write_failures
                 ],
             )?;
             connection.execute("DELETE FROM sweeps WHERE sweep_id <= (SELECT max(sweep_id) - 1000 FROM sweeps)", [])?;
@@ -288,5 +337,6 @@ fn read_sweep(row: &rusqlite::Row<'_>) -> rusqlite::Result<SweepRecord> {
         events: row.get(6)?,
         stopped_early: lenient_text(row, 7)?,
         provider: lenient_text(row, 8)?.unwrap_or_default(),
+        write_failures: row.get(9)?,
     })
 }

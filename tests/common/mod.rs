@@ -58,14 +58,14 @@ pub async fn track_all(store: &Store, simulator: &Simulator) -> usize {
 /// A daemon running in this process.
 pub struct RunningDaemon {
     pub shutdown: CancellationToken,
-    pub reloads: mpsc::Sender<Config>,
+    pub reloads: mpsc::UnboundedSender<Config>,
     pub task: tokio::task::JoinHandle<Result<(), daemon::DaemonError>>,
 }
 
 impl RunningDaemon {
     pub fn start(config: Config) -> RunningDaemon {
         let shutdown = CancellationToken::new();
-        let (reload_sender, reloads) = mpsc::channel(1);
+        let (reload_sender, reloads) = mpsc::unbounded_channel();
         let task = tokio::spawn(daemon::run(config, reloads, Hooks::default(), shutdown.clone()));
         RunningDaemon { shutdown, reloads: reload_sender, task }
     }

@@ -189,21 +189,49 @@ fn report(outcome: EntryOutcome) -> CartReport {
     }
 }
 
+/// How far along the normal flow a report puts a cart, to choose between two entries for the
+/// same cart in one answer: any status beats an error, a later status an earlier one, and an
+/// order with its OrderID one without.
+fn advancement(report: &CartReport) -> (u8, u8) {
+    match report {
+        CartReport::Status(observed) => {
+            let rank = CartStatus::parse(&observed.status).rank().map_or(0, |rank| rank * 2 + 1);
+            (3, rank + u8::from(observed.order_id.is_some()))
+        }
+        CartReport::NotFound(_) => (2, 0),
+        CartReport::Error(..) => (1, 0),
+        CartReport::Malformed(_) | CartReport::Missing => (0, 0),
+    }
+}
+
 /// Matches response entries to requested ids, case-insensitively and tolerating any GUID
-/// spelling. Every requested cart gets exactly one report.
+/// spelling. Every requested cart gets exactly one report. When the answer lists a cart more
+/// than once (a stale copy beside a fresh one), the most advanced entry is kept, so a stale
+/// copy can never step a cart backwards.
 pub fn match_reply(requested: &[CartId], reply: StatusReply) -> BatchReply {
     let index: HashMap<&str, usize> = requested.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
     let mut reports: Vec<Option<CartReport>> = vec![None; requested.len()];
     let mut unexpected = Vec::new();
+    let mut duplicated = Vec::new();
     for entry in reply.entries {
         let canonical = CartId::parse(&entry.cart_id)
             .map(|id| id.to_string())
             .unwrap_or_else(|_| entry.cart_id.trim().to_ascii_lowercase());
-        match index.get(canonical.as_str()) {
-            Some(&position) if reports[position].is_none() => reports[position] = Some(report(entry.outcome)),
-            // A second entry for the same cart is ignored: the first one wins.
-            Some(_) => unexpected.push(entry.cart_id),
-            None => unexpected.push(entry.cart_id),
+        let Some(&position) = index.get(canonical.as_str()) else {
+            unexpected.push(entry.cart_id);
+            continue;
+        };
+        let candidate = report(entry.outcome);
+        match &reports[position] {
+            None => reports[position] = Some(candidate),
+            Some(kept) => {
+                if advancement(&candidate) > advancement(kept) {
+                    reports[position] = Some(candidate);
+                }
+                if !duplicated.contains(&canonical) {
+                    duplicated.push(canonical);
+                }
+            }
         }
     }
     BatchReply {
@@ -213,6 +241,7 @@ pub fn match_reply(requested: &[CartId], reply: StatusReply) -> BatchReply {
             .zip(reports.into_iter().map(|report| report.unwrap_or(CartReport::Missing)))
             .collect(),
         unexpected,
+        duplicated,
         unidentified: reply.unidentified_entries,
     }
 }
@@ -245,6 +274,30 @@ mod tests {
         assert!(matches!(matched.reports[0], (ref id, CartReport::Status(_)) if *id == a.as_str()));
         assert_eq!(matched.reports[1], (b.to_string(), CartReport::Missing));
         assert_eq!(matched.unexpected, ["59dcca18-05e7-4f5c-8b4e-89e987ea1e51"]);
+        assert!(matched.duplicated.is_empty());
+    }
+
+    #[test]
+    fn a_duplicated_cart_keeps_its_most_advanced_entry() {
+        let a = CartId::parse("921a2046-66a5-4c5f-b9a6-4bc646fa5e5a").unwrap();
+        let entry = |status: &str, order: &str| {
+            let order = if order.is_empty() { String::new() } else { format!(r#","orderID":"{order}""#) };
+            format!(r#"{{"cartID":"{a}","cartStatus":"{status}"{order}}}"#)
+        };
+        let order_id = "7cf9f78f-6631-44be-905a-94cee7a2cd9c";
+        for (first, second, expected, with_order) in [
+            (entry("Pending", ""), entry("CheckedOut", ""), "CheckedOut", false),
+            (entry("CheckedOut", ""), entry("Pending", ""), "CheckedOut", false),
+            (entry("Ordered", ""), entry("Ordered", order_id), "Ordered", true),
+            (entry("Ordered", order_id), entry("CheckedOut", ""), "Ordered", true),
+        ] {
+            let body = format!(r#"{{"carts":[{first},{second}]}}"#);
+            let matched = match_reply(std::slice::from_ref(&a), wire::decode_json(body.as_bytes()).unwrap());
+            let CartReport::Status(observed) = &matched.reports[0].1 else { panic!("{matched:?}") };
+            assert_eq!((observed.status.as_str(), observed.order_id.is_some()), (expected, with_order), "{body}");
+            assert_eq!(matched.duplicated, [a.to_string()]);
+            assert!(matched.unexpected.is_empty());
+        }
     }
 
     #[test]
