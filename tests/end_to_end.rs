@@ -144,3 +144,95 @@ async fn batch_size_and_xml_are_honoured_end_to_end() {
     assert_eq!(by_status.get(&None), Some(&1), "only the unknown cart has no status: {by_status:?}");
     simulator.stop().await;
 }
+
+/// A partner's bad day, a few seconds of each: creation dates of `0001-01-01`, orders without
+/// their OrderID, and every cart listed twice with a stale copy first. Every order still
+/// reaches the log sink and a webhook with its OrderID, exactly once each; no cart expires;
+/// no checkout is announced more often than it happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partners_bad_day_loses_no_order_and_announces_nothing_twice() {
+    use cartwatch::simulator::FaultSpec;
+    let directory = tempfile::tempdir().unwrap();
+    let settings = SimulatorSettings {
+        seed: 29,
+        carts: 40,
+        unknown_carts: 0,
+        min_dwell: 2,
+        max_dwell: 4,
+        ..SimulatorSettings::default()
+    };
+    let simulator = simulator(settings).await;
+    let receiver = TestReceiver::start("127.0.0.1:0".parse().unwrap(), WEBHOOK_SECRET).await;
+    let mut config = config_for(&simulator, directory.path());
+    // Short enough that any date believed from those answers would expire the cart at once.
+    config.cadence.max_age = Duration::from_secs(3600);
+    add_webhook(&mut config, "erp", &receiver.url(), WEBHOOK_SECRET);
+    let store = store_for(&config).await;
+    track_all(&store, &simulator).await;
+    let daemon = RunningDaemon::start(config.clone());
+    for fault in ["zero-date:1", "no-order-id:1", "stale-duplicate:1"] {
+        simulator.set_faults(FaultSpec::parse(fault).unwrap());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    simulator.set_faults(FaultSpec::default());
+
+    let true_orders = || {
+        let mut orders: Vec<(String, String)> = simulator
+            .truth()
+            .into_iter()
+            .filter(|t| t.to == "Ordered")
+            .map(|t| (t.cart_id, t.order_id.unwrap()))
+            .collect();
+        orders.sort();
+        orders
+    };
+    let orders_in = |events: &[serde_json::Value]| {
+        let mut orders: Vec<(String, String)> = events
+            .iter()
+            .filter(|event| event["type"] == "cart.ordered")
+            .map(|event| {
+                let data = &event["data"];
+                (data["cartId"].as_str().unwrap().to_owned(), data["orderId"].as_str().unwrap_or("(none)").to_owned())
+            })
+            .collect();
+        orders.sort();
+        orders
+    };
+    let webhook_events = || -> Vec<serde_json::Value> {
+        first_deliveries(&receiver.received()).into_iter().map(|delivery| delivery.body).collect()
+    };
+    let settled = wait_until(Duration::from_secs(90), async || {
+        simulator.settled()
+            && orders_in(&logged_events(directory.path())) == true_orders()
+            && orders_in(&webhook_events()) == true_orders()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    daemon.stop().await;
+    assert!(settled, "{} carts unsettled", simulator.unsettled());
+
+    let logged = logged_events(directory.path());
+    assert!(!true_orders().is_empty());
+    assert_eq!(orders_in(&logged), true_orders(), "every order once in the log, with its OrderID");
+    assert_eq!(orders_in(&webhook_events()), true_orders(), "every order once at the webhook, with its OrderID");
+    assert_per_cart_order(&first_deliveries(&receiver.received()));
+    let summary = store.summary(chrono::Utc::now()).await.unwrap();
+    assert!(summary.carts.iter().all(|(state, _, _)| state != "expired"), "{:?}", summary.carts);
+    let mut announced: BTreeMap<String, usize> = BTreeMap::new();
+    for event in logged.iter().filter(|event| event["type"] == "cart.checked_out") {
+        *announced.entry(event["data"]["cartId"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    let mut happened: BTreeMap<String, usize> = BTreeMap::new();
+    for transition in simulator.truth().into_iter().filter(|t| t.to == "CheckedOut") {
+        *happened.entry(transition.cart_id).or_default() += 1;
+    }
+    for (cart_id, times) in &announced {
+        assert!(times <= happened.get(cart_id).unwrap_or(&0), "cart {cart_id} announced checked out {times} times");
+    }
+    // The sequence numbers a receiver can check order with.
+    for event in &logged {
+        assert!(event["data"]["cartSequence"].as_u64().is_some_and(|sequence| sequence >= 1), "{event}");
+    }
+    receiver.stop().await;
+    simulator.stop().await;
+}

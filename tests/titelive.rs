@@ -469,3 +469,60 @@ async fn confirm_through_the_http_api() {
     daemon.stop().await;
     simulator.stop().await;
 }
+
+/// A session token is a customer's credential: it is kept for polling and nowhere else. Logs,
+/// output, the HTTP API and events name the cart by the id derived from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_tokens_stay_out_of_logs_output_and_events() {
+    let directory = tempfile::tempdir().unwrap();
+    let settings = SimulatorSettings {
+        seed: 47,
+        carts: 0,
+        unknown_carts: 0,
+        titelive_sessions: 3,
+        ..SimulatorSettings::default()
+    };
+    let simulator = simulator(settings).await;
+    let config_path = directory.path().join("cartwatch.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[database]\npath = {:?}\n[imaterialise]\nenabled = false\n[titelive]\nenabled = true\nbase_url = {:?}\n\
+             requests_per_second = 0\n[sinks.log]\npath = {:?}\n[logging]\nlevel = \"debug\"\n",
+            directory.path().join("cartwatch.db").display().to_string(),
+            simulator.base_url(),
+            events_file(directory.path()).display().to_string()
+        ),
+    )
+    .unwrap();
+    let tokens = simulator.session_tokens();
+    let run = |arguments: &[&str]| {
+        std::process::Command::new(BINARY).arg("--config").arg(&config_path).args(arguments).output().unwrap()
+    };
+    let mut arguments = vec!["track", "--provider", "titelive", "--domain", "00000"];
+    arguments.extend(tokens.iter().map(String::as_str));
+    let mut outputs = vec![run(&arguments)];
+    // Enough polls for the scripts to reach a valid cart and an order.
+    for _ in 0..16 {
+        outputs.push(run(&["poll-once", "--all"]));
+    }
+    outputs.push(run(&["status"]));
+    outputs.push(run(&["status", &tokens[0]]));
+    outputs.push(run(&["events"]));
+    let everything: String = outputs
+        .iter()
+        .map(|output| format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
+        .collect::<String>()
+        + &std::fs::read_to_string(events_file(directory.path())).unwrap_or_default();
+    let derived = titelive::derived_id(&tokens[0]);
+    assert!(simulator.requests() >= 6, "polled: {everything}");
+    assert!(std::fs::read_to_string(events_file(directory.path())).unwrap().contains("\"provider\":\"titelive\""));
+    assert!(everything.contains(&derived), "the derived id names the cart: {everything}");
+    assert!(everything.contains("\"level\":\"DEBUG\"") || everything.contains("DEBUG"), "debug logs were on");
+    for token in &tokens {
+        assert!(!everything.contains(token.as_str()), "a session token leaked: {everything}");
+    }
+    // `status TOKEN` finds the cart by its token without showing it.
+    assert!(String::from_utf8_lossy(&outputs[outputs.len() - 2].stdout).contains(&derived));
+    simulator.stop().await;
+}

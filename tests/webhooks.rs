@@ -222,15 +222,17 @@ async fn gone_disables_the_endpoint_and_keeps_its_events() {
     assert!(reason.unwrap().contains("410 Gone"));
     assert_eq!(harness.state(&first, "erp").await.state, "pending", "undelivered, still queued");
 
-    // Later events are not queued for a disabled endpoint, and its loop does not run.
+    // Later events are queued for the disabled endpoint, but nothing is sent to it.
     let later = cart_event(EventType::CartOrdered, CART_B);
-    harness.store.write_events(vec![later.clone()]).await.unwrap();
+    let second = cart_event(EventType::CartOrdered, CART_A);
+    harness.store.write_events(vec![later.clone(), second.clone()]).await.unwrap();
     harness.deliver_for(Duration::from_millis(300)).await;
     assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    assert_eq!(harness.state(&later, "erp").await.state, "pending", "queued while disabled");
     let summary = cartwatch::render::render_summary(&harness.store.summary(chrono::Utc::now()).await.unwrap());
-    assert!(summary.contains("DISABLED"), "{summary}");
+    assert!(summary.contains("DISABLED") && summary.contains("webhooks enable erp"), "{summary}");
 
-    // A new URL enables it again.
+    // A new URL enables it again, and everything queued meanwhile goes out, in each cart's order.
     let other = receiver_answering(ResponseTemplate::new(200)).await;
     let mut config = harness.config.clone();
     config.webhooks.get_mut("erp").unwrap().url = format!("{}/hook", other.uri());
@@ -238,7 +240,99 @@ async fn gone_disables_the_endpoint_and_keeps_its_events() {
     harness.store.sync_sinks(sinks.iter().map(|sink| sink.spec()).collect(), chrono::Utc::now()).await.unwrap();
     let harness = Harness { sinks, ..harness };
     harness.deliver_for(Duration::from_millis(500)).await;
-    assert_eq!(harness.state(&first, "erp").await.state, "delivered");
+    for event in [&first, &later, &second] {
+        let state = harness.state(event, "erp").await;
+        assert_eq!((state.state.as_str(), state.attempts), ("delivered", 1), "the refusal does not count");
+    }
+    let arrivals: Vec<String> = other
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.headers.get("webhook-id").unwrap().to_str().unwrap().to_owned())
+        .collect();
+    let position = |event: &NewEvent| arrivals.iter().position(|id| *id == event.event_id).unwrap();
+    assert!(position(&first) < position(&second), "cart A's events in order: {arrivals:?}");
+}
+
+#[tokio::test]
+async fn the_enable_command_sends_what_was_queued_for_a_disabled_endpoint() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(410)).up_to_n_times(1).mount(&server).await;
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+    let harness = harness(&format!("{}/hook", server.uri()), |_| {}).await;
+    let events: Vec<NewEvent> = (0..4).map(|i| cart_event(EventType::CartOrdered, [CART_A, CART_B][i % 2])).collect();
+    harness.store.write_events(events[..1].to_vec()).await.unwrap();
+    harness.deliver_for(Duration::from_millis(400)).await;
+    assert!(harness.store.sink_disabled("erp".into()).await.unwrap().is_some());
+    harness.store.write_events(events[1..].to_vec()).await.unwrap();
+    harness.deliver_for(Duration::from_millis(300)).await;
+    assert_eq!(server.received_requests().await.unwrap().len(), 1, "nothing while disabled");
+    assert_eq!(harness.store.enable_sink("erp".into(), chrono::Utc::now()).await.unwrap(), Some(true));
+    harness.deliver_for(Duration::from_millis(500)).await;
+    for event in &events {
+        assert_eq!(harness.state(event, "erp").await.state, "delivered");
+    }
+    assert_eq!(harness.store.enable_sink("nope".into(), chrono::Utc::now()).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_dead_letter_holds_its_carts_later_events_until_redelivered_or_skipped() {
+    let server = MockServer::start().await;
+    let first_a = cart_event(EventType::CartCheckedOut, CART_A);
+    let first_b = cart_event(EventType::CartCheckedOut, CART_B);
+    for event in [&first_a, &first_b] {
+        Mock::given(method("POST"))
+            .and(wiremock::matchers::header("webhook-id", event.event_id.as_str()))
+            .respond_with(ResponseTemplate::new(500))
+            .up_to_n_times(3)
+            .mount(&server)
+            .await;
+    }
+    Mock::given(method("POST")).respond_with(ResponseTemplate::new(200)).mount(&server).await;
+    let harness = harness(&format!("{}/hook", server.uri()), |_| {}).await;
+    let later_a: Vec<NewEvent> = (0..2).map(|_| cart_event(EventType::CartOrdered, CART_A)).collect();
+    let later_b = cart_event(EventType::CartOrdered, CART_B);
+    let mut all = vec![first_a.clone(), first_b.clone()];
+    all.extend(later_a.iter().cloned());
+    all.push(later_b.clone());
+    harness.store.write_events(all).await.unwrap();
+    harness.deliver_for(Duration::from_millis(1500)).await;
+
+    // Both first events are dead after the schedule; everything after them waits unsent.
+    assert_eq!(harness.state(&first_a, "erp").await.state, "dead");
+    for event in later_a.iter().chain([&later_b]) {
+        let state = harness.state(event, "erp").await;
+        assert_eq!((state.state.as_str(), state.attempts), ("pending", 0), "held, not sent");
+    }
+    let summary = harness.store.summary(chrono::Utc::now()).await.unwrap();
+    let erp = summary.sinks.iter().find(|sink| sink.sink == "erp").unwrap();
+    assert_eq!((erp.dead, erp.held), (2, 3));
+    assert!(cartwatch::render::render_summary(&summary).contains("held 3 behind dead letters"));
+
+    // Redelivered, cart A's dead letter goes first and its later events follow in order.
+    harness.store.redeliver(vec![first_a.event_id.clone()], false, None, chrono::Utc::now()).await.unwrap();
+    // Skipped, cart B's dead letter is passed over and its later event goes out.
+    let (skipped, unknown) =
+        harness.store.skip_dead(vec![first_b.event_id.clone()], false, None, chrono::Utc::now()).await.unwrap();
+    assert_eq!((skipped, unknown.len()), (1, 0));
+    harness.deliver_for(Duration::from_millis(600)).await;
+    let arrivals: Vec<String> = server
+        .received_requests()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.headers.get("webhook-id").unwrap().to_str().unwrap().to_owned())
+        .collect();
+    let first_a_delivered = arrivals.iter().rposition(|id| *id == first_a.event_id).unwrap();
+    let positions: Vec<usize> =
+        later_a.iter().map(|event| arrivals.iter().position(|id| *id == event.event_id).unwrap()).collect();
+    assert!(first_a_delivered < positions[0] && positions[0] < positions[1], "cart A in order: {arrivals:?}");
+    assert_eq!(harness.state(&first_b, "erp").await.state, "skipped");
+    assert_eq!(harness.state(&later_b, "erp").await.state, "delivered");
+    let summary = harness.store.summary(chrono::Utc::now()).await.unwrap();
+    let erp = summary.sinks.iter().find(|sink| sink.sink == "erp").unwrap();
+    assert_eq!((erp.pending, erp.dead, erp.held), (0, 0, 0));
 }
 
 #[tokio::test]

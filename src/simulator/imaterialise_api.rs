@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 
-use super::{Fault, RequestRecord, SimState, lock};
+use super::{DataFault, Fault, RequestRecord, SimState, lock};
 use crate::provider::imaterialise::wire::{get_ci, json_text};
 use crate::status::CartStatus;
 use chrono::Utc;
@@ -128,16 +128,30 @@ async fn answer(state: &SimState, headers: &HeaderMap, body: &[u8], record: &mut
         if faults.omit_cart.as_ref().is_some_and(|omit| requested.eq_ignore_ascii_case(omit)) {
             continue;
         }
-        let entry = match state.serve(&requested.trim().to_ascii_lowercase()) {
-            Some((status, order_id, created_raw)) => Entry::Status {
-                cart_id: requested.trim().to_ascii_lowercase(),
-                status: spelling(&status, state.draw()),
-                order_id,
-                created_raw,
-            },
-            None => Entry::NotFound { cart_id: requested.clone() },
+        let cart_id = requested.trim().to_ascii_lowercase();
+        let Some(served) = state.serve(&cart_id) else {
+            entries.push(Entry::NotFound { cart_id: requested.clone() });
+            continue;
         };
-        entries.push(entry);
+        let mut created_raw = served.created_raw;
+        let mut order_id = served.order_id;
+        if faults.data_fault(DataFault::ZeroDate, state.draw()) {
+            created_raw = if state.draw() < 0.5 { "0001-01-01T00:00:00" } else { "1900-01-01T00:00:00" }.into();
+        }
+        if faults.data_fault(DataFault::NoOrderId, state.draw()) {
+            order_id = None;
+        }
+        if faults.data_fault(DataFault::StaleDuplicate, state.draw())
+            && let Some(before) = &served.before
+        {
+            entries.push(Entry::Status {
+                cart_id: cart_id.clone(),
+                status: spelling(before, state.draw()),
+                order_id: None,
+                created_raw: created_raw.clone(),
+            });
+        }
+        entries.push(Entry::Status { cart_id, status: spelling(&served.status, state.draw()), order_id, created_raw });
     }
     if let Some(extra) = &faults.extra_cart {
         entries.push(Entry::Status {

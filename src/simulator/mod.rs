@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cart_id::CartId;
 use crate::status::CartStatus;
-pub use faults::{Fault, FaultSpec};
+pub use faults::{DataFault, Fault, FaultSpec};
 
 /// How the simulator behaves.
 #[derive(Debug, Clone)]
@@ -113,6 +113,15 @@ impl SimCart {
     fn settled(&self) -> bool {
         self.position + 1 == self.script.len() && self.served_here > 0
     }
+}
+
+/// What the simulator answers about one cart.
+pub(crate) struct Served {
+    status: CartStatus,
+    order_id: Option<String>,
+    created_raw: String,
+    /// The status before the current one, if any.
+    before: Option<CartStatus>,
 }
 
 /// One request the simulator received.
@@ -242,13 +251,18 @@ impl SimState {
         }
     }
 
-    /// Serves one cart: its current status, then moves it on if its dwell is over.
-    fn serve(&self, cart_id: &str) -> Option<(CartStatus, Option<String>, String)> {
+    /// Serves one cart: its current status, then moves it on if its dwell is over. Also
+    /// returns the status before the current one, for a stale copy.
+    fn serve(&self, cart_id: &str) -> Option<Served> {
         let mut carts = lock(&self.carts);
         let cart = carts.get_mut(cart_id)?;
         let status = cart.status().clone();
-        let answer =
-            (status.clone(), (status == CartStatus::Ordered).then(|| cart.order_id.clone()), cart.created_raw.clone());
+        let answer = Served {
+            status: status.clone(),
+            order_id: (status == CartStatus::Ordered).then(|| cart.order_id.clone()),
+            created_raw: cart.created_raw.clone(),
+            before: cart.position.checked_sub(1).map(|position| cart.script[position].0.clone()),
+        };
         cart.served_here += 1;
         let dwell = cart.script[cart.position].1;
         if cart.served_here >= dwell && cart.position + 1 < cart.script.len() {
