@@ -168,7 +168,8 @@ pub enum Command {
         /// Seed of the scripts, ids and faults.
         #[arg(long, value_name = "S", default_value_t = 1)]
         seed: u64,
-        /// Faults to inject, e.g. `401:0.05,code1:0.05,5xx:0.05,timeout:0.01,malformed:0.05`.
+        /// Faults to inject, e.g. `401:0.05,code1:0.05,5xx:0.05,timeout:0.01,malformed:0.05`
+        /// (per request) or `zero-date:0.2,no-order-id:0.5,stale-duplicate:0.3` (per cart).
         #[arg(long, value_name = "SPEC", default_value = "")]
         faults: String,
         /// Every cart shows this status for good (NotOrdered, Pending, CheckedOut, Ordered).
