@@ -638,6 +638,26 @@ mod tests {
     }
 
     #[test]
+    fn a_titelive_cart_with_the_documents_own_date_does_not_expire() {
+        let mut context = context();
+        context.cadence.max_age = Duration::from_secs(24 * 3600);
+        let titelive = CartRow { provider: "titelive".into(), ..row(Some("NoPaymentMethod")) };
+        let outcome = PollOutcome::Report(CartReport::Status(Observation {
+            status: "NoPaymentMethod".into(),
+            known_status: true,
+            created_at_raw: Some("2016-03-03 11:39:45".into()),
+            created_at: crate::time::parse_naive("2016-03-03 11:39:45"),
+            ..Observation::default()
+        }));
+        let mut current = titelive;
+        for minutes in [1, 2, 3] {
+            current = decide(&current, &outcome, &at(&context, minutes * 60), 0.5).unwrap().row;
+        }
+        assert_eq!(current.state, "tracking");
+        assert_eq!(current.cart_created_at_raw.as_deref(), Some("2016-03-03 11:39:45"));
+    }
+
+    #[test]
     fn ordered_without_an_order_id_is_polled_until_the_id_comes_and_announced_then() {
         let context = context();
         let waiting = decide(&row(Some("CheckedOut")), &reported("Ordered", None), &context, 0.5).unwrap();

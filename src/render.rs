@@ -45,9 +45,16 @@ pub fn render_summary(summary: &Summary) -> String {
         if snapshot.consecutive_failures > 0 {
             let _ = write!(line, ", {} failure(s) in a row", snapshot.consecutive_failures);
         }
+        match record.last_success_at {
+            Some(at) => {
+                let _ = write!(line, ", last answered {}", crate::time::format_ts(at));
+            }
+            None => line.push_str(", never answered yet"),
+        }
         let _ = writeln!(out, "{line}");
         if let Some(error) = &record.last_error {
-            let _ = writeln!(out, "  {:<13} last error: {}", "", printable(error));
+            let at = record.last_error_at.map(crate::time::format_ts).unwrap_or_default();
+            let _ = writeln!(out, "  {:<13} last error {at}: {}", "", printable(error));
         }
     }
 
