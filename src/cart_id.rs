@@ -102,6 +102,32 @@ impl MalformedCartId {
     }
 }
 
+/// The public id of a cart named by a session token (Titelive): `tl_` and the first 32 hexadecimal digits of the
+/// SHA-256 of its session token. The token is a credential for the customer's session
+/// (whoever holds it can confirm the cart), so it is kept only where polling needs it; logs,
+/// output, the HTTP API and events name the cart by this id, which anyone holding the token
+/// can compute and nobody can turn back into the token.
+pub fn derived_session_id(token: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(token.trim().as_bytes());
+    let mut id = String::with_capacity(35);
+    id.push_str(DERIVED_SESSION_ID_PREFIX);
+    for byte in &digest[..16] {
+        let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{byte:02x}"));
+    }
+    id
+}
+
+/// What every Titelive cart id starts with.
+pub const DERIVED_SESSION_ID_PREFIX: &str = "tl_";
+
+/// Whether `text` is a Titelive cart id as [`derived_session_id`] makes them.
+pub fn is_derived_session_id(text: &str) -> bool {
+    text.strip_prefix(DERIVED_SESSION_ID_PREFIX).is_some_and(|hex| {
+        hex.len() == 32 && hex.bytes().all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+    })
+}
+
 /// Shortens text for messages, on a character boundary, marking the cut with an ellipsis.
 pub fn shorten(text: &str, max_chars: usize) -> String {
     if text.chars().count() <= max_chars {

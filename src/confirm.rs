@@ -5,13 +5,12 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
-
-use crate::config::Config;
-use crate::provider::titelive::{CheckCode, TiteliveClient, TiteliveOrder, Token, check_domain};
-use crate::provider::{CartReport, Observation, Provider, UpstreamError};
-use crate::reconcile::{Context, PollOutcome};
-use crate::store::{Store, StoreError, TrackRequest};
+use crate::clock::Clock;
+use crate::model::{CartReport, Observation, StatusModel, TrackRequest, UpstreamError};
+use crate::provider::Provider;
+use crate::provider::titelive::{CheckCode, Titelive, TiteliveClient, TiteliveOrder, Token, check_domain};
+use crate::reconcile::{Context, PollOutcome, Rules};
+use crate::store::{Store, StoreError};
 
 /// Why no order was made.
 #[derive(Debug, thiserror::Error)]
@@ -33,17 +32,24 @@ pub enum ConfirmError {
 /// Confirms Titelive carts.
 #[derive(Debug)]
 pub struct ConfirmService {
-    store: Store,
-    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    provider: Arc<Titelive>,
+    rules: Arc<Rules>,
     client: TiteliveClient,
+    clock: Clock,
 }
 
 impl ConfirmService {
     /// Builds the service.
     ///
     /// Fails when the HTTP client cannot be built.
-    pub fn new(store: Store, config: Arc<Config>) -> Result<ConfirmService, UpstreamError> {
-        Ok(ConfirmService { client: TiteliveClient::new(&config.titelive)?, store, config })
+    pub fn new(
+        store: Arc<dyn Store>,
+        provider: Arc<Titelive>,
+        rules: Arc<Rules>,
+        clock: Clock,
+    ) -> Result<ConfirmService, UpstreamError> {
+        Ok(ConfirmService { client: TiteliveClient::new(provider.settings())?, store, provider, rules, clock })
     }
 
     /// Confirms a Titelive cart, named by its session token or, when it is tracked, by its
@@ -67,14 +73,14 @@ impl ConfirmService {
         let cart_id = crate::provider::titelive::derived_id(token.as_str());
         let row = self.store.cart(cart_id.clone()).await?;
         if let Some(row) = &row
-            && row.provider != Provider::Titelive.as_str()
+            && row.provider != self.provider.name()
         {
             return Err(ConfirmError::Malformed(format!("cart {} is not a Titelive cart", row.cart_id)));
         }
         let domain = domain
             .map(str::to_owned)
             .or_else(|| row.as_ref().map(|row| row.account.clone()).filter(|account| !account.is_empty()))
-            .or_else(|| Some(self.config.titelive.default_domain.clone()).filter(|domain| !domain.is_empty()))
+            .or_else(|| Some(self.provider.settings().default_domain.clone()).filter(|domain| !domain.is_empty()))
             .ok_or_else(|| {
                 ConfirmError::Malformed(
                     "give the shop's domain code with --domain (or set titelive.default_domain)".into(),
@@ -92,7 +98,7 @@ impl ConfirmService {
             }
             (code, _) => {
                 if code == CheckCode::AlreadyOrder {
-                    let _ = self.store.poll_soon(cart_id.clone(), Utc::now()).await;
+                    let _ = self.store.poll_soon(cart_id.clone(), self.clock.now()).await;
                 }
                 let message = if answer.message.is_empty() { String::new() } else { format!(" ({})", answer.message) };
                 return Err(ConfirmError::Refused(format!("{}{message}", code.describe())));
@@ -105,9 +111,17 @@ impl ConfirmService {
         );
 
         if row.is_none() {
-            let request = TrackRequest::parse(Provider::Titelive, token.as_str(), &domain, None)
-                .map_err(ConfirmError::Malformed)?;
-            self.store.track(vec![request], Utc::now()).await?;
+            let (cart_id, session_token) =
+                self.provider.register_id(token.as_str()).map_err(ConfirmError::Malformed)?;
+            let request = TrackRequest {
+                provider: self.provider.name().to_owned(),
+                cart_id,
+                session_token,
+                account: domain.clone(),
+                reference: None,
+            };
+            let now = self.clock.now();
+            self.store.track(vec![request], now, now).await?;
         }
         let Some(row) = self.store.cart(cart_id.clone()).await? else {
             return Ok((cart_id, order));
@@ -122,7 +136,8 @@ impl ConfirmService {
             created_at_raw: None,
             created_at: None,
         };
-        let context = Arc::new(Context::from_config(&self.config, Utc::now()));
+        let model: Arc<dyn StatusModel> = Arc::clone(&self.provider) as Arc<dyn StatusModel>;
+        let context = Context { now: self.clock.now(), rules: Arc::clone(&self.rules), model };
         self.store
             .apply(vec![(row.key, PollOutcome::Report(CartReport::Status(observed)), rand::random())], context)
             .await?;

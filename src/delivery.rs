@@ -5,15 +5,15 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use chrono::Utc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::clock::Clock;
 use crate::metrics::{DeliveryLabels, Metrics};
+use crate::outbox::DeliveryResult;
 use crate::sinks::Sink;
-use crate::store::{DeliveryResult, Store, StoreError, retrying};
-use crate::sweep::STORE_RETRY_BUDGET;
+use crate::store::{OutboxStore, RETRY_BUDGET, StoreError, retrying};
 
 /// The longest the loop sleeps without looking for work, so events written by another
 /// process (the CLI, `sqlite3`) and an endpoint enabled again by a command are picked up
@@ -48,16 +48,17 @@ pub enum PassError {
 ///
 /// Fails when the sink is disabled, the database fails, or the pass is aborted.
 pub async fn deliver_pass(
-    store: &Store,
+    store: &dyn OutboxStore,
     sink: &Sink,
     metrics: &Metrics,
+    clock: &Clock,
     abort: &CancellationToken,
 ) -> Result<Option<Pass>, PassError> {
     let name = sink.name().to_owned();
     if let Some(reason) = store.sink_disabled(name.clone()).await.map_err(PassError::Store)? {
         return Err(PassError::Disabled(reason));
     }
-    let now = Utc::now();
+    let now = clock.now();
     let pending = store
         .pending_deliveries(name.clone(), now, sink.batch_limit(), sink.sequential())
         .await
@@ -81,15 +82,15 @@ pub async fn deliver_pass(
     }
     let results = outcome.results;
     // Not recorded means attempted again later: a duplicate, never a loss.
-    retrying("record deliveries", STORE_RETRY_BUDGET, abort, || {
-        store.record_deliveries(name.clone(), results.clone(), Utc::now())
+    retrying("record deliveries", RETRY_BUDGET, abort, || {
+        store.record_deliveries(name.clone(), results.clone(), clock.now())
     })
     .await
     .map_err(PassError::Store)?;
     if let Some(reason) = &outcome.disable {
         error!(sink = %name, reason = %reason, "the receiver answered 410 Gone: this endpoint is DISABLED; events for it are queued and sent, in order, once it is enabled again (change its url and reload, or `cartwatch webhooks enable {name}`)");
-        retrying("disable the endpoint", STORE_RETRY_BUDGET, abort, || {
-            store.disable_sink(name.clone(), reason.clone(), Utc::now())
+        retrying("disable the endpoint", RETRY_BUDGET, abort, || {
+            store.disable_sink(name.clone(), reason.clone(), clock.now())
         })
         .await
         .map_err(PassError::Store)?;
@@ -100,10 +101,16 @@ pub async fn deliver_pass(
 /// Delivers everything of `sink` that is due now, without waiting for retries: passes until
 /// one delivers less than it attempted or nothing is left. Returns the deliveries attempted
 /// and delivered.
-pub async fn drain_once(store: &Store, sink: &Sink, metrics: &Metrics, abort: &CancellationToken) -> Pass {
+pub async fn drain_once(
+    store: &dyn OutboxStore,
+    sink: &Sink,
+    metrics: &Metrics,
+    clock: &Clock,
+    abort: &CancellationToken,
+) -> Pass {
     let mut total = Pass::default();
     loop {
-        match deliver_pass(store, sink, metrics, abort).await {
+        match deliver_pass(store, sink, metrics, clock, abort).await {
             Ok(Some(pass)) => {
                 total.attempted += pass.attempted;
                 total.delivered += pass.delivered;
@@ -152,10 +159,11 @@ impl SinkSlot {
 /// finish and be recorded; `abort` drops it instead (its deliveries are made again later). A
 /// disabled sink waits, checking every second, until it is enabled again.
 pub async fn delivery_loop(
-    store: Store,
+    store: Arc<dyn OutboxStore>,
     slot: SinkSlot,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    clock: Clock,
     shutdown: CancellationToken,
     abort: CancellationToken,
 ) {
@@ -164,7 +172,7 @@ pub async fn delivery_loop(
     while !shutdown.is_cancelled() {
         let woken = wake.notified();
         let sink = slot.get();
-        let idle = match deliver_pass(&store, &sink, &metrics, &abort).await {
+        let idle = match deliver_pass(store.as_ref(), &sink, &metrics, &clock, &abort).await {
             Ok(Some(_)) => {
                 disabled_reported = false;
                 continue;
@@ -174,12 +182,8 @@ pub async fn delivery_loop(
                     info!(sink = %name, "this endpoint is enabled again; sending what was queued for it");
                 }
                 // Sleep until the next retry is due, new events arrive, or the idle poll.
-                let next_due = store.next_delivery_due(name.clone(), Utc::now()).await.ok().flatten();
-                next_due
-                    .as_deref()
-                    .and_then(crate::time::parse_ts)
-                    .and_then(|due| (due - Utc::now()).to_std().ok())
-                    .map_or(IDLE_POLL, |wait| wait.min(IDLE_POLL))
+                let next_due = store.next_delivery_due(name.clone(), clock.now()).await.ok().flatten();
+                next_due.and_then(|due| (due - clock.now()).to_std().ok()).map_or(IDLE_POLL, |wait| wait.min(IDLE_POLL))
             }
             Err(PassError::Disabled(reason)) => {
                 if !disabled_reported {
@@ -197,7 +201,7 @@ pub async fn delivery_loop(
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = woken => {}
-            () = tokio::time::sleep(idle) => {}
+            () = clock.sleep(idle) => {}
         }
     }
 }

@@ -5,7 +5,7 @@
 //! attempt to every sink carries the same bytes and the same `webhook-id`.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Every event type cartwatch can write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -108,8 +108,8 @@ pub struct ItemsChangedData {
     pub cart: CartEventData,
     /// `add` or `remove`.
     pub action: String,
-    /// The items the partner confirmed, with their prices.
-    pub items: Vec<crate::provider::imaterialise::items::CartItem>,
+    /// The items the partner confirmed, with their prices, as the provider describes them.
+    pub items: Vec<serde_json::Value>,
 }
 
 /// The `data` of an upstream event.
@@ -217,6 +217,35 @@ impl NewEvent {
 /// A fresh event id: `evt_` and a time-ordered UUID (v7) in simple form.
 pub fn new_event_id() -> String {
     format!("evt_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// `[events]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventsConfig {
+    /// Event type names to write.
+    pub emit: Vec<String>,
+}
+
+impl EventsConfig {
+    /// Records every problem of this section in `problems`.
+    pub fn check(&self, problems: &mut crate::checks::Problems) {
+        for name in &self.emit {
+            if EventType::parse(name).is_none() {
+                problems.add(
+                    "events.emit",
+                    format!(
+                        "unknown event type {name:?}; known types: {}",
+                        EventType::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The event types to write.
+    pub fn types(&self) -> std::collections::BTreeSet<EventType> {
+        self.emit.iter().filter_map(|name| EventType::parse(name)).collect()
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! problem.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -18,20 +19,23 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use chrono::Utc;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
+use crate::checks::{DAY, MILLISECOND, MINUTE, Problems, SECOND};
+use crate::clock::Clock;
 use crate::confirm::{ConfirmError, ConfirmService};
 use crate::items::{ChangeError, ItemsService};
 use crate::liveness::DaemonHealth;
 use crate::metrics::Metrics;
+use crate::model::TrackRequest;
+use crate::provider::Registry;
 use crate::provider::imaterialise::items::{ItemAction, ItemsError};
-use crate::provider::{Provider, canonical_any};
 use crate::secret::Secret;
-use crate::store::{Store, TrackOutcome, TrackRequest, UntrackOutcome};
+use crate::store::{Store, TrackOutcome, UntrackOutcome};
+use crate::time::format_ts;
 use crate::upstream::Mode;
 
 /// Most carts one `POST /v1/carts` may register.
@@ -40,6 +44,8 @@ const MAX_CARTS_PER_REQUEST: usize = 10_000;
 /// The services the API offers, as the current config builds them; a reload replaces them.
 #[derive(Debug, Clone, Default)]
 pub struct Services {
+    /// Every provider, for registering carts and reading ids.
+    pub providers: Registry,
     /// Item changes, when the i.materialise provider is enabled.
     pub items: Option<Arc<ItemsService>>,
     /// Titelive confirmations, when that provider is enabled.
@@ -50,7 +56,9 @@ pub struct Services {
 #[derive(Clone)]
 pub struct ApiState {
     /// The database.
-    pub store: Store,
+    pub store: Arc<dyn Store>,
+    /// The clock.
+    pub clock: Clock,
     /// The metrics to render.
     pub metrics: Arc<Metrics>,
     /// The bearer token, if one is required.
@@ -84,7 +92,7 @@ pub struct Limits {
 
 impl Limits {
     /// The limits `[http]` sets.
-    pub fn from_config(config: &crate::config::HttpConfig) -> Limits {
+    pub fn from_config(config: &HttpConfig) -> Limits {
         Limits {
             max_body_bytes: usize::try_from(config.max_body_bytes).unwrap_or(usize::MAX),
             max_connections: config.max_connections as usize,
@@ -259,7 +267,8 @@ async fn readyz(State(state): State<ApiState>) -> Response {
 }
 
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let text = state.metrics.render(&state.store).await?;
+    let summary = state.store.summary(state.clock.now()).await?;
+    let text = state.metrics.render(&summary);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }
 
@@ -275,7 +284,7 @@ fn json_body(body: Result<Bytes, BytesRejection>, headers: &HeaderMap) -> Result
 }
 
 /// Reads `{"cartId", "reference"}`, `{"carts": [...]}` of those or of strings, or a list.
-fn track_requests(body: &Value) -> Result<Vec<TrackRequest>, ApiError> {
+fn track_requests(body: &Value, providers: &Registry) -> Result<Vec<TrackRequest>, ApiError> {
     let items: Vec<&Value> = match body {
         Value::Array(items) => items.iter().collect(),
         Value::Object(object) if object.contains_key("carts") => match &object["carts"] {
@@ -312,19 +321,11 @@ fn track_requests(body: &Value) -> Result<Vec<TrackRequest>, ApiError> {
             ),
             _ => (None, None, None, None),
         };
-        let Some(provider) = provider.as_deref().map_or(Some(Provider::Imaterialise), Provider::parse) else {
-            problems.push(format!("carts[{index}].provider must be imaterialise or titelive"));
-            continue;
-        };
-        let account = match (provider, domain) {
-            (Provider::Imaterialise, _) => Ok(String::new()),
-            (Provider::Titelive, Some(domain)) => crate::provider::titelive::check_domain(&domain),
-            (Provider::Titelive, None) => Err("Titelive carts need a domain".to_owned()),
-        };
-        match (id.map(|id| TrackRequest::parse(provider, &id, "", reference)), account) {
-            (Some(Ok(request)), Ok(account)) => requests.push(TrackRequest { account, ..request }),
-            (Some(Err(error)), _) | (_, Err(error)) => problems.push(format!("carts[{index}]: {error}")),
-            (None, _) => problems.push(format!("carts[{index}] has no cartId")),
+        let provider = provider.as_deref().unwrap_or(crate::provider::imaterialise::PROVIDER);
+        match id.map(|id| providers.track_request(provider, &id, domain.as_deref(), reference)) {
+            Some(Ok(request)) => requests.push(request),
+            Some(Err(error)) => problems.push(format!("carts[{index}]: {error}")),
+            None => problems.push(format!("carts[{index}] has no cartId")),
         }
     }
     if problems.is_empty() {
@@ -340,8 +341,9 @@ async fn register_carts(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = json_body(body, &headers)?;
-    let requests = track_requests(&body)?;
-    let outcomes = state.store.track(requests, Utc::now()).await?;
+    let requests = track_requests(&body, &state.services().providers)?;
+    let now = state.clock.now();
+    let outcomes = state.store.track(requests, now, now).await?;
     let carts: Vec<Value> = outcomes
         .into_iter()
         .map(|(cart_id, outcome)| {
@@ -357,13 +359,14 @@ async fn register_carts(
     Ok(axum::Json(json!({ "carts": carts })).into_response())
 }
 
-fn path_cart_id(text: &str) -> Result<String, ApiError> {
-    canonical_any(text).map_err(ApiError::bad_request)
+fn path_cart_id(state: &ApiState, text: &str) -> Result<String, ApiError> {
+    state.services().providers.public_id(text).map_err(ApiError::bad_request)
 }
 
 async fn untrack_cart(State(state): State<ApiState>, Path(cart_id): Path<String>) -> Result<Response, ApiError> {
-    let cart_id = path_cart_id(&cart_id)?;
-    let outcome = state.store.untrack(vec![cart_id.clone()], Utc::now()).await?.pop().map(|(_, outcome)| outcome);
+    let cart_id = path_cart_id(&state, &cart_id)?;
+    let outcome =
+        state.store.untrack(vec![cart_id.clone()], state.clock.now()).await?.pop().map(|(_, outcome)| outcome);
     match outcome {
         Some(UntrackOutcome::Untracked) => {
             Ok(axum::Json(json!({ "cartId": cart_id.as_str(), "outcome": "untracked" })).into_response())
@@ -379,8 +382,8 @@ async fn untrack_cart(State(state): State<ApiState>, Path(cart_id): Path<String>
 }
 
 async fn show_cart(State(state): State<ApiState>, Path(cart_id): Path<String>) -> Result<Response, ApiError> {
-    let cart_id = path_cart_id(&cart_id)?;
-    let detail = state.store.cart_detail(cart_id.to_string()).await?;
+    let cart_id = path_cart_id(&state, &cart_id)?;
+    let detail = state.store.cart_detail(cart_id.clone()).await?;
     let detail =
         detail.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("cart {cart_id} is not registered")))?;
     let cart = &detail.cart;
@@ -388,13 +391,13 @@ async fn show_cart(State(state): State<ApiState>, Path(cart_id): Path<String>) -
         "cartId": cart.cart_id,
         "provider": cart.provider,
         "reference": cart.reference,
-        "state": cart.state,
+        "state": cart.state.as_str(),
         "status": cart.status,
         "orderId": cart.order_id,
-        "cartCreatedAt": cart.cart_created_at_raw,
-        "registeredAt": cart.registered_at,
-        "lastPolledAt": cart.last_polled_at,
-        "nextPollAt": cart.next_poll_at,
+        "cartCreatedAt": cart.created_at_raw,
+        "registeredAt": format_ts(cart.registered_at),
+        "lastPolledAt": cart.last_polled_at.map(format_ts),
+        "nextPollAt": cart.next_poll_at.map(format_ts),
         "consecutiveErrors": cart.consecutive_errors,
         "lastError": cart.last_error,
         "transitions": detail.transitions,
@@ -541,12 +544,65 @@ async fn list_events(
     Ok(axum::Json(json!({ "events": events, "nextAfter": next_after })).into_response())
 }
 
+/// `[http]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HttpConfig {
+    /// Address to listen on; empty for off.
+    pub listen: String,
+    /// Bearer token.
+    pub token: Secret,
+    /// A file holding the bearer token.
+    pub token_file: PathBuf,
+    /// Largest request body accepted.
+    pub max_body_bytes: u64,
+    /// Connections open at once; more are refused.
+    pub max_connections: u32,
+    /// Time a client has to send a request's headers.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Time a connection may sit without a byte either way before it is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl HttpConfig {
+    /// The address to listen on, if the API is on and the address valid.
+    pub fn address(&self) -> Option<std::net::SocketAddr> {
+        self.listen.trim().parse().ok()
+    }
+}
+
+impl HttpConfig {
+    /// Records every problem of this section in `problems`.
+    pub fn check(&self, problems: &mut Problems) {
+        if !self.listen.trim().is_empty() {
+            match self.address() {
+                None => problems.add(
+                    "http.listen",
+                    format!("not an address with a port, such as \"127.0.0.1:8787\": {:?}", self.listen),
+                ),
+                Some(address) if !address.ip().is_loopback() && self.token.is_empty() => problems.add(
+                    "http.listen",
+                    format!("listening on {address}, which is not loopback, needs http.token (or http.token_file)"),
+                ),
+                Some(_) => {}
+            }
+        }
+        problems.number("http.max_body_bytes", self.max_body_bytes, 1024..=1 << 30);
+        problems.number("http.max_connections", self.max_connections, 1..=10_000);
+        problems.duration("http.header_timeout", self.header_timeout, 100 * MILLISECOND, 10 * MINUTE);
+        problems.duration("http.idle_timeout", self.idle_timeout, SECOND, DAY);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn every_body_shape_is_accepted_and_bad_ids_named() {
+        let providers = crate::config::Config::default().providers();
+        let track_requests = |body: &Value| track_requests(body, &providers);
         let a = "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a";
         assert_eq!(
             track_requests(&json!({ "cartId": a.to_uppercase(), "reference": "r" })).unwrap()[0].reference.as_deref(),

@@ -5,19 +5,19 @@
 //! Used by `cartwatch items` and the HTTP API alike.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use chrono::Utc;
+use serde::{Deserialize, Serialize};
 
 use crate::cart_id::{CartId, ItemId};
-use crate::config::Config;
+use crate::clock::Clock;
 use crate::events::{EventType, ItemsChangedData, NewEvent};
-use crate::provider::UpstreamError;
-use crate::provider::imaterialise::StatusClient;
+use crate::model::{Cart, CartReport, CartState, StatusModel, UpstreamError};
 use crate::provider::imaterialise::items::{CartItem, ItemAction, ItemErrorKind, ItemsClient, ItemsError};
-use crate::provider::{CartReport, Provider};
-use crate::reconcile::{CartRow, CartState, Context, PollOutcome, event_data};
-use crate::status::CartStatus;
-use crate::store::{Store, StoreError};
+use crate::provider::imaterialise::status::CartStatus;
+use crate::provider::imaterialise::{Imaterialise, StatusClient};
+use crate::reconcile::{Context, PollOutcome, Rules, event_data};
+use crate::store::{ItemRecord, Store, StoreError};
 
 /// Why a change was not made, by class (each has its own exit code and HTTP status).
 #[derive(Debug, thiserror::Error)]
@@ -54,10 +54,13 @@ pub struct ChangeOutcome {
 
 /// Performs guarded item changes.
 pub struct ItemsService {
-    store: Store,
-    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    provider: Arc<Imaterialise>,
+    settings: ItemsConfig,
+    rules: Arc<Rules>,
     status: StatusClient,
     items: ItemsClient,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for ItemsService {
@@ -67,22 +70,25 @@ impl std::fmt::Debug for ItemsService {
 }
 
 impl ItemsService {
-    /// Builds the service from config.
+    /// Builds the service for the i.materialise `provider`.
     ///
     /// Fails when an HTTP client cannot be built.
-    pub fn new(store: Store, config: Arc<Config>) -> Result<ItemsService, UpstreamError> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        provider: Arc<Imaterialise>,
+        settings: ItemsConfig,
+        rules: Arc<Rules>,
+        clock: Clock,
+    ) -> Result<ItemsService, UpstreamError> {
         Ok(ItemsService {
-            status: StatusClient::new(&config.imaterialise)?,
-            items: ItemsClient::new(&config.imaterialise)?,
+            status: StatusClient::new(provider.settings())?,
+            items: ItemsClient::new(provider.settings())?,
             store,
-            config,
+            provider,
+            settings,
+            rules,
+            clock,
         })
-    }
-
-    /// Applies a reloaded config's apiCode.
-    pub fn reload(&self, config: &Config) {
-        self.status.set_api_code(config.imaterialise.api_code.clone());
-        self.items.set_api_code(config.imaterialise.api_code.clone());
     }
 
     /// Adds or removes items. Unless `force`, refuses locally when the cart is not tracked or
@@ -109,7 +115,7 @@ impl ItemsService {
         let mut row = self.store.cart(cart_id.to_string()).await?;
         let mut refreshed = false;
         if let Some(current) = &row
-            && CartState::parse(&current.state) == Some(CartState::Tracking)
+            && current.state == CartState::Tracking
             && self.is_stale(current)
         {
             match self.refresh(current).await {
@@ -142,35 +148,39 @@ impl ItemsService {
         }
     }
 
-    fn is_stale(&self, row: &CartRow) -> bool {
-        let polled = row.last_polled_at.as_deref().and_then(crate::time::parse_ts);
-        polled.is_none_or(|at| (Utc::now() - at).to_std().unwrap_or_default() > self.config.items.status_max_age)
+    fn is_stale(&self, row: &Cart) -> bool {
+        let max_age = self.settings.status_max_age;
+        row.last_polled_at.is_none_or(|at| (self.clock.now() - at).to_std().unwrap_or_default() > max_age)
+    }
+
+    fn context(&self) -> Context {
+        let model: Arc<dyn StatusModel> = Arc::clone(&self.provider) as Arc<dyn StatusModel>;
+        Context { now: self.clock.now(), rules: Arc::clone(&self.rules), model }
     }
 
     /// Asks the Cart Status API about the cart once and records the answer the way a sweep
     /// does (transitions and events included).
-    async fn refresh(&self, row: &CartRow) -> Result<(), ChangeError> {
+    async fn refresh(&self, row: &Cart) -> Result<(), ChangeError> {
         let cart_id = CartId::parse(&row.cart_id).map_err(|error| ChangeError::Malformed(error.to_string()))?;
-        let reply = self.status.fetch(std::slice::from_ref(&cart_id)).await.map_err(ChangeError::Upstream)?;
+        let reply = self.status.fetch_ids(std::slice::from_ref(&cart_id)).await.map_err(ChangeError::Upstream)?;
         let Some((_, report)) = reply.reports.into_iter().next() else {
             return Ok(());
         };
         if let CartReport::NotFound(_) = &report {
             tracing::warn!(cart_id = %cart_id, "the partner does not know this cart");
         }
-        let context = Arc::new(Context::from_config(&self.config, Utc::now()));
-        self.store.apply(vec![(row.key, PollOutcome::Report(report), rand::random())], context).await?;
+        self.store.apply(vec![(row.key, PollOutcome::Report(report), rand::random())], self.context()).await?;
         Ok(())
     }
 
     async fn record(
         &self,
         cart_id: &CartId,
-        row: Option<&CartRow>,
+        row: Option<&Cart>,
         action: ItemAction,
         items: &[CartItem],
     ) -> Result<Option<String>, StoreError> {
-        let emit = self.config.emitted_event_types().contains(&EventType::CartItemsChanged);
+        let emit = self.rules.emit.contains(&EventType::CartItemsChanged);
         let event = emit.then(|| {
             let mut cart = match row {
                 Some(row) => event_data(row, row.status.clone()),
@@ -186,11 +196,14 @@ impl ItemsService {
             };
             // The partner makes a changed cart Pending; the next poll records it.
             cart.status = Some(CartStatus::Pending.as_str().into());
-            let data = ItemsChangedData { cart, action: action.as_str().into(), items: items.to_vec() };
-            NewEvent::items_changed(&data, Utc::now())
+            let items = items.iter().map(|item| serde_json::to_value(item).unwrap_or_default()).collect();
+            let data = ItemsChangedData { cart, action: action.as_str().into(), items };
+            NewEvent::items_changed(&data, self.clock.now())
         });
         let event_id = event.as_ref().map(|event| event.event_id.clone());
-        self.store.record_item_change(cart_id.to_string(), action, items.to_vec(), event, Utc::now()).await?;
+        let records = items.iter().map(item_record).collect();
+        let now = self.clock.now();
+        self.store.record_item_change(cart_id.to_string(), action.as_str().into(), records, event, now).await?;
         Ok(event_id)
     }
 
@@ -200,17 +213,17 @@ impl ItemsService {
     async fn after_refusal(
         &self,
         cart_id: &CartId,
-        row: Option<&CartRow>,
+        row: Option<&Cart>,
         errors: &[crate::provider::imaterialise::items::ItemError],
     ) {
         let kinds: Vec<&ItemErrorKind> = errors.iter().map(|error| &error.kind).collect();
-        let tracked = row.filter(|row| CartState::parse(&row.state) == Some(CartState::Tracking));
+        let tracked = row.filter(|row| row.state == CartState::Tracking);
         if kinds.iter().any(|kind| matches!(kind, ItemErrorKind::AlreadyOrdered | ItemErrorKind::CheckedOutOrOrdered))
             && let Some(row) = tracked
             && let Err(error) = self.refresh(row).await
         {
             tracing::warn!(cart_id = %cart_id, error = %error, "cannot poll the cart now; the daemon will at its next sweep");
-            let _ = self.store.poll_soon(cart_id.to_string(), Utc::now()).await;
+            let _ = self.store.poll_soon(cart_id.to_string(), self.clock.now()).await;
         }
         if kinds.iter().any(|kind| matches!(kind, ItemErrorKind::CartExpired))
             && let Some(row) = tracked
@@ -218,7 +231,7 @@ impl ItemsService {
             // One answer never ends tracking: the cart is polled at once and expires, if it
             // does, on the evidence of its age.
             let note = "the partner says the cart has expired (an item change was refused with 111)".to_owned();
-            if let Err(error) = self.store.note_cart(row.cart_id.clone(), note, Utc::now()).await {
+            if let Err(error) = self.store.note_cart(row.cart_id.clone(), note, self.clock.now()).await {
                 tracing::warn!(cart_id = %cart_id, error = %error, "cannot record the partner's refusal on the cart");
             }
         }
@@ -227,18 +240,18 @@ impl ItemsService {
 
 /// The local guard: a change is only worth asking for on a tracked cart whose last known
 /// status still allows it.
-fn guard(cart_id: &CartId, row: Option<&CartRow>) -> Result<(), ChangeError> {
+fn guard(cart_id: &CartId, row: Option<&Cart>) -> Result<(), ChangeError> {
     let Some(row) = row else {
         return Err(ChangeError::Refused(format!("cart {cart_id} is not tracked; track it first, or use --force")));
     };
-    if Provider::parse(&row.provider) != Some(Provider::Imaterialise) {
+    if row.provider != crate::provider::imaterialise::PROVIDER {
         return Err(ChangeError::Refused(format!(
             "cart {cart_id} is a {} cart; item changes are an i.materialise API",
             row.provider
         )));
     }
-    match CartState::parse(&row.state) {
-        Some(CartState::Tracking) => {}
+    match row.state {
+        CartState::Tracking => {}
         _ => {
             return Err(ChangeError::Refused(format!(
                 "cart {cart_id} is not tracked (its state is {}); use --force to try anyway",
@@ -254,4 +267,31 @@ fn guard(cart_id: &CartId, row: Option<&CartRow>) -> Result<(), ChangeError> {
         )));
     }
     Ok(())
+}
+
+/// An item as the item history keeps it.
+fn item_record(item: &CartItem) -> ItemRecord {
+    ItemRecord {
+        cart_item_id: item.cart_item_id.clone(),
+        quantity: item.quantity,
+        my_sales_unit_price: item.my_sales_unit_price.map(|price| price.to_string()),
+        imat_unit_price: item.imat_unit_price.map(|price| price.to_string()),
+        currency: item.currency.clone(),
+        valid_until: item.valid_until.clone(),
+    }
+}
+
+/// `[items]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ItemsConfig {
+    /// A known status older than this is refreshed before a change.
+    #[serde(with = "humantime_serde")]
+    pub status_max_age: Duration,
+}
+
+impl ItemsConfig {
+    /// Records every problem of this section in `problems`.
+    pub fn check(&self, problems: &mut crate::checks::Problems) {
+        problems.duration("items.status_max_age", self.status_max_age, Duration::ZERO, 30 * crate::checks::DAY);
+    }
 }

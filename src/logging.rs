@@ -3,9 +3,8 @@
 
 use std::io::IsTerminal;
 
+use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
-
-use crate::config::{LogFormat, LoggingConfig};
 
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides the configured level with
 /// full filter syntax. Does nothing if a subscriber is already installed (as in tests).
@@ -23,4 +22,48 @@ pub fn init(config: &LoggingConfig) {
     } else {
         builder.with_target(false).try_init()
     };
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[logging]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoggingConfig {
+    /// Default level filter.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+impl LoggingConfig {
+    /// Records every problem of this section in `problems`.
+    pub fn check(&self, problems: &mut crate::checks::Problems) {
+        if LoggingConfig::parse_level(&self.level).is_none() {
+            problems
+                .add("logging.level", format!("must be one of error, warn, info, debug, trace; got {:?}", self.level));
+        }
+    }
+
+    /// Maps a level name to a tracing level filter.
+    pub fn parse_level(name: &str) -> Option<tracing::level_filters::LevelFilter> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "error" => Some(tracing::level_filters::LevelFilter::ERROR),
+            "warn" | "warning" => Some(tracing::level_filters::LevelFilter::WARN),
+            "info" => Some(tracing::level_filters::LevelFilter::INFO),
+            "debug" => Some(tracing::level_filters::LevelFilter::DEBUG),
+            "trace" => Some(tracing::level_filters::LevelFilter::TRACE),
+            "off" => Some(tracing::level_filters::LevelFilter::OFF),
+            _ => None,
+        }
+    }
 }

@@ -1,10 +1,13 @@
-//! The `cartwatch` binary: parse the command line and hand over to the library.
+//! The `cartwatch` binary: the command line over the library, with the demo and the
+//! benchmarks.
 
 #![forbid(unsafe_code)]
+
+mod cli;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = cartwatch::cli::Cli::parse();
-    cartwatch::cli::main(cli)
+    let cli = cli::Cli::parse();
+    cli::main(cli)
 }

@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::store::{Store, StoreError};
+use crate::store::Summary;
 use crate::upstream::Mode;
 
 /// `provider` and `outcome`.
@@ -189,12 +189,9 @@ impl Metrics {
             .set(i64::from(mode != Mode::Healthy));
     }
 
-    /// Refreshes the gauges read from the database and renders everything in the Prometheus
-    /// text format.
-    ///
-    /// Fails when the database cannot be read.
-    pub async fn render(&self, store: &Store) -> Result<String, StoreError> {
-        let summary = store.summary(chrono::Utc::now()).await?;
+    /// Refreshes the gauges read from the database's `summary` and renders everything in the
+    /// Prometheus text format.
+    pub fn render(&self, summary: &Summary) -> String {
         self.carts.clear();
         for (state, status, count) in &summary.carts {
             let labels = CartLabels { state: state.clone(), status: status.clone().unwrap_or_default() };
@@ -213,6 +210,6 @@ impl Metrics {
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        Ok(text)
+        text
     }
 }

@@ -6,8 +6,10 @@
 
 use std::time::Duration;
 
-use crate::config::{BackoffConfig, CadenceConfig};
-use crate::provider::UpstreamError;
+use serde::{Deserialize, Serialize};
+
+use crate::checks::{DAY, LONGEST, MILLISECOND, Problems, SECOND};
+use crate::model::UpstreamError;
 
 /// An exponential delay: `initial`, doubling per attempt, capped at `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,16 +117,145 @@ pub fn redelivery_delay(
     Some(retry_after.map_or(spread, |wait| spread.max(wait)))
 }
 
+/// One age tier of the polling cadence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CadenceTier {
+    /// Applies to carts younger than this.
+    #[serde(with = "humantime_serde")]
+    pub younger_than: Duration,
+    /// Poll interval for those carts.
+    #[serde(with = "humantime_serde")]
+    pub every: Duration,
+}
+
+/// `[cadence]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CadenceConfig {
+    /// Age tiers, youngest first.
+    pub tiers: Vec<CadenceTier>,
+    /// Interval past the last tier.
+    #[serde(with = "humantime_serde")]
+    pub older_every: Duration,
+    /// Interval for CheckedOut carts.
+    #[serde(with = "humantime_serde")]
+    pub checked_out_every: Duration,
+    /// Age at which an unordered cart expires.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Fraction by which intervals are spread either way.
+    pub jitter: f64,
+}
+
+/// `[backoff]`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackoffConfig {
+    /// First delay after a transient failure.
+    #[serde(with = "humantime_serde")]
+    pub transient_initial: Duration,
+    /// Cap of the transient delay.
+    #[serde(with = "humantime_serde")]
+    pub transient_max: Duration,
+    /// Failed requests in a row before the circuit opens.
+    pub circuit_after: u32,
+    /// First probe delay after a 401.
+    #[serde(with = "humantime_serde")]
+    pub auth_initial: Duration,
+    /// Cap of the 401 probe delay.
+    #[serde(with = "humantime_serde")]
+    pub auth_max: Duration,
+    /// Consecutive not-found answers before a cart is given up.
+    pub not_found_after: u32,
+}
+
+impl CadenceConfig {
+    /// Records every problem of this section in `problems`.
+    pub fn check(&self, problems: &mut Problems) {
+        let mut previous_age = Duration::ZERO;
+        for (index, tier) in self.tiers.iter().enumerate() {
+            let key = format!("cadence.tiers[{index}]");
+            if tier.younger_than <= previous_age {
+                problems.add(&key, "tiers must be listed youngest first, each `younger_than` larger than the last");
+            }
+            problems.duration(&format!("{key}.younger_than"), tier.younger_than, SECOND, LONGEST);
+            problems.duration(&format!("{key}.every"), tier.every, SECOND, 365 * DAY);
+            previous_age = tier.younger_than;
+        }
+        problems.duration("cadence.older_every", self.older_every, SECOND, 365 * DAY);
+        problems.duration("cadence.checked_out_every", self.checked_out_every, SECOND, 365 * DAY);
+        problems.duration("cadence.max_age", self.max_age, SECOND, LONGEST);
+        problems.fraction("cadence.jitter", self.jitter);
+    }
+}
+
+impl BackoffConfig {
+    /// Records every problem of this section in `problems`.
+    pub fn check(&self, problems: &mut Problems) {
+        problems.duration("backoff.transient_initial", self.transient_initial, MILLISECOND, DAY);
+        problems.duration("backoff.transient_max", self.transient_max, MILLISECOND, 7 * DAY);
+        if self.transient_max < self.transient_initial {
+            problems.add("backoff.transient_max", "must not be shorter than backoff.transient_initial");
+        }
+        problems.duration("backoff.auth_initial", self.auth_initial, MILLISECOND, DAY);
+        problems.duration("backoff.auth_max", self.auth_max, MILLISECOND, 7 * DAY);
+        if self.auth_max < self.auth_initial {
+            problems.add("backoff.auth_max", "must not be shorter than backoff.auth_initial");
+        }
+        problems.number("backoff.circuit_after", self.circuit_after, 1..=1000);
+        // One answer alone never ends the tracking of a cart.
+        problems.number("backoff.not_found_after", self.not_found_after, 2..=1000);
+    }
+}
+
+/// The documented defaults (`config/cartwatch.toml`), for tests across the crate; a test of
+/// the config checks that they agree with the file.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    /// `[cadence]` as documented.
+    pub fn cadence() -> CadenceConfig {
+        CadenceConfig {
+            tiers: vec![
+                CadenceTier { younger_than: S(3600), every: S(60) },
+                CadenceTier { younger_than: S(86_400), every: S(300) },
+                CadenceTier { younger_than: S(7 * 86_400), every: S(1800) },
+            ],
+            older_every: S(6 * 3600),
+            checked_out_every: S(60),
+            max_age: S(30 * 86_400),
+            jitter: 0.1,
+        }
+    }
+
+    /// `[backoff]` as documented.
+    pub fn backoff() -> BackoffConfig {
+        BackoffConfig {
+            transient_initial: S(5),
+            transient_max: S(900),
+            circuit_after: 5,
+            auth_initial: S(60),
+            auth_max: S(3600),
+            not_found_after: 5,
+        }
+    }
+
+    /// `[delivery] schedule` as documented.
+    pub fn delivery_schedule() -> Vec<Duration> {
+        [0, 5, 300, 1800, 7200, 18_000, 36_000, 36_000].into_iter().map(S).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 
     #[test]
     fn transient_delays_double_up_to_the_cap() {
-        let backoff = transient_backoff(&Config::default().backoff);
+        let backoff = transient_backoff(&fixtures::backoff());
         let ceilings: Vec<Duration> = (0..10).map(|attempt| backoff.ceiling(attempt)).collect();
         assert_eq!(ceilings, [S(5), S(10), S(20), S(40), S(80), S(160), S(320), S(640), S(900), S(900)]);
         assert_eq!(backoff.ceiling(u32::MAX), S(900));
@@ -132,7 +263,7 @@ mod tests {
 
     #[test]
     fn auth_delays_double_from_a_minute_to_an_hour() {
-        let backoff = auth_backoff(&Config::default().backoff);
+        let backoff = auth_backoff(&fixtures::backoff());
         let ceilings: Vec<u64> = (0..8).map(|attempt| backoff.ceiling(attempt).as_secs()).collect();
         assert_eq!(ceilings, [60, 120, 240, 480, 960, 1920, 3600, 3600]);
     }
@@ -170,7 +301,7 @@ mod tests {
 
     #[test]
     fn cadence_by_age_and_status() {
-        let cadence = Config::default().cadence;
+        let cadence = fixtures::cadence();
         let minutes = |m: u64| S(60 * m);
         assert_eq!(poll_interval(&cadence, minutes(0), false), minutes(1));
         assert_eq!(poll_interval(&cadence, minutes(59), false), minutes(1));
@@ -182,7 +313,7 @@ mod tests {
 
     #[test]
     fn redelivery_follows_the_schedule_then_gives_up() {
-        let schedule = Config::default().delivery.schedule();
+        let schedule = fixtures::delivery_schedule();
         let delays: Vec<Option<Duration>> =
             (1..=8).map(|attempts| redelivery_delay(&schedule, attempts, 0.0, 0.5, None)).collect();
         let hours = |h: u64| Some(S(3600 * h));

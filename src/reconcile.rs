@@ -1,117 +1,21 @@
 //! The heart of cartwatch: given a cart as stored and what the partner just said about it,
-//! decide the cart's new row, the transition to record and the events to announce.
+//! decide the cart's new record, the transition to record and the events to announce.
 //!
 //! A pure function, called by the store inside the transaction that writes its result, with
-//! the row as it is at that moment (not as it was when the sweep read it).
+//! the cart as it is at that moment (not as it was when the sweep read it). What the
+//! provider's statuses mean comes in the [`Context`], as its [`StatusModel`].
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
 use crate::cart_id::shorten;
-use crate::config::CadenceConfig;
 use crate::events::{CartEventData, EventType};
-use crate::policy::{Exponential, poll_interval, spread};
-use crate::provider::{CartReport, Ending, Provider};
-use crate::time::{add, format_naive, format_ts, parse_ts};
-
-/// The lifecycle of a tracked cart, stored in `carts.state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CartState {
-    /// Polled on its cadence.
-    Tracking,
-    /// Ordered; the OrderID is recorded and polling ended.
-    Ordered,
-    /// Reported not found too many times in a row; polling ended.
-    NotFound,
-    /// Reached the maximum age without an order; polling ended.
-    Expired,
-    /// Removed from tracking by the operator; kept for history.
-    Untracked,
-    /// A row whose id is malformed (typically inserted by hand); never sent upstream.
-    Invalid,
-}
-
-impl CartState {
-    /// Every state, for summaries.
-    pub const ALL: [CartState; 6] = [
-        CartState::Tracking,
-        CartState::Ordered,
-        CartState::NotFound,
-        CartState::Expired,
-        CartState::Untracked,
-        CartState::Invalid,
-    ];
-
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CartState::Tracking => "tracking",
-            CartState::Ordered => "ordered",
-            CartState::NotFound => "not_found",
-            CartState::Expired => "expired",
-            CartState::Untracked => "untracked",
-            CartState::Invalid => "invalid",
-        }
-    }
-
-    /// Reads a stored name; `None` for anything a person may have typed by hand.
-    pub fn parse(text: &str) -> Option<CartState> {
-        CartState::ALL.into_iter().find(|state| state.as_str() == text)
-    }
-}
-
-/// A cart row as the store holds it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CartRow {
-    /// Row key.
-    pub key: i64,
-    /// Canonical cart id.
-    pub cart_id: String,
-    /// Which partner API.
-    pub provider: String,
-    /// The partner account the cart lives in (Titelive: the shop's domain code).
-    pub account: String,
-    /// The shop's reference.
-    pub reference: Option<String>,
-    /// Lifecycle state as stored (text, since hand edits may hold anything).
-    pub state: String,
-    /// Last status seen, canonical spelling.
-    pub status: Option<String>,
-    /// The status before `status`; `None` when `status` was the first seen.
-    pub previous_status: Option<String>,
-    /// More about the status (Titelive: which requirement is missing).
-    pub status_detail: Option<String>,
-    /// The OrderID, once ordered.
-    pub order_id: Option<String>,
-    /// The order's status, when the partner gave it.
-    pub order_status: Option<String>,
-    /// The order's total, exact decimal text, when the partner gave it.
-    pub order_total: Option<String>,
-    /// The partner's creation date, parsed, without zone.
-    pub cart_created_at: Option<String>,
-    /// The partner's creation date as written.
-    pub cart_created_at_raw: Option<String>,
-    /// When the cart was registered.
-    pub registered_at: String,
-    /// When tracking last (re)started: registration, or `track` resuming a finished cart.
-    pub tracked_since: String,
-    /// Next poll, stored form; `None` for "never".
-    pub next_poll_at: Option<String>,
-    /// Last poll that reached the partner.
-    pub last_polled_at: Option<String>,
-    /// When `status` last changed.
-    pub status_changed_at: Option<String>,
-    /// Failed polls in a row.
-    pub consecutive_errors: u32,
-    /// Not-found answers in a row.
-    pub consecutive_not_found: u32,
-    /// The last problem, for people.
-    pub last_error: Option<String>,
-    /// When the cart left `tracking`.
-    pub finished_at: Option<String>,
-}
+use crate::model::{Cart, CartReport, CartState, Ending, StatusModel};
+use crate::policy::{BackoffConfig, CadenceConfig, Exponential, poll_interval, spread};
+use crate::time::add;
 
 /// What happened to a cart in one poll, as the sweep saw it.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,11 +26,9 @@ pub enum PollOutcome {
     Failed(String),
 }
 
-/// Everything `decide` needs besides the row and the outcome.
+/// What the config says about decisions, whichever the provider.
 #[derive(Debug, Clone)]
-pub struct Context {
-    /// The time of the decision.
-    pub now: DateTime<Utc>,
+pub struct Rules {
     /// Polling cadence.
     pub cadence: CadenceConfig,
     /// Backoff for per-cart failures.
@@ -137,17 +39,27 @@ pub struct Context {
     pub emit: BTreeSet<EventType>,
 }
 
-impl Context {
-    /// The context the config describes, at `now`.
-    pub fn from_config(config: &crate::config::Config, now: DateTime<Utc>) -> Context {
-        Context {
-            now,
-            cadence: config.cadence.clone(),
-            retry: crate::policy::transient_backoff(&config.backoff),
-            not_found_after: config.backoff.not_found_after,
-            emit: config.emitted_event_types(),
+impl Rules {
+    /// The rules these settings make.
+    pub fn new(cadence: &CadenceConfig, backoff: &BackoffConfig, emit: BTreeSet<EventType>) -> Rules {
+        Rules {
+            cadence: cadence.clone(),
+            retry: crate::policy::transient_backoff(backoff),
+            not_found_after: backoff.not_found_after,
+            emit,
         }
     }
+}
+
+/// Everything `decide` needs besides the cart and the outcome.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The time of the decision.
+    pub now: DateTime<Utc>,
+    /// The rules from the config.
+    pub rules: Arc<Rules>,
+    /// What the cart's provider's statuses mean.
+    pub model: Arc<dyn StatusModel>,
 }
 
 /// A status change to record in `cart_transitions`.
@@ -162,8 +74,8 @@ pub struct Transition {
 /// The outcome of `decide`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
-    /// The row to write.
-    pub row: CartRow,
+    /// The cart to write.
+    pub cart: Cart,
     /// The status change, if any.
     pub transition: Option<Transition>,
     /// Events to write (already filtered by the configured set), with their data.
@@ -181,37 +93,38 @@ pub struct Decision {
 /// used; expiry needs two polls past the deadline; "ordered" without an OrderID keeps the
 /// cart polled until the OrderID comes; a lost session must be reported several times in a
 /// row; an order is never undone by a later, staler answer.
-pub fn decide(row: &CartRow, outcome: &PollOutcome, context: &Context, unit: f64) -> Option<Decision> {
-    if CartState::parse(&row.state) != Some(CartState::Tracking) {
+pub fn decide(cart: &Cart, outcome: &PollOutcome, context: &Context, unit: f64) -> Option<Decision> {
+    if cart.state != CartState::Tracking {
         return None;
     }
     let now = context.now;
-    let mut next = row.clone();
+    let model = context.model.as_ref();
+    let rules = context.rules.as_ref();
+    let mut next = cart.clone();
     let mut transition = None;
     let mut unknown_status = None;
     let mut event_types = Vec::new();
-    let provider = Provider::parse(&row.provider).unwrap_or(Provider::Imaterialise);
-    let previous_poll = row.last_polled_at.as_deref();
+    let previous_poll = cart.last_polled_at;
     match outcome {
         PollOutcome::Report(CartReport::Status(observed)) => {
             let observed = observed.bounded();
-            next.last_polled_at = Some(format_ts(now));
+            next.last_polled_at = Some(now);
             next.consecutive_errors = 0;
             next.last_error = None;
             next.status_detail = observed.detail.clone();
             if observed.created_at_raw.is_some() {
-                next.cart_created_at_raw = observed.created_at_raw.clone();
+                next.created_at_raw = observed.created_at_raw.clone();
                 // Only a plausible date replaces the one kept for cadence and expiry.
-                if let Some(created) = observed.created_at.filter(|created| plausible_creation(*created, row, context))
+                if let Some(created) = observed.created_at.filter(|created| plausible_creation(*created, cart, context))
                 {
-                    next.cart_created_at = Some(format_naive(created));
+                    next.created_at = Some(created);
                 }
             }
             if !observed.known_status {
                 unknown_status = Some(observed.status.clone());
             }
-            let was_ordered = row.status.as_deref().is_some_and(|status| provider.ending(status) == Ending::Ordered);
-            let ending = provider.ending(&observed.status);
+            let was_ordered = cart.status.as_deref().is_some_and(|status| model.ending(status) == Ending::Ordered);
+            let ending = model.ending(&observed.status);
             if was_ordered && ending != Ending::Ordered {
                 // Only a cart still waiting for its OrderID is polled after Ordered. An order
                 // cannot be undone, so an earlier status now is a stale answer.
@@ -224,20 +137,20 @@ pub fn decide(row: &CartRow, outcome: &PollOutcome, context: &Context, unit: f64
                 session_gone(&mut next, &observed.status, context, unit, &mut transition, &mut event_types);
             } else {
                 next.consecutive_not_found = 0;
-                if row.status.as_deref() != Some(observed.status.as_str()) {
-                    if let Some(event_type) = provider.transition_event(row.status.as_deref(), &observed.status) {
+                if cart.status.as_deref() != Some(observed.status.as_str()) {
+                    if let Some(event_type) = model.transition_event(cart.status.as_deref(), &observed.status) {
                         event_types.push(event_type);
                     }
-                    transition = Some(Transition { from: row.status.clone(), to: observed.status.clone() });
-                    next.previous_status = row.status.clone();
+                    transition = Some(Transition { from: cart.status.clone(), to: observed.status.clone() });
+                    next.previous_status = cart.status.clone();
                     next.status = Some(observed.status.clone());
-                    next.status_changed_at = Some(format_ts(now));
+                    next.status_changed_at = Some(now);
                 }
                 if ending == Ending::Ordered {
                     next.order_id = observed.order_id.clone().or(next.order_id);
                     next.order_status = observed.order_status.clone().or(next.order_status);
                     next.order_total = observed.order_total.clone().or(next.order_total);
-                    if next.order_id.is_some() || !provider.orders_carry_an_id() {
+                    if next.order_id.is_some() || !model.orders_carry_an_id() {
                         finish(&mut next, CartState::Ordered, now);
                         if was_ordered {
                             // The OrderID arrived after the status: this is the announcement.
@@ -251,19 +164,19 @@ pub fn decide(row: &CartRow, outcome: &PollOutcome, context: &Context, unit: f64
                         await_order_id(&mut next, previous_poll, context, unit, &mut event_types);
                     }
                 } else {
-                    schedule_or_expire(&mut next, previous_poll, provider, context, unit, &mut event_types);
+                    schedule_or_expire(&mut next, previous_poll, context, unit, &mut event_types);
                 }
             }
         }
         PollOutcome::Report(CartReport::NotFound(message)) => {
-            next.last_polled_at = Some(format_ts(now));
+            next.last_polled_at = Some(now);
             next.consecutive_not_found = next.consecutive_not_found.saturating_add(1);
             next.last_error = Some(format!("partner error 101: {}", shorten(message, MAX_MESSAGE_CHARS)));
-            if next.consecutive_not_found >= context.not_found_after {
+            if next.consecutive_not_found >= rules.not_found_after {
                 finish(&mut next, CartState::NotFound, now);
                 event_types.push(EventType::CartNotFound);
             } else {
-                schedule_or_expire(&mut next, previous_poll, provider, context, unit, &mut event_types);
+                schedule_or_expire(&mut next, previous_poll, context, unit, &mut event_types);
             }
         }
         PollOutcome::Report(CartReport::Error(code, message)) => {
@@ -280,16 +193,16 @@ pub fn decide(row: &CartRow, outcome: &PollOutcome, context: &Context, unit: f64
         }
         PollOutcome::Failed(message) => retry_later(&mut next, shorten(message, MAX_MESSAGE_CHARS), context, unit),
     }
-    event_types.retain(|event_type| context.emit.contains(event_type));
+    event_types.retain(|event_type| rules.emit.contains(event_type));
     // Most polls announce nothing; the event data is built only for those that do.
     let events = if event_types.is_empty() {
         Vec::new()
     } else {
-        let previous = if transition.is_some() { row.status.clone() } else { next.previous_status.clone() };
+        let previous = if transition.is_some() { cart.status.clone() } else { next.previous_status.clone() };
         let data = event_data(&next, previous);
         event_types.into_iter().map(|event_type| (event_type, data.clone())).collect()
     };
-    Some(Decision { row: next, transition, events, unknown_status })
+    Some(Decision { cart: next, transition, events, unknown_status })
 }
 
 /// What `status_detail` says while an ordered cart waits for its OrderID.
@@ -298,23 +211,23 @@ pub const AWAITING_ORDER_ID: &str = "ordered; waiting for the partner to send th
 /// Longest partner message kept in `last_error`.
 const MAX_MESSAGE_CHARS: usize = 300;
 
-/// Builds the event data for a cart row.
-pub fn event_data(row: &CartRow, previous_status: Option<String>) -> CartEventData {
+/// Builds the event data for a cart.
+pub fn event_data(cart: &Cart, previous_status: Option<String>) -> CartEventData {
     CartEventData {
-        cart_id: row.cart_id.clone(),
-        status: row.status.clone(),
+        cart_id: cart.cart_id.clone(),
+        status: cart.status.clone(),
         previous_status,
-        order_id: row.order_id.clone(),
-        cart_created_at: row.cart_created_at_raw.clone(),
-        reference: row.reference.clone(),
-        provider: row.provider.clone(),
+        order_id: cart.order_id.clone(),
+        cart_created_at: cart.created_at_raw.clone(),
+        reference: cart.reference.clone(),
+        provider: cart.provider.clone(),
     }
 }
 
-fn finish(row: &mut CartRow, state: CartState, now: DateTime<Utc>) {
-    row.state = state.as_str().to_owned();
-    row.next_poll_at = None;
-    row.finished_at = Some(format_ts(now));
+fn finish(cart: &mut Cart, state: CartState, now: DateTime<Utc>) {
+    cart.state = state;
+    cart.next_poll_at = None;
+    cart.finished_at = Some(now);
 }
 
 /// The earliest creation date believed: carts were not made with these APIs before 2000.
@@ -326,160 +239,261 @@ fn earliest_plausible() -> NaiveDateTime {
 /// `DateTime` is `0001-01-01`), not more than a day in the future, and not older than the
 /// start of tracking by more than the maximum age (a cart that old would have been expired
 /// before it was registered). Dates have no zone and are read as UTC.
-pub fn plausible_creation(created: NaiveDateTime, row: &CartRow, context: &Context) -> bool {
-    let created = created.and_utc();
-    let tracked_since = parse_ts(&row.tracked_since).unwrap_or(context.now);
-    created.naive_utc() >= earliest_plausible()
-        && created <= context.now + chrono::Duration::days(1)
-        && created >= tracked_since - crate::time::to_chrono(context.cadence.max_age)
+pub fn plausible_creation(created: NaiveDateTime, cart: &Cart, context: &Context) -> bool {
+    let max_age = crate::time::to_chrono(context.rules.cadence.max_age);
+    created >= earliest_plausible()
+        && created.and_utc() <= context.now + chrono::Duration::days(1)
+        && created.and_utc() >= cart.tracked_since - max_age
+}
+
+/// The stored creation date, if it is plausible.
+fn stored_creation(cart: &Cart, context: &Context) -> Option<DateTime<Utc>> {
+    cart.created_at.filter(|created| plausible_creation(*created, cart, context)).map(|created| created.and_utc())
 }
 
 /// The age of a cart for its cadence: from the partner's creation date if it is plausible,
 /// else from the start of tracking.
-pub fn cart_age(row: &CartRow, context: &Context) -> Duration {
-    let tracked_since = parse_ts(&row.tracked_since).unwrap_or(context.now);
-    let created = stored_creation(row, context).unwrap_or(tracked_since);
+pub fn cart_age(cart: &Cart, context: &Context) -> Duration {
+    let created = stored_creation(cart, context).unwrap_or(cart.tracked_since);
     (context.now - created).to_std().unwrap_or(Duration::ZERO)
-}
-
-/// The stored creation date, if it is plausible.
-fn stored_creation(row: &CartRow, context: &Context) -> Option<DateTime<Utc>> {
-    let created = crate::time::parse_naive(row.cart_created_at.as_deref()?)?;
-    plausible_creation(created, row, context).then(|| created.and_utc())
 }
 
 /// When a cart that is not ordered expires: the maximum age after the later of the start of
 /// tracking and its plausible creation date.
-pub fn expires_at(row: &CartRow, context: &Context) -> DateTime<Utc> {
-    let tracked_since = parse_ts(&row.tracked_since).unwrap_or(context.now);
-    let anchor = stored_creation(row, context).map_or(tracked_since, |created| created.max(tracked_since));
-    add(anchor, context.cadence.max_age)
+pub fn expires_at(cart: &Cart, context: &Context) -> DateTime<Utc> {
+    let anchor = stored_creation(cart, context).map_or(cart.tracked_since, |created| created.max(cart.tracked_since));
+    add(anchor, context.rules.cadence.max_age)
 }
 
 /// Whether the cart has consistent evidence of being past its maximum age: this poll and the
 /// one before it both came after the deadline.
-fn past_max_age(row: &CartRow, previous_poll: Option<&str>, context: &Context) -> bool {
-    let deadline = expires_at(row, context);
-    context.now >= deadline && previous_poll.and_then(parse_ts).is_some_and(|previous| previous >= deadline)
+fn past_max_age(cart: &Cart, previous_poll: Option<DateTime<Utc>>, context: &Context) -> bool {
+    let deadline = expires_at(cart, context);
+    context.now >= deadline && previous_poll.is_some_and(|previous| previous >= deadline)
 }
 
 /// Schedules the next poll by the cart's age and status, or expires the cart. `previous_poll`
 /// is when it was polled before this answer.
 fn schedule_or_expire(
-    row: &mut CartRow,
-    previous_poll: Option<&str>,
-    provider: Provider,
+    cart: &mut Cart,
+    previous_poll: Option<DateTime<Utc>>,
     context: &Context,
     unit: f64,
     event_types: &mut Vec<EventType>,
 ) {
-    if past_max_age(row, previous_poll, context) {
-        finish(row, CartState::Expired, context.now);
+    if past_max_age(cart, previous_poll, context) {
+        finish(cart, CartState::Expired, context.now);
         event_types.push(EventType::CartExpired);
         return;
     }
-    let order_is_near = row.status.as_deref().is_some_and(|status| provider.order_is_near(status));
-    let interval = poll_interval(&context.cadence, cart_age(row, context), order_is_near);
-    let delay = spread(interval, context.cadence.jitter, unit);
-    row.next_poll_at = Some(format_ts(add(context.now, delay)));
+    let cadence = &context.rules.cadence;
+    let order_is_near = cart.status.as_deref().is_some_and(|status| context.model.order_is_near(status));
+    let interval = poll_interval(cadence, cart_age(cart, context), order_is_near);
+    cart.next_poll_at = Some(add(context.now, spread(interval, cadence.jitter, unit)));
 }
 
 /// A cart the partner calls ordered but without its OrderID: polled as closely as a
 /// checked-out one until the OrderID arrives. Should the maximum age pass first, the order is
 /// announced without it rather than not at all.
 fn await_order_id(
-    row: &mut CartRow,
-    previous_poll: Option<&str>,
+    cart: &mut Cart,
+    previous_poll: Option<DateTime<Utc>>,
     context: &Context,
     unit: f64,
     event_types: &mut Vec<EventType>,
 ) {
-    if past_max_age(row, previous_poll, context) {
-        tracing::error!(cart_id = %row.cart_id, "the partner never sent this order's OrderID; announcing the order without it");
-        row.status_detail = Some("ordered; the partner never sent the OrderID".into());
-        finish(row, CartState::Ordered, context.now);
+    if past_max_age(cart, previous_poll, context) {
+        tracing::error!(cart_id = %cart.cart_id, "the partner never sent this order's OrderID; announcing the order without it");
+        cart.status_detail = Some("ordered; the partner never sent the OrderID".into());
+        finish(cart, CartState::Ordered, context.now);
         event_types.push(EventType::CartOrdered);
         return;
     }
-    let delay = spread(context.cadence.checked_out_every, context.cadence.jitter, unit);
-    row.next_poll_at = Some(format_ts(add(context.now, delay)));
+    let cadence = &context.rules.cadence;
+    cart.next_poll_at = Some(add(context.now, spread(cadence.checked_out_every, cadence.jitter, unit)));
 }
 
 /// The partner says the cart's session is gone. Believed only after `not_found_after`
 /// answers in a row; until then the status stays as it was.
 fn session_gone(
-    row: &mut CartRow,
+    cart: &mut Cart,
     status: &str,
     context: &Context,
     unit: f64,
     transition: &mut Option<Transition>,
     event_types: &mut Vec<EventType>,
 ) {
-    row.consecutive_not_found = row.consecutive_not_found.saturating_add(1);
-    if row.consecutive_not_found < context.not_found_after {
-        row.last_error = Some(format!(
-            "the partner reports {status} ({} of {} answers in a row before tracking ends)",
-            row.consecutive_not_found, context.not_found_after
+    let not_found_after = context.rules.not_found_after;
+    cart.consecutive_not_found = cart.consecutive_not_found.saturating_add(1);
+    if cart.consecutive_not_found < not_found_after {
+        cart.last_error = Some(format!(
+            "the partner reports {status} ({} of {not_found_after} answers in a row before tracking ends)",
+            cart.consecutive_not_found
         ));
-        let delay = spread(context.cadence.checked_out_every, context.cadence.jitter, unit);
-        row.next_poll_at = Some(format_ts(add(context.now, delay)));
+        let cadence = &context.rules.cadence;
+        cart.next_poll_at = Some(add(context.now, spread(cadence.checked_out_every, cadence.jitter, unit)));
         return;
     }
-    if row.status.as_deref() != Some(status) {
-        *transition = Some(Transition { from: row.status.clone(), to: status.to_owned() });
-        row.previous_status = row.status.replace(status.to_owned());
-        row.status_changed_at = Some(format_ts(context.now));
+    if cart.status.as_deref() != Some(status) {
+        *transition = Some(Transition { from: cart.status.clone(), to: status.to_owned() });
+        cart.previous_status = cart.status.replace(status.to_owned());
+        cart.status_changed_at = Some(context.now);
     }
-    finish(row, CartState::Expired, context.now);
+    finish(cart, CartState::Expired, context.now);
     event_types.push(EventType::CartSessionExpired);
 }
 
-fn retry_later(row: &mut CartRow, message: String, context: &Context, unit: f64) {
-    let attempt = row.consecutive_errors;
-    row.consecutive_errors = row.consecutive_errors.saturating_add(1);
-    row.last_error = Some(message);
-    let delay = context.retry.full_jitter(attempt, unit).max(Duration::from_secs(1));
-    row.next_poll_at = Some(format_ts(add(context.now, delay)));
+fn retry_later(cart: &mut Cart, message: String, context: &Context, unit: f64) {
+    let attempt = cart.consecutive_errors;
+    cart.consecutive_errors = cart.consecutive_errors.saturating_add(1);
+    cart.last_error = Some(message);
+    let delay = context.rules.retry.full_jitter(attempt, unit).max(Duration::from_secs(1));
+    cart.next_poll_at = Some(add(context.now, delay));
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Status models and rules for tests of the decisions and of the store.
+
+    use super::*;
+    use chrono::TimeZone;
+
+    /// A model like i.materialise's: NotOrdered, Pending, CheckedOut, Ordered.
+    #[derive(Debug)]
+    pub struct Shop;
+
+    pub const FLOW: [&str; 4] = ["NotOrdered", "Pending", "CheckedOut", "Ordered"];
+
+    impl StatusModel for Shop {
+        fn name(&self) -> &'static str {
+            "shop"
+        }
+        fn rank(&self, status: &str) -> Option<u8> {
+            FLOW.iter().position(|known| *known == status).map(|rank| rank as u8)
+        }
+        fn announces(&self, status: &str) -> Option<EventType> {
+            match status {
+                "Ordered" => Some(EventType::CartOrdered),
+                "CheckedOut" => Some(EventType::CartCheckedOut),
+                "Pending" => Some(EventType::CartPending),
+                _ => None,
+            }
+        }
+        fn ending(&self, status: &str) -> Ending {
+            if status == "Ordered" { Ending::Ordered } else { Ending::Continue }
+        }
+        fn order_is_near(&self, status: &str) -> bool {
+            status == "CheckedOut"
+        }
+        fn orders_carry_an_id(&self) -> bool {
+            true
+        }
+    }
+
+    /// A model like Titelive's: valid is near an order, a lost session ends, orders have no id.
+    #[derive(Debug)]
+    pub struct Session;
+
+    impl StatusModel for Session {
+        fn name(&self) -> &'static str {
+            "session"
+        }
+        fn rank(&self, status: &str) -> Option<u8> {
+            match status {
+                "NoCart" => Some(0),
+                "Valid" => Some(2),
+                "Ordered" => Some(3),
+                "NoSession" => None,
+                _ => Some(1),
+            }
+        }
+        fn announces(&self, status: &str) -> Option<EventType> {
+            match status {
+                "Valid" => Some(EventType::CartReady),
+                "Ordered" => Some(EventType::CartOrdered),
+                "NoSession" => Some(EventType::CartSessionExpired),
+                _ => None,
+            }
+        }
+        fn ending(&self, status: &str) -> Ending {
+            match status {
+                "Ordered" => Ending::Ordered,
+                "NoSession" => Ending::Expired,
+                _ => Ending::Continue,
+            }
+        }
+        fn order_is_near(&self, status: &str) -> bool {
+            status == "Valid"
+        }
+        fn orders_carry_an_id(&self) -> bool {
+            false
+        }
+    }
+
+    /// The documented rules, giving up after 3 not-found answers, with every event.
+    pub fn rules() -> Rules {
+        let backoff = BackoffConfig { not_found_after: 3, ..crate::policy::fixtures::backoff() };
+        let emit = [
+            EventType::CartCheckedOut,
+            EventType::CartOrdered,
+            EventType::CartNotFound,
+            EventType::CartExpired,
+            EventType::CartReady,
+            EventType::CartSessionExpired,
+        ];
+        Rules::new(&crate::policy::fixtures::cadence(), &backoff, emit.into_iter().collect())
+    }
+
+    /// A decision at 2026-11-25T08:00:00Z about a [`Shop`] cart.
+    pub fn context() -> Context {
+        Context {
+            now: Utc.with_ymd_and_hms(2026, 11, 25, 8, 0, 0).unwrap(),
+            rules: Arc::new(rules()),
+            model: Arc::new(Shop),
+        }
+    }
+
+    /// A decision at `now` about a [`Shop`] cart.
+    pub fn context_at(now: DateTime<Utc>) -> Context {
+        Context { now, rules: Arc::new(rules()), model: Arc::new(Shop) }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::fixtures::*;
     use super::*;
-    use crate::config::Config;
-    use crate::provider::Observation;
-    use crate::status::CartStatus;
-    use chrono::TimeZone;
+    use crate::model::Observation;
 
-    fn context() -> Context {
-        let config = Config::default();
-        Context {
-            now: Utc.with_ymd_and_hms(2026, 11, 25, 8, 0, 0).unwrap(),
-            cadence: config.cadence.clone(),
-            retry: crate::policy::transient_backoff(&config.backoff),
-            not_found_after: 3,
-            emit: config.emitted_event_types(),
-        }
+    fn t(text: &str) -> DateTime<Utc> {
+        crate::time::parse_ts(text).unwrap()
     }
 
-    fn row(status: Option<&str>) -> CartRow {
-        CartRow {
+    fn with_rules(context: &Context, change: impl FnOnce(&mut Rules)) -> Context {
+        let mut rules = (*context.rules).clone();
+        change(&mut rules);
+        Context { rules: Arc::new(rules), ..context.clone() }
+    }
+
+    fn row(status: Option<&str>) -> Cart {
+        Cart {
             key: 1,
             cart_id: "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a".into(),
-            provider: "imaterialise".into(),
+            provider: "shop".into(),
             account: String::new(),
             reference: Some("order-form-17".into()),
-            state: "tracking".into(),
+            state: CartState::Tracking,
             status: status.map(str::to_owned),
             previous_status: None,
             status_detail: None,
             order_id: None,
             order_status: None,
             order_total: None,
-            cart_created_at: None,
-            cart_created_at_raw: None,
-            registered_at: "2026-11-25T07:30:00.000Z".into(),
-            tracked_since: "2026-11-25T07:30:00.000Z".into(),
-            next_poll_at: Some("2026-11-25T08:00:00.000Z".into()),
+            created_at_raw: None,
+            created_at: None,
+            registered_at: t("2026-11-25T07:30:00.000Z"),
+            tracked_since: t("2026-11-25T07:30:00.000Z"),
+            next_poll_at: Some(t("2026-11-25T08:00:00.000Z")),
             last_polled_at: None,
             status_changed_at: None,
             consecutive_errors: 0,
@@ -490,10 +504,10 @@ mod tests {
     }
 
     fn reported(status: &str, order_id: Option<&str>) -> PollOutcome {
-        let parsed = CartStatus::parse(status);
+        let known = FLOW.contains(&status);
         PollOutcome::Report(CartReport::Status(Observation {
-            known_status: !matches!(parsed, CartStatus::Other(_)),
-            status: parsed.as_str().to_owned(),
+            known_status: known,
+            status: status.to_owned(),
             order_id: order_id.map(str::to_owned),
             created_at_raw: Some("2026-11-25T07:00:00".into()),
             created_at: crate::time::parse_naive("2026-11-25T07:00:00"),
@@ -512,9 +526,9 @@ mod tests {
                 .unwrap();
         assert_eq!(event_types(&decision), [EventType::CartOrdered]);
         assert_eq!(decision.transition, Some(Transition { from: None, to: "Ordered".into() }));
-        assert_eq!(decision.row.state, "ordered");
-        assert_eq!(decision.row.next_poll_at, None);
-        assert_eq!(decision.row.order_id.as_deref(), Some("7cf9f78f-6631-44be-905a-94cee7a2cd9c"));
+        assert_eq!(decision.cart.state, CartState::Ordered);
+        assert_eq!(decision.cart.next_poll_at, None);
+        assert_eq!(decision.cart.order_id.as_deref(), Some("7cf9f78f-6631-44be-905a-94cee7a2cd9c"));
         let data = &decision.events[0].1;
         assert_eq!(data.reference.as_deref(), Some("order-form-17"));
         assert_eq!(data.cart_created_at.as_deref(), Some("2026-11-25T07:00:00"));
@@ -522,14 +536,14 @@ mod tests {
 
     #[test]
     fn checked_out_is_announced_and_polled_at_the_fastest_tier() {
-        let decision = decide(&row(Some("Pending")), &reported("Checked Out", None), &context(), 0.5).unwrap();
+        let decision = decide(&row(Some("Pending")), &reported("CheckedOut", None), &context(), 0.5).unwrap();
         assert_eq!(event_types(&decision), [EventType::CartCheckedOut]);
-        assert_eq!(decision.row.next_poll_at.as_deref(), Some("2026-11-25T08:01:00.000Z"));
+        assert_eq!(decision.cart.next_poll_at, Some(t("2026-11-25T08:01:00.000Z")));
     }
 
     #[test]
     fn unchanged_status_records_nothing() {
-        let decision = decide(&row(Some("Pending")), &reported("pending", None), &context(), 0.5).unwrap();
+        let decision = decide(&row(Some("Pending")), &reported("Pending", None), &context(), 0.5).unwrap();
         assert_eq!(decision.transition, None);
         assert!(decision.events.is_empty());
     }
@@ -539,8 +553,9 @@ mod tests {
         let decision = decide(&row(Some("CheckedOut")), &reported("Pending", None), &context(), 0.5).unwrap();
         assert!(decision.transition.is_some());
         assert!(decision.events.is_empty());
-        let mut context = context();
-        context.emit.insert(EventType::CartReopened);
+        let context = with_rules(&context(), |rules| {
+            rules.emit.insert(EventType::CartReopened);
+        });
         let decision = decide(&row(Some("CheckedOut")), &reported("Pending", None), &context, 0.5).unwrap();
         assert_eq!(event_types(&decision), [EventType::CartReopened]);
     }
@@ -548,9 +563,9 @@ mod tests {
     #[test]
     fn unknown_status_is_kept_verbatim_and_flagged() {
         let decision = decide(&row(Some("Pending")), &reported("On Hold", None), &context(), 0.5).unwrap();
-        assert_eq!(decision.row.status.as_deref(), Some("On Hold"));
+        assert_eq!(decision.cart.status.as_deref(), Some("On Hold"));
         assert_eq!(decision.unknown_status.as_deref(), Some("On Hold"));
-        assert_eq!(decision.row.state, "tracking");
+        assert_eq!(decision.cart.state, CartState::Tracking);
     }
 
     #[test]
@@ -560,16 +575,16 @@ mod tests {
             PollOutcome::Report(CartReport::NotFound("Specified Cart was not found or wrong format.".into()));
         let mut current = row(None);
         for _ in 0..2 {
-            current = decide(&current, &not_found, &context, 0.5).unwrap().row;
-            assert_eq!(current.state, "tracking");
+            current = decide(&current, &not_found, &context, 0.5).unwrap().cart;
+            assert_eq!(current.state, CartState::Tracking);
         }
         let decision = decide(&current, &not_found, &context, 0.5).unwrap();
-        assert_eq!(decision.row.state, "not_found");
+        assert_eq!(decision.cart.state, CartState::NotFound);
         assert_eq!(event_types(&decision), [EventType::CartNotFound]);
         // A status in between resets the count.
         let mut current = row(None);
         current.consecutive_not_found = 2;
-        current = decide(&current, &reported("Pending", None), &context, 0.5).unwrap().row;
+        current = decide(&current, &reported("Pending", None), &context, 0.5).unwrap().cart;
         assert_eq!(current.consecutive_not_found, 0);
     }
 
@@ -579,10 +594,10 @@ mod tests {
         let mut current = row(Some("Pending"));
         current.consecutive_errors = 3;
         let decision = decide(&current, &PollOutcome::Failed("the request timed out".into()), &context, 0.5).unwrap();
-        assert_eq!(decision.row.consecutive_errors, 4);
+        assert_eq!(decision.cart.consecutive_errors, 4);
         // attempt 3: ceiling 40 s, half of it with unit 0.5
-        assert_eq!(decision.row.next_poll_at.as_deref(), Some("2026-11-25T08:00:20.000Z"));
-        assert_eq!(decision.row.last_error.as_deref(), Some("the request timed out"));
+        assert_eq!(decision.cart.next_poll_at, Some(t("2026-11-25T08:00:20.000Z")));
+        assert_eq!(decision.cart.last_error.as_deref(), Some("the request timed out"));
         assert!(decision.events.is_empty());
     }
 
@@ -597,51 +612,51 @@ mod tests {
         Context { now: context.now + chrono::Duration::seconds(seconds), ..context.clone() }
     }
 
+    fn max_age(seconds: u64) -> Context {
+        with_rules(&context(), |rules| rules.cadence.max_age = Duration::from_secs(seconds))
+    }
+
     #[test]
     fn expiry_needs_two_polls_past_the_deadline_counted_from_tracking() {
-        let mut context = context();
-        context.cadence.max_age = Duration::from_secs(3600);
+        let context = max_age(3600);
         let outcome = with_created(reported("Pending", None), None);
         // Tracked at 07:30; the deadline is 08:30.
         let mut current = row(Some("Pending"));
-        current.registered_at = "2026-10-01T00:00:00.000Z".into();
-        current = decide(&current, &outcome, &at(&context, 29 * 60), 0.5).unwrap().row;
-        assert_eq!(current.state, "tracking", "before the deadline");
-        current = decide(&current, &outcome, &at(&context, 31 * 60), 0.5).unwrap().row;
-        assert_eq!(current.state, "tracking", "the first poll past the deadline is not enough");
+        current.registered_at = t("2026-10-01T00:00:00.000Z");
+        current = decide(&current, &outcome, &at(&context, 29 * 60), 0.5).unwrap().cart;
+        assert_eq!(current.state, CartState::Tracking, "before the deadline");
+        current = decide(&current, &outcome, &at(&context, 31 * 60), 0.5).unwrap().cart;
+        assert_eq!(current.state, CartState::Tracking, "the first poll past the deadline is not enough");
         let decision = decide(&current, &outcome, &at(&context, 36 * 60), 0.5).unwrap();
-        assert_eq!(decision.row.state, "expired");
+        assert_eq!(decision.cart.state, CartState::Expired);
         assert_eq!(event_types(&decision), [EventType::CartExpired]);
     }
 
     #[test]
     fn creation_dates_that_cannot_be_right_are_kept_but_not_used() {
-        let mut context = context();
-        context.cadence.max_age = Duration::from_secs(3600);
+        let context = max_age(3600);
         for raw in ["0001-01-01T00:00:00", "1900-01-01T00:00:00", "2026-11-28T08:00:00", "2026-10-01T00:00:00"] {
             let outcome = with_created(reported("Pending", None), Some(raw));
             let mut current = row(Some("Pending"));
             for minutes in [1, 2, 3] {
-                current = decide(&current, &outcome, &at(&context, minutes * 60), 0.5).unwrap().row;
+                current = decide(&current, &outcome, &at(&context, minutes * 60), 0.5).unwrap().cart;
             }
-            assert_eq!(current.state, "tracking", "{raw}");
-            assert_eq!(current.cart_created_at_raw.as_deref(), Some(raw), "kept as sent");
-            assert_eq!(current.cart_created_at, None, "{raw} is not used");
+            assert_eq!(current.state, CartState::Tracking, "{raw}");
+            assert_eq!(current.created_at_raw.as_deref(), Some(raw), "kept as sent");
+            assert_eq!(current.created_at, None, "{raw} is not used");
             // Young by its tracking time: polled every minute.
-            assert_eq!(current.next_poll_at.as_deref(), Some("2026-11-25T08:04:00.000Z"), "{raw}");
+            assert_eq!(current.next_poll_at, Some(t("2026-11-25T08:04:00.000Z")), "{raw}");
         }
         // A plausible date older than tracking drives the cadence and the expiry.
         let outcome = with_created(reported("Pending", None), Some("2026-11-25T06:00:00"));
         let decision = decide(&row(Some("Pending")), &outcome, &self::context(), 0.5).unwrap();
-        assert_eq!(decision.row.cart_created_at.as_deref(), Some("2026-11-25T06:00:00.000"));
-        assert_eq!(decision.row.next_poll_at.as_deref(), Some("2026-11-25T08:05:00.000Z"), "two hours old");
+        assert_eq!(decision.cart.created_at, crate::time::parse_naive("2026-11-25T06:00:00"));
+        assert_eq!(decision.cart.next_poll_at, Some(t("2026-11-25T08:05:00.000Z")), "two hours old");
     }
 
     #[test]
-    fn a_titelive_cart_with_the_documents_own_date_does_not_expire() {
-        let mut context = context();
-        context.cadence.max_age = Duration::from_secs(24 * 3600);
-        let titelive = CartRow { provider: "titelive".into(), ..row(Some("NoPaymentMethod")) };
+    fn a_titelive_like_cart_with_the_documents_own_date_does_not_expire() {
+        let context = Context { model: Arc::new(Session), ..max_age(24 * 3600) };
         let outcome = PollOutcome::Report(CartReport::Status(Observation {
             status: "NoPaymentMethod".into(),
             known_status: true,
@@ -649,34 +664,34 @@ mod tests {
             created_at: crate::time::parse_naive("2016-03-03 11:39:45"),
             ..Observation::default()
         }));
-        let mut current = titelive;
+        let mut current = row(Some("NoPaymentMethod"));
         for minutes in [1, 2, 3] {
-            current = decide(&current, &outcome, &at(&context, minutes * 60), 0.5).unwrap().row;
+            current = decide(&current, &outcome, &at(&context, minutes * 60), 0.5).unwrap().cart;
         }
-        assert_eq!(current.state, "tracking");
-        assert_eq!(current.cart_created_at_raw.as_deref(), Some("2016-03-03 11:39:45"));
+        assert_eq!(current.state, CartState::Tracking);
+        assert_eq!(current.created_at_raw.as_deref(), Some("2016-03-03 11:39:45"));
     }
 
     #[test]
     fn ordered_without_an_order_id_is_polled_until_the_id_comes_and_announced_then() {
         let context = context();
         let waiting = decide(&row(Some("CheckedOut")), &reported("Ordered", None), &context, 0.5).unwrap();
-        assert_eq!(waiting.row.state, "tracking");
-        assert_eq!(waiting.row.status.as_deref(), Some("Ordered"));
-        assert_eq!(waiting.row.status_detail.as_deref(), Some(AWAITING_ORDER_ID));
+        assert_eq!(waiting.cart.state, CartState::Tracking);
+        assert_eq!(waiting.cart.status.as_deref(), Some("Ordered"));
+        assert_eq!(waiting.cart.status_detail.as_deref(), Some(AWAITING_ORDER_ID));
         assert_eq!(waiting.transition, Some(Transition { from: Some("CheckedOut".into()), to: "Ordered".into() }));
         assert!(waiting.events.is_empty(), "no cart.ordered without an OrderID");
-        assert_eq!(waiting.row.next_poll_at.as_deref(), Some("2026-11-25T08:01:00.000Z"), "polled closely");
+        assert_eq!(waiting.cart.next_poll_at, Some(t("2026-11-25T08:01:00.000Z")), "polled closely");
 
         // A stale answer cannot undo the order.
-        let stale = decide(&waiting.row, &reported("CheckedOut", None), &at(&context, 60), 0.5).unwrap();
-        assert_eq!((stale.row.status.as_deref(), stale.transition.as_ref()), (Some("Ordered"), None));
-        assert!(stale.row.last_error.as_deref().unwrap().contains("cannot be undone"));
+        let stale = decide(&waiting.cart, &reported("CheckedOut", None), &at(&context, 60), 0.5).unwrap();
+        assert_eq!((stale.cart.status.as_deref(), stale.transition.as_ref()), (Some("Ordered"), None));
+        assert!(stale.cart.last_error.as_deref().unwrap().contains("cannot be undone"));
         assert!(stale.events.is_empty());
 
         let order_id = "7cf9f78f-6631-44be-905a-94cee7a2cd9c";
-        let found = decide(&stale.row, &reported("Ordered", Some(order_id)), &at(&context, 120), 0.5).unwrap();
-        assert_eq!(found.row.state, "ordered");
+        let found = decide(&stale.cart, &reported("Ordered", Some(order_id)), &at(&context, 120), 0.5).unwrap();
+        assert_eq!(found.cart.state, CartState::Ordered);
         assert_eq!(found.transition, None);
         assert_eq!(event_types(&found), [EventType::CartOrdered]);
         let data = &found.events[0].1;
@@ -688,16 +703,16 @@ mod tests {
     fn partner_strings_are_bounded() {
         let long = "x".repeat(200_000);
         let decision = decide(&row(Some("Pending")), &reported(&long, Some(&long)), &context(), 0.5).unwrap();
-        assert!(decision.row.status.as_deref().unwrap().chars().count() <= crate::provider::MAX_STATUS_CHARS + 1);
+        assert!(decision.cart.status.as_deref().unwrap().chars().count() <= crate::model::MAX_STATUS_CHARS + 1);
         let decision =
             decide(&row(None), &PollOutcome::Report(CartReport::Error(Some(7), long.clone())), &context(), 0.5)
                 .unwrap();
-        assert!(decision.row.last_error.unwrap().len() < 1000);
+        assert!(decision.cart.last_error.unwrap().len() < 1000);
     }
 
     #[test]
-    fn titelive_statuses_announce_ready_ordered_and_session_expired() {
-        let titelive = |status: Option<&str>| CartRow { provider: "titelive".into(), ..row(status) };
+    fn session_statuses_announce_ready_ordered_and_a_lost_session_only_when_repeated() {
+        let context = Context { model: Arc::new(Session), ..context() };
         let observed = |status: &str| {
             PollOutcome::Report(CartReport::Status(Observation {
                 status: status.into(),
@@ -705,30 +720,26 @@ mod tests {
                 ..Observation::default()
             }))
         };
-        let decision = decide(&titelive(Some("NoPaymentMethod")), &observed("Valid"), &context(), 0.5).unwrap();
+        let decision = decide(&row(Some("NoPaymentMethod")), &observed("Valid"), &context, 0.5).unwrap();
         assert_eq!(event_types(&decision), [EventType::CartReady]);
-        assert_eq!(
-            decision.row.next_poll_at.as_deref(),
-            Some("2026-11-25T08:01:00.000Z"),
-            "a valid cart is polled fast"
-        );
-        let decision = decide(&titelive(Some("Valid")), &observed("Ordered"), &context(), 0.5).unwrap();
-        assert_eq!((event_types(&decision), decision.row.state.as_str()), (vec![EventType::CartOrdered], "ordered"));
+        assert_eq!(decision.cart.next_poll_at, Some(t("2026-11-25T08:01:00.000Z")), "a valid cart is polled fast");
+        let decision = decide(&row(Some("Valid")), &observed("Ordered"), &context, 0.5).unwrap();
+        assert_eq!((event_types(&decision), decision.cart.state), (vec![EventType::CartOrdered], CartState::Ordered));
         // A lost session is believed after `not_found_after` answers in a row.
-        let mut current = titelive(Some("Valid"));
-        for _ in 1..context().not_found_after {
-            let decision = decide(&current, &observed("NoSession"), &context(), 0.5).unwrap();
-            assert_eq!((decision.row.state.as_str(), decision.transition.as_ref()), ("tracking", None));
+        let mut current = row(Some("Valid"));
+        for _ in 1..context.rules.not_found_after {
+            let decision = decide(&current, &observed("NoSession"), &context, 0.5).unwrap();
+            assert_eq!((decision.cart.state, decision.transition.as_ref()), (CartState::Tracking, None));
             assert!(decision.events.is_empty());
-            current = decision.row;
+            current = decision.cart;
         }
-        let decision = decide(&current, &observed("NoSession"), &context(), 0.5).unwrap();
+        let decision = decide(&current, &observed("NoSession"), &context, 0.5).unwrap();
         assert_eq!(
-            (event_types(&decision), decision.row.state.as_str()),
-            (vec![EventType::CartSessionExpired], "expired")
+            (event_types(&decision), decision.cart.state),
+            (vec![EventType::CartSessionExpired], CartState::Expired)
         );
-        assert_eq!(decision.row.status.as_deref(), Some("NoSession"));
-        let decision = decide(&titelive(None), &observed("NoProducts"), &context(), 0.5).unwrap();
+        assert_eq!(decision.cart.status.as_deref(), Some("NoSession"));
+        let decision = decide(&row(None), &observed("NoProducts"), &context, 0.5).unwrap();
         assert!(decision.events.is_empty(), "a missing requirement is recorded, not announced");
         assert!(decision.transition.is_some());
     }
@@ -736,7 +747,7 @@ mod tests {
     #[test]
     fn carts_no_longer_tracked_are_left_alone() {
         let mut current = row(Some("Pending"));
-        current.state = "untracked".into();
+        current.state = CartState::Untracked;
         assert_eq!(decide(&current, &reported("Ordered", None), &context(), 0.5), None);
     }
 }

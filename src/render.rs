@@ -2,7 +2,9 @@
 
 use std::fmt::Write;
 
-use crate::store::{CartDetail, DeadLetter, DeliveryState, StoredEvent, Summary};
+use crate::outbox::{DeadLetter, DeliveryState, StoredEvent};
+use crate::store::{CartDetail, Summary};
+use crate::time::format_ts;
 use crate::upstream::Mode;
 
 /// The `cartwatch status` summary.
@@ -132,13 +134,13 @@ pub fn render_cart_detail(detail: &CartDetail) -> String {
     field(&mut out, "cart", Some(&cart.cart_id));
     field(&mut out, "provider", Some(&cart.provider));
     field(&mut out, "reference", cart.reference.as_deref());
-    field(&mut out, "state", Some(&cart.state));
+    field(&mut out, "state", Some(cart.state.as_str()));
     field(&mut out, "status", cart.status.as_deref());
     field(&mut out, "order id", cart.order_id.as_deref());
-    field(&mut out, "created (partner)", cart.cart_created_at_raw.as_deref());
-    field(&mut out, "registered", Some(&cart.registered_at));
-    field(&mut out, "last polled", cart.last_polled_at.as_deref());
-    field(&mut out, "next poll", cart.next_poll_at.as_deref());
+    field(&mut out, "created (partner)", cart.created_at_raw.as_deref());
+    field(&mut out, "registered", Some(&format_ts(cart.registered_at)));
+    field(&mut out, "last polled", cart.last_polled_at.map(format_ts).as_deref());
+    field(&mut out, "next poll", cart.next_poll_at.map(format_ts).as_deref());
     let errors = cart.consecutive_errors.to_string();
     field(&mut out, "errors in a row", Some(&errors));
     field(&mut out, "last error", cart.last_error.as_deref());

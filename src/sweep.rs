@@ -17,21 +17,24 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::cart_id::{CartId, shorten};
-use crate::config::{Config, PollerSettings};
+use crate::cart_id::shorten;
+use crate::checks::Problems;
+use crate::clock::Clock;
 use crate::events::{EventType, NewEvent, UpstreamEventData};
 use crate::liveness::Progress;
 use crate::metrics::{EventLabels, Metrics, TransitionLabels};
-use crate::policy::{FailureKind, classify};
-use crate::provider::imaterialise::StatusClient;
-use crate::provider::titelive::TiteliveClient;
-use crate::provider::{BatchReply, CartReport, Provider, UpstreamError};
-use crate::reconcile::{Context, PollOutcome};
-use crate::store::{AppliedBatch, DueCart, Store, StoreError, SweepRecord, UpstreamRecord, retrying};
+use crate::model::{BatchReply, CartReport, PollTarget, StatusModel, UpstreamError};
+use crate::policy::{BackoffConfig, FailureKind, classify};
+use crate::provider::{BatchClient, ClientSettings, Provider, Registry};
+use crate::reconcile::{Context, PollOutcome, Rules};
+use crate::store::{
+    AppliedBatch, DueCursor, Outcome, RETRY_BUDGET, StoreError, SweepRecord, SweepStore, UpstreamRecord, retrying,
+};
 use crate::time::format_ts;
 use crate::upstream::{Change, Gate, UpstreamHealth};
 
@@ -42,10 +45,6 @@ const MAX_IN_SWEEP_WAIT: Duration = Duration::from_secs(5);
 /// Batch outcomes being written at once; the writer commits those that arrive together in
 /// one transaction.
 const WRITES_IN_FLIGHT: usize = 64;
-
-/// How long a failed write of a batch's outcome is retried before the outcome is dropped
-/// (its carts stay due and are polled again: nothing is lost).
-pub const STORE_RETRY_BUDGET: Duration = Duration::from_secs(60);
 
 /// Why a poller could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -89,69 +88,41 @@ impl SweepRun {
     }
 }
 
-/// A due cart on its way to the partner.
+/// What a poller takes from the config: replaced whole on every reload.
 #[derive(Debug, Clone)]
-struct Due {
-    key: i64,
-    cart_id: String,
-    account: String,
-    session_token: Option<String>,
+pub struct PollerConfig {
+    /// The provider, with its settings.
+    pub provider: Arc<dyn Provider>,
+    /// The decision rules.
+    pub rules: Arc<Rules>,
+    /// The upstream's backoff, circuit and authentication pause.
+    pub backoff: BackoffConfig,
+    /// Due carts read per page.
+    pub page_size: u32,
 }
 
-/// A provider's client.
-#[derive(Debug)]
-enum Client {
-    Imaterialise(StatusClient),
-    Titelive(TiteliveClient),
-}
-
-impl Client {
-    fn new(provider: Provider, config: &Config) -> Result<Client, UpstreamError> {
-        Ok(match provider {
-            Provider::Imaterialise => Client::Imaterialise(StatusClient::new(&config.imaterialise)?),
-            Provider::Titelive => Client::Titelive(TiteliveClient::new(&config.titelive)?),
-        })
-    }
-
-    /// Asks about a batch of carts (Titelive: one request per cart, the batch being one).
-    async fn fetch(&self, part: &[Due]) -> Result<BatchReply, UpstreamError> {
-        match self {
-            Client::Imaterialise(client) => {
-                let ids: Vec<CartId> = part.iter().filter_map(|due| CartId::from_canonical(&due.cart_id)).collect();
-                client.fetch(&ids).await
-            }
-            Client::Titelive(client) => {
-                let mut reports = Vec::with_capacity(part.len());
-                for due in part {
-                    let token = due.session_token.as_deref().unwrap_or_default();
-                    reports.push((due.cart_id.clone(), client.poll(&due.account, token).await?));
-                }
-                Ok(BatchReply { reports, unexpected: Vec::new(), duplicated: Vec::new(), unidentified: 0 })
-            }
-        }
-    }
-}
-
-/// What a poller takes from the config: rebuilt whole on every reload.
+/// What a poller builds from its [`PollerConfig`]: rebuilt whole on every reload.
 #[derive(Debug)]
 struct Tuning {
-    client: Client,
-    settings: PollerSettings,
+    provider: Arc<dyn Provider>,
+    client: Arc<dyn BatchClient>,
+    settings: ClientSettings,
     limiter: Option<DefaultDirectRateLimiter>,
-    /// The parts of a decision's context that only change with the config.
-    context: Context,
+    rules: Arc<Rules>,
     page_size: u32,
 }
 
 impl Tuning {
-    fn new(provider: Provider, config: &Config) -> Result<Tuning, UpstreamError> {
-        let settings = config.poller_settings(provider);
+    fn new(config: &PollerConfig) -> Result<Tuning, UpstreamError> {
+        let mut settings = config.provider.client_settings();
+        settings.batch_size = settings.batch_size.clamp(1, config.provider.max_batch());
         Ok(Tuning {
-            client: Client::new(provider, config)?,
+            client: config.provider.client()?,
             limiter: rate_limiter(settings.requests_per_second),
             settings,
-            context: Context::from_config(config, Utc::now()),
-            page_size: config.sweep.page_size,
+            provider: Arc::clone(&config.provider),
+            rules: Arc::clone(&config.rules),
+            page_size: config.page_size,
         })
     }
 }
@@ -166,8 +137,8 @@ struct LastOutcomes {
 
 /// Polls one upstream on behalf of the daemon.
 pub struct Poller {
-    store: Store,
-    provider: Provider,
+    store: Arc<dyn SweepStore>,
+    name: &'static str,
     tuning: RwLock<Arc<Tuning>>,
     health: Mutex<UpstreamHealth>,
     probe_done: Notify,
@@ -175,11 +146,12 @@ pub struct Poller {
     last: Mutex<LastOutcomes>,
     progress: Arc<Progress>,
     metrics: Arc<Metrics>,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for Poller {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Poller").field("provider", &self.provider).finish_non_exhaustive()
+        f.debug_struct("Poller").field("provider", &self.name).finish_non_exhaustive()
     }
 }
 
@@ -194,13 +166,14 @@ impl Poller {
     ///
     /// Fails when the client cannot be built or the persisted state cannot be read.
     pub async fn new(
-        store: Store,
-        config: &Config,
-        provider: Provider,
+        store: Arc<dyn SweepStore>,
+        config: &PollerConfig,
         metrics: Arc<Metrics>,
         progress: Arc<Progress>,
+        clock: Clock,
     ) -> Result<Poller, SetupError> {
-        let tuning = Tuning::new(provider, config)?;
+        let tuning = Tuning::new(config)?;
+        let name = config.provider.name();
         let mut health = UpstreamHealth::new(
             crate::policy::transient_backoff(&config.backoff),
             crate::policy::auth_backoff(&config.backoff),
@@ -209,11 +182,11 @@ impl Poller {
         );
         let records = store.upstream_records().await?;
         let mut last = LastOutcomes::default();
-        if let Some(record) = records.iter().find(|record| record.provider == provider.as_str()) {
-            health.resume(&record.snapshot, Utc::now());
+        if let Some(record) = records.iter().find(|record| record.provider == name) {
+            health.resume(&record.snapshot, clock.now());
             if health.mode() != crate::upstream::Mode::Healthy {
                 warn!(
-                    provider = provider.as_str(),
+                    provider = name,
                     mode = health.mode().as_str(),
                     "resuming a pause from the previous run; probing at once"
                 );
@@ -224,10 +197,10 @@ impl Poller {
                 error: record.last_error.clone(),
             };
         }
-        metrics.set_paused(provider.as_str(), health.mode());
+        metrics.set_paused(name, health.mode());
         Ok(Poller {
             store,
-            provider,
+            name,
             tuning: RwLock::new(Arc::new(tuning)),
             health: Mutex::new(health),
             probe_done: Notify::new(),
@@ -235,6 +208,7 @@ impl Poller {
             last: Mutex::new(last),
             progress,
             metrics,
+            clock,
         })
     }
 
@@ -243,8 +217,8 @@ impl Poller {
     /// the next request even in the middle of a sweep; then probes a paused upstream at once.
     ///
     /// Fails when the new client cannot be built; the old tuning then stays.
-    pub fn reload(&self, config: &Config) -> Result<(), UpstreamError> {
-        let tuning = Tuning::new(self.provider, config)?;
+    pub fn reload(&self, config: &PollerConfig) -> Result<(), UpstreamError> {
+        let tuning = Tuning::new(config)?;
         lock(&self.health).reconfigure(
             crate::policy::transient_backoff(&config.backoff),
             crate::policy::auth_backoff(&config.backoff),
@@ -252,7 +226,7 @@ impl Poller {
             tuning.settings.batch_size,
         );
         *self.tuning.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tuning);
-        lock(&self.health).probe_now(Utc::now());
+        lock(&self.health).probe_now(self.clock.now());
         Ok(())
     }
 
@@ -260,15 +234,20 @@ impl Poller {
         Arc::clone(&self.tuning.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// The provider this poller polls.
-    pub fn provider(&self) -> Provider {
-        self.provider
+    /// The name of the provider this poller polls.
+    pub fn provider(&self) -> &'static str {
+        self.name
+    }
+
+    /// The request timeout of its client, for the watchdog's patience.
+    pub fn request_timeout(&self) -> Duration {
+        self.tuning().settings.request_timeout
     }
 
     /// When a paused or throttled upstream may next be asked, if it is closed now: the daemon
     /// sweeps again at that moment instead of waiting for the next tick.
     pub fn reopens_at(&self) -> Option<DateTime<Utc>> {
-        lock(&self.health).reopens_at(Utc::now())
+        lock(&self.health).reopens_at(self.clock.now())
     }
 
     /// The upstream's current health.
@@ -282,8 +261,8 @@ impl Poller {
     /// Fails only when the database cannot be read at all; upstream failures are handled
     /// inside and end up in the carts' rows and the upstream state.
     pub async fn sweep(&self, shutdown: &CancellationToken) -> Result<SweepRecord, StoreError> {
-        let started = Utc::now();
-        let span = info_span!("sweep", provider = self.provider.as_str(), started_at = %format_ts(started));
+        let started = self.clock.now();
+        let span = info_span!("sweep", provider = self.name, started_at = %format_ts(started));
         self.sweep_inner(shutdown, started).instrument(span).await
     }
 
@@ -296,8 +275,8 @@ impl Poller {
         let concurrency = tuning.settings.concurrency.max(1);
         let page_size = tuning.page_size;
         drop(tuning);
-        let mut cursor: Option<Option<(String, i64)>> = Some(None);
-        let mut queue: VecDeque<Vec<Due>> = VecDeque::new();
+        let mut cursor: Option<Option<DueCursor>> = Some(None);
+        let mut queue: VecDeque<Vec<PollTarget>> = VecDeque::new();
         let mut requests = FuturesUnordered::new();
         let mut writes = FuturesUnordered::new();
         loop {
@@ -305,13 +284,10 @@ impl Poller {
                 if queue.len() < concurrency
                     && let Some(after) = cursor.take()
                 {
-                    match self.store.due_page(self.provider, started, after, page_size).await {
+                    match self.store.claim_due(self.name, started, after, page_size).await {
                         Ok(page) => {
-                            let last = page.last().map(|cart| (cart.next_poll_at.clone(), cart.key));
-                            if page.len() == page_size as usize {
-                                cursor = Some(last);
-                            }
-                            queue.extend(self.batches_of(page).await);
+                            cursor = page.next.map(Some);
+                            queue.extend(self.batches_of(page.carts).await);
                         }
                         Err(error) => {
                             error!(error = %error, "cannot read due carts; the sweep ends here");
@@ -343,17 +319,12 @@ impl Poller {
         started: DateTime<Utc>,
     ) -> Result<SweepRecord, StoreError> {
         self.progress.mark();
-        // Rows inserted or edited by hand are checked first; when the database is locked
-        // this waits for a later sweep rather than holding this one up.
-        match self.store.check_hand_edited(self.provider, started, 10_000).await {
-            Ok(report) => {
-                if !report.accepted.is_empty() {
-                    info!(count = report.accepted.len(), "accepted carts inserted directly into the database");
-                }
-                for (found, reason) in &report.flagged {
-                    warn!(cart_id = ?shorten(found, 60), reason = %reason, "flagged a hand-inserted cart as invalid; it will not be polled");
-                }
-                for cart_id in &report.rescheduled {
+        // A `next_poll_at` edited by hand into something that is not a timestamp sorts after
+        // every real one and would never come due. When the database is locked this waits for
+        // a later sweep rather than holding this one up.
+        match self.store.reschedule_garbled(self.name, started, 10_000).await {
+            Ok(rescheduled) => {
+                for cart_id in &rescheduled {
                     warn!(cart_id = ?shorten(cart_id, 60), "this cart's next_poll_at was not a timestamp (edited by hand?); it is polled now");
                 }
             }
@@ -369,9 +340,9 @@ impl Poller {
 
         let counters = &run.counters;
         let record = SweepRecord {
-            provider: self.provider.as_str().to_owned(),
+            provider: self.name.to_owned(),
             started_at: format_ts(started),
-            finished_at: Some(format_ts(Utc::now())),
+            finished_at: Some(format_ts(self.clock.now())),
             carts_polled: counters.carts_polled.load(Ordering::Relaxed),
             requests: counters.requests.load(Ordering::Relaxed),
             failures: counters.failures.load(Ordering::Relaxed),
@@ -388,7 +359,7 @@ impl Poller {
         // The health is written after every sweep, healthy included, so `status` always
         // shows when the partner last answered.
         self.save_health(Vec::new()).await;
-        let finished = Utc::now();
+        let finished = self.clock.now();
         self.metrics.sweeps.inc();
         self.metrics.sweep_duration.observe((finished - started).to_std().unwrap_or_default().as_secs_f64());
         if record.stopped_early.is_none() && record.failures == 0 && record.write_failures == 0 {
@@ -413,32 +384,41 @@ impl Poller {
 
     /// Validates the ids of a page (repairing or flagging hand-edited rows) and cuts it into
     /// batches of the current batch size.
-    async fn batches_of(&self, page: Vec<DueCart>) -> Vec<Vec<Due>> {
+    async fn batches_of(&self, page: Vec<PollTarget>) -> Vec<Vec<PollTarget>> {
+        let provider = Arc::clone(&self.tuning().provider);
         let mut carts = Vec::with_capacity(page.len());
-        for due in page {
-            if self.provider.stored_id_is_canonical(&due.cart_id, due.session_token.as_deref()) {
-                carts.push(Due {
-                    key: due.key,
-                    cart_id: due.cart_id,
-                    account: due.account,
-                    session_token: due.session_token,
-                });
+        for mut due in page {
+            if provider.stored_id_is_canonical(&due.cart_id, due.session_token.as_deref()) {
+                carts.push(due);
                 continue;
             }
-            match self.store.repair_due_cart(due.key, due.cart_id.clone(), self.provider, Utc::now()).await {
+            let found = due.cart_id.clone();
+            let now = self.clock.now();
+            match repair_cart_id(
+                self.store.as_ref(),
+                provider.as_ref(),
+                due.key,
+                &found,
+                due.session_token.as_deref(),
+                now,
+            )
+            .await
+            {
                 Ok(Ok((cart_id, session_token))) => {
                     info!(cart_id = %cart_id, "normalised a hand-edited cart id");
-                    carts.push(Due { key: due.key, cart_id, account: due.account, session_token });
+                    due.cart_id = cart_id;
+                    due.session_token = session_token;
+                    carts.push(due);
                 }
                 Ok(Err(reason)) => {
-                    warn!(cart_id = ?shorten(&due.cart_id, 60), reason = %reason, "flagged a cart as invalid; it will not be polled")
+                    warn!(cart_id = ?shorten(&found, 60), reason = %reason, "flagged a cart as invalid; it will not be polled")
                 }
                 Err(error) => {
-                    warn!(cart_id = ?shorten(&due.cart_id, 60), error = %error, "cannot repair a hand-edited cart id")
+                    warn!(cart_id = ?shorten(&found, 60), error = %error, "cannot repair a hand-edited cart id")
                 }
             }
         }
-        let batch_size = lock(&self.health).batch_size().clamp(1, self.provider.max_batch());
+        let batch_size = lock(&self.health).batch_size().clamp(1, provider.max_batch());
         let mut batches = Vec::with_capacity(carts.len().div_ceil(batch_size));
         let mut carts = carts.into_iter().peekable();
         while carts.peek().is_some() {
@@ -451,7 +431,7 @@ impl Poller {
     /// write, one group per request that settled something.
     async fn run_batch(
         &self,
-        batch: Vec<Due>,
+        batch: Vec<PollTarget>,
         run: &SweepRun,
         shutdown: &CancellationToken,
     ) -> Vec<Vec<(i64, PollOutcome)>> {
@@ -488,8 +468,8 @@ impl Poller {
             self.progress.mark();
             match result {
                 Ok(reply) => {
-                    self.metrics.request(self.provider.as_str(), "ok");
-                    lock(&self.last).success_at = Some(Utc::now());
+                    self.metrics.request(self.name, "ok");
+                    lock(&self.last).success_at = Some(self.clock.now());
                     let change = lock(&self.health).on_success();
                     self.after_probe(probe);
                     if let Some(change) = change {
@@ -498,17 +478,17 @@ impl Poller {
                     settled.push(reply_outcomes(&part, reply));
                 }
                 Err(upstream_error) => {
-                    self.metrics.request(self.provider.as_str(), upstream_error.label());
+                    self.metrics.request(self.name, upstream_error.label());
                     run.counters.failures.fetch_add(1, Ordering::Relaxed);
                     {
                         let mut last = lock(&self.last);
-                        last.error_at = Some(Utc::now());
+                        last.error_at = Some(self.clock.now());
                         last.error = Some(upstream_error.to_string());
                     }
                     let kind = classify(&upstream_error, part.len());
                     let change = {
                         let mut health = lock(&self.health);
-                        let change = health.on_failure(kind, probe, Utc::now());
+                        let change = health.on_failure(kind, probe, self.clock.now());
                         match kind {
                             FailureKind::TooManyIds => health.on_too_many_ids(part.len()),
                             _ => change,
@@ -556,7 +536,7 @@ impl Poller {
             }
             self.progress.mark();
             let probe_finished = self.probe_done.notified();
-            let now = Utc::now();
+            let now = self.clock.now();
             let gate = lock(&self.health).gate(now);
             match gate {
                 Gate::Send => return Some(false),
@@ -574,7 +554,7 @@ impl Poller {
                         run.stop(format!("upstream paused until {}", format_ts(until)));
                         return None;
                     }
-                    shutdown.run_until_cancelled(tokio::time::sleep(wait)).await?;
+                    shutdown.run_until_cancelled(self.clock.sleep(wait)).await?;
                 }
             }
         }
@@ -589,7 +569,7 @@ impl Poller {
     /// A probe that was granted but never sent must not keep the upstream closed.
     fn abandon_probe(&self, probe: bool) {
         if probe {
-            lock(&self.health).probe_now(Utc::now());
+            lock(&self.health).probe_now(self.clock.now());
             self.probe_done.notify_waiters();
         }
     }
@@ -597,14 +577,14 @@ impl Poller {
     /// Writes a batch's outcomes, retrying while the database is locked or unwritable. When
     /// the budget runs out the outcome is dropped: the carts stay due and are fetched again.
     async fn apply_outcomes(&self, outcomes: Vec<(i64, PollOutcome)>, run: &SweepRun, shutdown: &CancellationToken) {
-        let outcomes: Vec<(i64, PollOutcome, f64)> =
+        let outcomes: Vec<Outcome> =
             outcomes.into_iter().map(|(key, outcome)| (key, outcome, rand::random::<f64>())).collect();
         let count = outcomes.len();
         let writing = std::time::Instant::now();
-        let applied = retrying("record a batch's outcome", STORE_RETRY_BUDGET, shutdown, || {
+        let applied = retrying("record a batch's outcome", RETRY_BUDGET, shutdown, || {
             // Each attempt is progress: waiting out another process's lock is not being stuck.
             self.progress.mark();
-            self.store.apply(outcomes.clone(), Arc::new(self.context()))
+            self.store.apply(outcomes.clone(), self.context())
         })
         .await;
         self.metrics.store_apply_duration.observe(writing.elapsed().as_secs_f64());
@@ -643,14 +623,16 @@ impl Poller {
     }
 
     fn context(&self) -> Context {
-        Context { now: Utc::now(), ..self.tuning().context.clone() }
+        let tuning = self.tuning();
+        let model: Arc<dyn StatusModel> = Arc::clone(&tuning.provider) as Arc<dyn StatusModel>;
+        Context { now: self.clock.now(), rules: Arc::clone(&tuning.rules), model }
     }
 
     /// Logs a health change, and persists the new state together with the event that
     /// announces it, in one transaction.
     async fn handle_change(&self, change: Change, cause: Option<&UpstreamError>) {
-        let provider = self.provider.as_str();
-        let now = Utc::now();
+        let provider = self.name;
+        let now = self.clock.now();
         let mut event = None;
         match &change {
             Change::AuthFailed { next_probe_at } => {
@@ -697,7 +679,7 @@ impl Poller {
             lock(&self.last).error_at = Some(now);
         }
         let events: Vec<NewEvent> = event
-            .filter(|(event_type, ..)| self.tuning().context.emit.contains(event_type))
+            .filter(|(event_type, ..)| self.tuning().rules.emit.contains(event_type))
             .map(|(event_type, message, since)| {
                 let data = UpstreamEventData { provider: provider.to_owned(), message, since };
                 NewEvent::upstream(event_type, &data, now)
@@ -716,15 +698,15 @@ impl Poller {
     /// was written.
     async fn save_health(&self, events: Vec<NewEvent>) -> bool {
         let snapshot = self.health();
-        self.metrics.set_paused(self.provider.as_str(), snapshot.mode);
+        self.metrics.set_paused(self.name, snapshot.mode);
         let last = lock(&self.last).clone();
         let record = UpstreamRecord {
-            provider: self.provider.as_str().to_owned(),
+            provider: self.name.to_owned(),
             snapshot,
             last_success_at: last.success_at,
             last_error_at: last.error_at,
             last_error: last.error,
-            updated_at: format_ts(Utc::now()),
+            updated_at: format_ts(self.clock.now()),
         };
         match self.store.save_upstream(record, events).await {
             Ok(()) => true,
@@ -736,8 +718,80 @@ impl Poller {
     }
 }
 
+/// What checking rows inserted by hand did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HandEditReport {
+    /// Indexes and views someone dropped, created again.
+    pub repaired: Vec<String>,
+    /// Rows accepted (some after their id was put in canonical form).
+    pub accepted: Vec<String>,
+    /// Rows flagged invalid: the id as found and why.
+    pub flagged: Vec<(String, String)>,
+}
+
+/// Checks what people changed by hand: indexes or views the store needs that were dropped
+/// are created again, and each tracked row with no `next_poll_at` (a plain `INSERT`) gets
+/// its provider's canonical id and is made due, or is flagged `invalid` with the reason in
+/// its `last_error`, so it never reaches a partner. Cheap when nothing was changed.
+///
+/// Fails when the store cannot be read or written.
+pub async fn check_hand_edited(
+    store: &dyn SweepStore,
+    providers: &Registry,
+    now: DateTime<Utc>,
+) -> Result<HandEditReport, StoreError> {
+    let mut report = HandEditReport { repaired: store.repair_schema().await?, ..HandEditReport::default() };
+    for row in store.unchecked_carts(10_000).await? {
+        let Some(provider) = providers.get(&row.provider) else {
+            let reason = format!("unknown provider {:?}; known providers: {}", row.provider, providers.names());
+            store.flag_invalid(row.key, reason.clone(), now).await?;
+            report.flagged.push((row.cart_id, reason));
+            continue;
+        };
+        let token = row.session_token.as_deref();
+        match repair_cart_id(store, provider.as_ref(), row.key, &row.cart_id, token, now).await? {
+            Ok((cart_id, _)) => report.accepted.push(cart_id),
+            Err(reason) => report.flagged.push((row.cart_id, reason)),
+        }
+    }
+    if !report.accepted.is_empty() {
+        info!(count = report.accepted.len(), "accepted carts inserted directly into the database");
+    }
+    for (found, reason) in &report.flagged {
+        warn!(cart_id = ?shorten(found, 60), reason = %reason, "flagged a hand-inserted cart as invalid; it will not be polled");
+    }
+    Ok(report)
+}
+
+/// Puts a hand-edited row's id into its provider's canonical form (a token given as the id
+/// moves to `session_token`), or flags the row invalid. Returns the canonical id with its
+/// token, or why the row was flagged.
+async fn repair_cart_id(
+    store: &dyn SweepStore,
+    provider: &dyn Provider,
+    key: i64,
+    found: &str,
+    session_token: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Result<(String, Option<String>), String>, StoreError> {
+    // A row inserted by hand may name its cart by the token, in either column.
+    let registered = match session_token.map(|token| provider.register_id(token)) {
+        Some(Ok(registered)) => Ok(registered),
+        _ => provider.register_id(found),
+    };
+    let reason = match registered {
+        Ok((cart_id, token)) => match store.set_cart_id(key, cart_id.clone(), token.clone(), now).await? {
+            Ok(()) => return Ok(Ok((cart_id, token))),
+            Err(reason) => reason,
+        },
+        Err(reason) => reason,
+    };
+    store.flag_invalid(key, reason.clone(), now).await?;
+    Ok(Err(reason))
+}
+
 /// Pairs an answer's reports with the requested carts, logging what does not fit.
-fn reply_outcomes(part: &[Due], reply: BatchReply) -> Vec<(i64, PollOutcome)> {
+fn reply_outcomes(part: &[PollTarget], reply: BatchReply) -> Vec<(i64, PollOutcome)> {
     if !reply.unexpected.is_empty() || reply.unidentified > 0 {
         warn!(
             unexpected = ?shorten(&reply.unexpected.join(","), 200),
@@ -773,6 +827,33 @@ fn rate_limiter(requests_per_second: f64) -> Option<DefaultDirectRateLimiter> {
     let period = Duration::try_from_secs_f64(1.0 / requests_per_second).unwrap_or(Duration::from_secs(1000));
     let quota = Quota::with_period(period)?.allow_burst(NonZeroU32::MIN);
     Some(RateLimiter::direct(quota))
+}
+
+/// `[sweep]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepConfig {
+    /// Cron expression with a seconds field.
+    pub cron: String,
+    /// IANA zone the cron expression is read in.
+    pub timezone: String,
+    /// Due carts read from the database per page.
+    pub page_size: u32,
+}
+
+impl SweepConfig {
+    /// Records every problem of this section in `problems`.
+    pub fn check(&self, problems: &mut Problems) {
+        if let Err(message) = crate::schedule::parse_cron(&self.cron) {
+            problems.add("sweep.cron", message);
+        }
+        if self.timezone.parse::<chrono_tz::Tz>().is_err() {
+            problems.add(
+                "sweep.timezone",
+                format!("unknown time zone {:?}; use an IANA name such as \"Europe/Brussels\"", self.timezone),
+            );
+        }
+        problems.number("sweep.page_size", self.page_size, 1..=100_000);
+    }
 }
 
 #[cfg(test)]

@@ -81,9 +81,12 @@ pub fn to_chrono(duration: std::time::Duration) -> chrono::Duration {
     chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }
 
-/// Adds a duration to an instant, saturating at the latest instant the store can hold.
+/// Adds a duration to an instant, saturating at the latest instant the store can hold, to
+/// the millisecond the store keeps.
 pub fn add(instant: DateTime<Utc>, duration: std::time::Duration) -> DateTime<Utc> {
-    instant.checked_add_signed(to_chrono(duration)).unwrap_or(DateTime::<Utc>::MAX_UTC).min(max_stored())
+    use chrono::DurationRound;
+    let sum = instant.checked_add_signed(to_chrono(duration)).unwrap_or(DateTime::<Utc>::MAX_UTC).min(max_stored());
+    sum.duration_trunc(chrono::Duration::milliseconds(1)).unwrap_or(sum)
 }
 
 #[cfg(test)]

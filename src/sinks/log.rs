@@ -4,8 +4,9 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
-use crate::store::{DeliveryResult, PendingDelivery, StoredEvent};
+use crate::outbox::{DeliveryResult, PendingDelivery, StoredEvent};
 
 /// Where the lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +95,15 @@ pub fn event_line(event: &StoredEvent) -> String {
         // A payload edited by hand into something else is still logged, as a string.
         _ => serde_json::json!({ "id": event.event_id, "seq": event.seq, "payload": payload }).to_string(),
     }
+}
+
+/// `[sinks.log]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogSinkConfig {
+    /// Whether events are written as JSON lines.
+    pub enabled: bool,
+    /// A file to append to; empty for standard output.
+    pub path: PathBuf,
 }
 
 #[cfg(test)]

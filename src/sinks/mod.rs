@@ -6,9 +6,11 @@ pub mod webhook;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::Config;
-use crate::store::{PendingDelivery, SinkSpec};
-use log::{LogSink, LogTarget};
+use std::collections::BTreeMap;
+
+use crate::outbox::{PendingDelivery, SinkSpec};
+use log::{LogSink, LogSinkConfig, LogTarget};
+use webhook::{DeliveryConfig, WebhookConfig};
 pub use webhook::{SinkOutcome, WebhookSetupError, WebhookSink};
 
 /// The name of the log sink's delivery rows.
@@ -51,7 +53,7 @@ impl Sink {
     }
 
     /// Whether it handles a batch in order, all or nothing (see
-    /// [`Store::pending_deliveries`](crate::store::Store::pending_deliveries)).
+    /// [`OutboxStore::pending_deliveries`](crate::store::OutboxStore::pending_deliveries)).
     pub fn sequential(&self) -> bool {
         matches!(self, Sink::Log(_))
     }
@@ -73,20 +75,31 @@ impl Sink {
     }
 }
 
-/// The sinks the config enables.
+/// What the sinks are built from: `[sinks.log]`, `[webhooks.*]` and `[delivery]`.
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    /// The log sink.
+    pub log: LogSinkConfig,
+    /// Webhook endpoints by name.
+    pub webhooks: BTreeMap<String, WebhookConfig>,
+    /// The webhooks' retry schedule.
+    pub delivery: DeliveryConfig,
+}
+
+/// The sinks the settings enable.
 ///
 /// Fails when a webhook cannot be set up (the config is validated first, so this means its
 /// HTTP client could not be built).
-pub fn from_config(config: &Config) -> Result<Vec<Sink>, WebhookSetupError> {
+pub fn build(settings: &SinkSettings) -> Result<Vec<Sink>, WebhookSetupError> {
     let mut sinks = Vec::new();
-    let log = &config.sinks.log;
+    let log = &settings.log;
     if log.enabled {
         let target =
             if log.path.as_os_str().is_empty() { LogTarget::Stdout } else { LogTarget::File(log.path.clone()) };
         sinks.push(Sink::Log(LogSink::new(target)));
     }
-    for (name, webhook) in &config.webhooks {
-        sinks.push(Sink::Webhook(WebhookSink::new(name, webhook, &config.delivery)?));
+    for (name, webhook) in &settings.webhooks {
+        sinks.push(Sink::Webhook(WebhookSink::new(name, webhook, &settings.delivery)?));
     }
     Ok(sinks)
 }

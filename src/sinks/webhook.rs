@@ -5,19 +5,22 @@
 //! id.timestamp.body>`); during a secret rotation every request carries one signature per
 //! secret, space-separated, as the specification allows.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::CONTENT_TYPE;
+use serde::{Deserialize, Serialize};
 use standardwebhooks::Webhook;
 
 use crate::cart_id::shorten;
-use crate::config::{DeliveryConfig, WebhookConfig};
-use crate::provider::{parse_retry_after, transport_error};
+use crate::checks::{DAY, MILLISECOND, MINUTE, Problems, Purpose, check_base_url, is_loopback_host};
+use crate::events::EventType;
+use crate::net::{parse_retry_after, read_limited, transport_error};
+use crate::outbox::{DeliveryResult, PendingDelivery};
 use crate::secret::Secret;
-use crate::store::{DeliveryResult, PendingDelivery};
 
 /// Longest error text kept per delivery.
 const MAX_ERROR_CHARS: usize = 300;
@@ -92,20 +95,15 @@ impl WebhookSink {
         delivery: &DeliveryConfig,
     ) -> Result<WebhookSink, WebhookSetupError> {
         let fail = |message: String| WebhookSetupError { name: name.to_owned(), message };
-        let url = crate::config::check_base_url(&config.url).map_err(fail)?;
+        let url = crate::checks::check_base_url(&config.url).map_err(fail)?;
         let mut signers =
             vec![signer(&config.secret).ok_or_else(|| fail("the secret is not a valid whsec_ secret".into()))?];
         if !config.previous_secret.is_empty() {
             signers
                 .push(signer(&config.previous_secret).ok_or_else(|| fail("the previous secret is not valid".into()))?);
         }
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("cartwatch/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|error| fail(format!("cannot build the HTTP client: {error}")))?;
+        let client = crate::net::client(config.timeout, config.timeout.min(Duration::from_secs(10)))
+            .map_err(|error| fail(error.to_string()))?;
         Ok(WebhookSink {
             name: name.to_owned(),
             url,
@@ -222,7 +220,7 @@ impl WebhookSink {
             Err(error) => {
                 return Attempt::Failure {
                     status: None,
-                    error: shorten(&transport_error(error).to_string(), MAX_ERROR_CHARS),
+                    error: shorten(&format!("cannot reach the receiver: {}", transport_error(error)), MAX_ERROR_CHARS),
                     retry_after: None,
                 };
             }
@@ -242,7 +240,7 @@ impl WebhookSink {
         if status.is_redirection() {
             error.push_str(" (redirects are not followed)");
         }
-        if let Ok(body) = crate::provider::read_limited(response, 64 * 1024).await {
+        if let Ok(body) = read_limited(response, 64 * 1024).await {
             let text = String::from_utf8_lossy(&body[..body.len().min(MAX_ERROR_BODY)]).trim().to_owned();
             if !text.is_empty() {
                 error.push_str(": ");
@@ -250,6 +248,125 @@ impl WebhookSink {
             }
         }
         Attempt::Failure { status: Some(status.as_u16()), error: shorten(&error, MAX_ERROR_CHARS), retry_after }
+    }
+}
+
+/// `[delivery]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryConfig {
+    /// Delays before each attempt; the last failure makes a dead letter.
+    pub schedule: Vec<humantime_serde::Serde<Duration>>,
+    /// Fraction by which each delay is spread either way.
+    pub jitter: f64,
+}
+
+impl DeliveryConfig {
+    /// The schedule as plain durations.
+    pub fn schedule(&self) -> Vec<Duration> {
+        self.schedule.iter().map(|delay| **delay).collect()
+    }
+}
+
+impl DeliveryConfig {
+    /// Records every problem of this section in `problems`.
+    pub fn check(&self, problems: &mut Problems) {
+        let schedule = self.schedule();
+        if schedule.is_empty() {
+            problems.add("delivery.schedule", "needs at least one delay (the first attempt, usually \"0s\")");
+        }
+        if schedule.len() > 100 {
+            problems.add("delivery.schedule", format!("has {} delays; at most 100", schedule.len()));
+        }
+        for (index, delay) in schedule.iter().enumerate() {
+            problems.duration(&format!("delivery.schedule[{index}]"), *delay, Duration::ZERO, 30 * DAY);
+        }
+        problems.fraction("delivery.jitter", self.jitter);
+    }
+}
+
+/// `[webhooks.NAME]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebhookConfig {
+    /// Where events are POSTed.
+    #[serde(serialize_with = "crate::secret::serialize_redacted_url")]
+    pub url: String,
+    /// The signing secret, `whsec_` and base64.
+    pub secret: Secret,
+    /// A file holding the signing secret.
+    pub secret_file: PathBuf,
+    /// The previous secret during a rotation.
+    pub previous_secret: Secret,
+    /// A file holding the previous secret.
+    pub previous_secret_file: PathBuf,
+    /// Event types to send; empty for all.
+    pub event_types: Vec<String>,
+    /// Per-attempt timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Deliveries in flight at once.
+    pub concurrency: u32,
+    /// Allow plain http to a non-loopback host.
+    pub allow_http: bool,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> WebhookConfig {
+        WebhookConfig {
+            url: String::new(),
+            secret: Secret::new(""),
+            secret_file: PathBuf::new(),
+            previous_secret: Secret::new(""),
+            previous_secret_file: PathBuf::new(),
+            event_types: Vec::new(),
+            timeout: Duration::from_secs(15),
+            concurrency: 16,
+            allow_http: false,
+        }
+    }
+}
+
+impl WebhookConfig {
+    /// Records every problem of this section in `problems`.
+    pub fn check(&self, name: &str, purpose: Purpose, problems: &mut Problems) {
+        let key = |field: &str| format!("webhooks.{name}.{field}");
+        if name.is_empty() || name == "log" || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            problems.add(
+                &key("url"),
+                format!("the endpoint name {name:?} must be letters, digits, - or _ and not \"log\""),
+            );
+        }
+        match check_base_url(&self.url) {
+            Ok(url) if url.scheme() == "http" && !is_loopback_host(&url) && !self.allow_http => problems.add(
+                &key("url"),
+                format!(
+                    "plain http to {} is refused; use https, or set allow_http = true",
+                    url.host_str().unwrap_or("")
+                ),
+            ),
+            Ok(_) => {}
+            Err(_) if self.url.is_empty() => problems.add(&key("url"), "missing: every webhook needs a url"),
+            Err(message) => problems.add(&key("url"), message),
+        }
+        if self.secret.is_empty() && purpose == Purpose::Upstream {
+            problems.add(
+                &key("secret"),
+                format!("missing: set secret_file, or CARTWATCH__WEBHOOKS__{}__SECRET", name.to_ascii_uppercase()),
+            );
+        }
+        for (field, secret) in [("secret", &self.secret), ("previous_secret", &self.previous_secret)] {
+            if !secret.is_empty() && crate::sinks::webhook::signer(secret).is_none() {
+                problems.add(&key(field), "must be whsec_ followed by base64 (the value is not shown)");
+            }
+        }
+        for event_type in &self.event_types {
+            if EventType::parse(event_type).is_none() {
+                problems.add(&key("event_types"), format!("unknown event type {event_type:?}"));
+            }
+        }
+        problems.duration(&key("timeout"), self.timeout, 100 * MILLISECOND, 10 * MINUTE);
+        problems.number(&key("concurrency"), self.concurrency, 1..=1024);
     }
 }
 

@@ -1,30 +1,31 @@
-//! The SQLite store: the only module that touches rusqlite.
+//! The store: everything the daemon knows, behind a boundary the rest of the program sees as a
+//! few narrow async traits with typed values: what a sweep needs ([`SweepStore`]), what
+//! delivery needs ([`OutboxStore`]), what registration and the services need
+//! ([`CartStore`]), and what reports need ([`ReportStore`]). [`Store`] is all of them.
 //!
-//! Everything the daemon knows lives here: tracked carts and when each is due, the transitions
-//! seen, the events outbox and each sink's delivery state, the upstream's health. The rest of
-//! the program sees a narrow async interface; a PostgreSQL store for several daemons sharing
-//! the work would implement the same methods.
-//!
-//! rusqlite is blocking, so every call runs on tokio's blocking pool, one writer connection
-//! and one reader connection, each behind a mutex. No transaction is ever held across network
-//! I/O: callers fetch first, then hand the outcome to one short write transaction.
+//! SQLite ([`sqlite`]) is the backend; it is the only module that touches rusqlite. The
+//! apply step (read a cart as it is now, decide, write it with its transition and events) is
+//! backend-neutral, in [`apply`], over a small transaction trait each backend implements.
+//! Due carts are *claimed* a page at a time, so a backend shared by several daemons can
+//! lease them without the sweep changing.
 
-mod carts;
-mod items;
-mod outbox;
-mod reports;
-pub mod schema;
+pub mod apply;
+pub mod sqlite;
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OpenFlags};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
-pub use carts::{AppliedBatch, DueCart, HandEditReport, TrackOutcome, TrackRequest, UntrackOutcome, WriterTotals};
-pub use items::ItemChange;
-pub use outbox::{DeadLetter, DeliveryResult, DeliveryState, PendingDelivery, SinkSpec, StoredEvent};
-pub use reports::{CartDetail, SinkSummary, StoredTransition, Summary, SweepRecord, UpstreamRecord};
+use crate::checks::{MILLISECOND, MINUTE, Problems};
+use crate::events::{EventType, NewEvent};
+use crate::model::{Cart, PollTarget, TrackRequest};
+use crate::outbox::{DeadLetter, DeliveryResult, DeliveryState, PendingDelivery, SinkSpec, StoredEvent};
+use crate::reconcile::{Context, PollOutcome};
+use crate::upstream::Snapshot;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,16 +33,17 @@ pub enum StoreError {
     /// Another connection held a lock longer than the busy timeout. Retryable.
     #[error("the database is locked by another process (waited the busy timeout); will retry")]
     Busy,
-    /// The database cannot be written: read-only file, full disk, I/O error. Retryable later.
+    /// The database cannot be written: read-only file, full disk, I/O error, a lost
+    /// connection. Retryable later.
     #[error("the database cannot be written: {0}")]
     Unwritable(String),
-    /// The file could not be opened.
-    #[error("cannot open the database {path}: {source} (does the directory exist and is it writable?)")]
+    /// The database could not be opened.
+    #[error("cannot open the database {target}: {message} (does the directory exist and is it writable?)")]
     Open {
-        /// The file.
-        path: PathBuf,
+        /// The file (or server).
+        target: String,
         /// Why.
-        source: rusqlite::Error,
+        message: String,
     },
     /// There is no database file, and the command only works with one that exists.
     #[error(
@@ -62,7 +64,7 @@ pub enum StoreError {
         /// Latest this build knows.
         supported: i64,
     },
-    /// `PRAGMA user_version` is negative, which no cartwatch writes: someone set it by hand.
+    /// The schema version is negative, which no cartwatch writes: someone set it by hand.
     #[error(
         "the database's schema version is {found}, which cartwatch never writes (was PRAGMA user_version set by hand?); \
          set it back to the version it had, or restore a backup"
@@ -72,16 +74,16 @@ pub enum StoreError {
         found: i64,
     },
     /// A migration failed and was rolled back.
-    #[error("migrating the database to schema version {version} failed: {source}")]
+    #[error("migrating the database to schema version {version} failed: {message}")]
     Migration {
         /// The version being applied.
         version: i64,
         /// Why.
-        source: rusqlite::Error,
+        message: String,
     },
-    /// Any other SQLite error.
+    /// Any other database error.
     #[error("database error: {0}")]
-    Sqlite(rusqlite::Error),
+    Backend(String),
     /// The blocking task running the query failed.
     #[error("database task failed: {0}")]
     Task(String),
@@ -108,196 +110,518 @@ impl StoreError {
     }
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(error: rusqlite::Error) -> StoreError {
-        match error.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy,
-            Some(
-                ErrorCode::ReadOnly
-                | ErrorCode::DiskFull
-                | ErrorCode::SystemIoFailure
-                | ErrorCode::CannotOpen
-                | ErrorCode::PermissionDenied,
-            ) => StoreError::Unwritable(error.to_string()),
-            _ => StoreError::Sqlite(error),
+/// `[database]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatabaseConfig {
+    /// The SQLite file.
+    pub path: PathBuf,
+    /// How long a statement waits for another connection's lock.
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
+}
+
+impl DatabaseConfig {
+    /// Records every problem of this section in `problems`.
+    pub fn check(&self, problems: &mut Problems) {
+        if self.path.as_os_str().is_empty() {
+            problems.add("database.path", "must not be empty");
+        }
+        problems.duration("database.busy_timeout", self.busy_timeout, 10 * MILLISECOND, 10 * MINUTE);
+    }
+}
+
+/// Opens (creating if needed, when `create`) and migrates the database `config` names, on
+/// the blocking pool.
+///
+/// Fails when it cannot be opened or migrated, or, without `create`, does not exist.
+pub async fn open(config: &DatabaseConfig, create: bool) -> Result<Arc<dyn Store>, StoreError> {
+    let config = config.clone();
+    let store = tokio::task::spawn_blocking(move || match create {
+        true => sqlite::SqliteStore::open(&config.path, config.busy_timeout),
+        false => sqlite::SqliteStore::open_existing(&config.path, config.busy_timeout),
+    })
+    .await
+    .map_err(|error| StoreError::Task(error.to_string()))??;
+    Ok(Arc::new(store))
+}
+
+/// Where a page of due carts ended, for reading the next: opaque to everyone but the
+/// backend that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueCursor(String);
+
+impl DueCursor {
+    /// A cursor a backend encodes as it likes.
+    pub fn from_token(token: String) -> DueCursor {
+        DueCursor(token)
+    }
+
+    /// What the backend encoded.
+    pub fn token(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A page of due carts, claimed for polling.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DuePage {
+    /// The carts, in due order.
+    pub carts: Vec<PollTarget>,
+    /// Where to continue; `None` when this was the last page.
+    pub next: Option<DueCursor>,
+}
+
+/// A row registered by hand (`next_poll_at` empty) whose id has not been checked yet, or a
+/// due row whose id is not canonical.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UncheckedCart {
+    /// Row key.
+    pub key: i64,
+    /// The id as found.
+    pub cart_id: String,
+    /// The provider as found.
+    pub provider: String,
+    /// The session token, if the row has one.
+    pub session_token: Option<String>,
+}
+
+/// A poll outcome for one cart, with a uniform sample in `[0, 1)` to jitter its next poll.
+pub type Outcome = (i64, PollOutcome, f64);
+
+/// An item added to or removed from a cart, as the item history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemRecord {
+    /// The item.
+    pub cart_item_id: String,
+    /// Pieces.
+    pub quantity: Option<i64>,
+    /// The shop's price per piece, exact decimal text.
+    pub my_sales_unit_price: Option<String>,
+    /// The partner's price per piece, exact decimal text.
+    pub imat_unit_price: Option<String>,
+    /// Currency.
+    pub currency: Option<String>,
+    /// The item's expiry, as sent.
+    pub valid_until: Option<String>,
+}
+
+/// What registering a cart did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrackOutcome {
+    /// Newly tracked.
+    Added,
+    /// Already tracked; the reference was updated if one was given.
+    AlreadyTracked,
+    /// Its tracking had ended (the state it was in is given): it is polled again from now,
+    /// with its age and maximum age counted afresh.
+    Resumed(String),
+    /// Already ordered, or flagged invalid; left as it is (the state is given).
+    Finished(String),
+}
+
+/// What untracking a cart did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UntrackOutcome {
+    /// No longer polled.
+    Untracked,
+    /// Was not being tracked; its state is given.
+    NotTracking(String),
+    /// No such cart.
+    Unknown,
+}
+
+/// What applying a batch wrote.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AppliedBatch {
+    /// Status changes: cart id, from, to.
+    pub transitions: Vec<(String, Option<String>, String)>,
+    /// Events written: type, cart id, event id.
+    pub events: Vec<(EventType, String, String)>,
+    /// Status values the document does not list: cart id, value.
+    pub unknown_statuses: Vec<(String, String)>,
+    /// Carts whose polling ended, with their new state.
+    pub finished: Vec<(String, String)>,
+    /// Carts whose outcome was not applied because they are no longer tracked.
+    pub skipped: usize,
+}
+
+/// A recorded status change.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct StoredTransition {
+    /// Status before; `None` for the first sighting.
+    pub from_status: Option<String>,
+    /// Status after.
+    pub to_status: String,
+    /// OrderID at the time.
+    pub order_id: Option<String>,
+    /// When it was detected.
+    pub detected_at: String,
+    /// The event announcing it, if one was written.
+    pub event_id: Option<String>,
+}
+
+/// One cart with its history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CartDetail {
+    /// The cart.
+    pub cart: Cart,
+    /// Its transitions, oldest first.
+    pub transitions: Vec<StoredTransition>,
+}
+
+/// The persisted health of one upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamRecord {
+    /// Provider name.
+    pub provider: String,
+    /// The state machine's view.
+    pub snapshot: Snapshot,
+    /// When a request last succeeded.
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// When a request last failed.
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// The last failure, for people.
+    pub last_error: Option<String>,
+    /// When it was written.
+    pub updated_at: String,
+}
+
+/// One sweep's figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SweepRecord {
+    /// The provider swept (empty for the sum of several).
+    pub provider: String,
+    /// When it started.
+    pub started_at: String,
+    /// When it ended.
+    pub finished_at: Option<String>,
+    /// Carts whose outcome was applied.
+    pub carts_polled: u64,
+    /// Requests sent upstream.
+    pub requests: u64,
+    /// Requests that failed.
+    pub failures: u64,
+    /// Database reads or writes that failed (the carts involved stay due).
+    pub write_failures: u64,
+    /// Status changes recorded.
+    pub transitions: u64,
+    /// Events written.
+    pub events: u64,
+    /// Why the sweep stopped before reaching every due cart, if it did.
+    pub stopped_early: Option<String>,
+}
+
+impl SweepRecord {
+    /// Adds another sweep's figures (of another provider, in the same round).
+    pub fn add(&mut self, other: &SweepRecord) {
+        if self.started_at.is_empty() || other.started_at < self.started_at {
+            self.started_at.clone_from(&other.started_at);
+        }
+        if other.finished_at > self.finished_at {
+            self.finished_at.clone_from(&other.finished_at);
+        }
+        self.carts_polled += other.carts_polled;
+        self.requests += other.requests;
+        self.failures += other.failures;
+        self.write_failures += other.write_failures;
+        self.transitions += other.transitions;
+        self.events += other.events;
+        if let Some(reason) = &other.stopped_early {
+            self.stopped_early = Some(match self.stopped_early.take() {
+                Some(earlier) => format!("{earlier}; {reason}"),
+                None => reason.clone(),
+            });
         }
     }
 }
 
-struct Inner {
-    writer: Arc<Mutex<Connection>>,
-    reader: Mutex<Connection>,
-    path: PathBuf,
-    /// Batches' outcomes on their way to the writer thread, which commits the batches that
-    /// arrive within a moment of each other in one transaction.
-    apply_queue: std::sync::mpsc::Sender<carts::WriterJob>,
-    writer_stats: Arc<carts::WriterStats>,
-    writer_failure: Arc<carts::WriterFailure>,
+/// One sink's deliveries, for `cartwatch status` and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SinkSummary {
+    /// The sink's name (`log`, or the webhook's).
+    pub sink: String,
+    /// Deliveries waiting to be attempted (held ones included).
+    pub pending: u64,
+    /// Deliveries made.
+    pub delivered: u64,
+    /// Dead letters.
+    pub dead: u64,
+    /// Pending deliveries held behind a dead letter of the same cart.
+    pub held: u64,
+    /// Why the sink is disabled, if it is.
+    pub disabled: Option<String>,
 }
 
-/// A handle to the database; cheap to clone.
-#[derive(Clone)]
-pub struct Store {
-    inner: Arc<Inner>,
+/// Counts for `cartwatch status` and metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    /// Carts by state and status.
+    pub carts: Vec<(String, Option<String>, u64)>,
+    /// Carts due now.
+    pub due_now: u64,
+    /// Each configured sink's deliveries.
+    pub sinks: Vec<SinkSummary>,
+    /// Events in the outbox.
+    pub events: u64,
+    /// Upstream health.
+    pub upstreams: Vec<UpstreamRecord>,
+    /// The latest sweep.
+    pub last_sweep: Option<SweepRecord>,
+    /// Carts flagged invalid, with why.
+    pub invalid: Vec<(String, String)>,
 }
 
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.inner.path).finish()
-    }
+/// One recorded item change.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ItemChange {
+    /// The cart.
+    pub cart_id: String,
+    /// The item.
+    pub cart_item_id: String,
+    /// `add` or `remove`.
+    pub action: String,
+    /// Pieces.
+    pub quantity: Option<i64>,
+    /// The shop's price per piece, exact.
+    pub my_sales_unit_price: Option<String>,
+    /// i.materialise's price per piece, exact.
+    pub imat_unit_price: Option<String>,
+    /// Currency.
+    pub currency: Option<String>,
+    /// The item's expiry, as sent.
+    pub valid_until: Option<String>,
+    /// When the change was made.
+    pub changed_at: String,
+    /// The `cart.items_changed` event, if written.
+    pub event_id: Option<String>,
 }
 
-impl Store {
-    /// Opens (creating if needed) and migrates the database, in WAL mode with a busy timeout.
+/// What a sweep needs: hand edits checked, due carts claimed, outcomes applied, figures and
+/// upstream health recorded.
+#[async_trait]
+pub trait SweepStore: Send + Sync + std::fmt::Debug {
+    /// Creates again the indexes and views the store needs that someone dropped, and says
+    /// which. Cheap when nothing is missing.
+    async fn repair_schema(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Tracked rows registered by hand whose id has not been checked yet, at most `limit`.
+    async fn unchecked_carts(&self, limit: u32) -> Result<Vec<UncheckedCart>, StoreError>;
+
+    /// Gives a row its canonical id and session token, and makes it due at `now` if it was
+    /// not scheduled. Returns the reason instead when another row already has that id.
+    async fn set_cart_id(
+        &self,
+        key: i64,
+        cart_id: String,
+        session_token: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Result<(), String>, StoreError>;
+
+    /// Flags a row `invalid` with `reason` in its `last_error`: it is never polled.
+    async fn flag_invalid(&self, key: i64, reason: String, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Makes due now the tracked carts of `provider` whose `next_poll_at` is not a timestamp
+    /// (edited by hand past the constraint), at most `limit`; returns their ids.
+    async fn reschedule_garbled(
+        &self,
+        provider: &str,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Claims a page of `provider`'s carts due at `now`, after `after`, in due order: the
+    /// carts this daemon polls now.
+    async fn claim_due(
+        &self,
+        provider: &str,
+        now: DateTime<Utc>,
+        after: Option<DueCursor>,
+        limit: u32,
+    ) -> Result<DuePage, StoreError>;
+
+    /// Applies a batch's poll outcomes in one transaction: each cart's new record, its
+    /// transition and its events (with their deliveries), together or not at all.
+    async fn apply(&self, outcomes: Vec<Outcome>, context: Context) -> Result<AppliedBatch, StoreError>;
+
+    /// Records a finished sweep's figures.
+    async fn record_sweep(&self, record: SweepRecord) -> Result<(), StoreError>;
+
+    /// Persists an upstream's health, with the events that announce a change of it, in one
+    /// transaction.
+    async fn save_upstream(&self, record: UpstreamRecord, events: Vec<NewEvent>) -> Result<(), StoreError>;
+
+    /// Every upstream's persisted health.
+    async fn upstream_records(&self) -> Result<Vec<UpstreamRecord>, StoreError>;
+
+    /// Starts what the store does in the background while a daemon runs (SQLite: copy the
+    /// WAL back into the database every `interval`), until `shutdown`; `None` when there is
+    /// nothing to do.
     ///
-    /// Fails when the file cannot be opened or created, the schema is newer than this build,
-    /// or a migration fails.
-    pub fn open(path: &Path, busy_timeout: Duration) -> Result<Store, StoreError> {
-        Store::open_with(path, busy_timeout, true)
-    }
-
-    /// Opens and migrates a database that exists, for commands that read or change what is
-    /// there: a mistyped path then names itself instead of creating an empty database.
-    ///
-    /// Fails like [`open`](Self::open), and when there is no file at `path`.
-    pub fn open_existing(path: &Path, busy_timeout: Duration) -> Result<Store, StoreError> {
-        Store::open_with(path, busy_timeout, false)
-    }
-
-    fn open_with(path: &Path, busy_timeout: Duration, create: bool) -> Result<Store, StoreError> {
-        if !create && !path.exists() {
-            return Err(StoreError::Missing { path: path.to_owned() });
-        }
-        let open = |flags: OpenFlags| -> Result<Connection, StoreError> {
-            let connection = Connection::open_with_flags(path, flags)
-                .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
-            connection.busy_timeout(busy_timeout)?;
-            rusqlite::vtab::array::load_module(&connection)?;
-            Ok(connection)
-        };
-        let mut writer =
-            open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-        // WAL lets `sqlite3` and the HTTP API read while the daemon writes. NORMAL sync is
-        // durable across process crashes, which is what at-least-once delivery needs.
-        let mode: String = writer.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            tracing::warn!(journal_mode = %mode, "the database is not in WAL mode; readers may block the daemon");
-        }
-        // A larger page cache keeps the carts' index pages in memory between batches.
-        writer.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -8192;")?;
-        schema::migrate(&mut writer)?;
-        let reader = open(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-        let writer = Arc::new(Mutex::new(writer));
-        let writer_stats = Arc::new(carts::WriterStats::default());
-        let writer_failure = Arc::new(carts::WriterFailure::default());
-        let apply_queue =
-            carts::start_apply_thread(Arc::clone(&writer), Arc::clone(&writer_stats), Arc::clone(&writer_failure))?;
-        Ok(Store {
-            inner: Arc::new(Inner {
-                writer,
-                reader: Mutex::new(reader),
-                path: path.to_owned(),
-                apply_queue,
-                writer_stats,
-                writer_failure,
-            }),
-        })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
-    /// Runs `work` with the writer connection on the blocking pool.
-    async fn write<R, F>(&self, work: F) -> Result<R, StoreError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
-    {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let mut connection = inner.writer.lock().unwrap_or_else(PoisonError::into_inner);
-            work(&mut connection)
-        })
-        .await
-        .map_err(|error| StoreError::Task(error.to_string()))?
-    }
-
-    /// Runs `work` with the reader connection on the blocking pool.
-    async fn read<R, F>(&self, work: F) -> Result<R, StoreError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
-    {
-        let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || {
-            let connection = inner.reader.lock().unwrap_or_else(PoisonError::into_inner);
-            work(&connection)
-        })
-        .await
-        .map_err(|error| StoreError::Task(error.to_string()))?
-    }
-
-    /// Moves WAL checkpoints off the write path: the writer stops checkpointing on commit,
-    /// and a task on its own connection copies the WAL back into the database every
-    /// `interval` until `shutdown`, then once more. A checkpoint's fsync then never stalls a
-    /// batch's commit. For long-running processes (the daemon); one-shot commands keep
-    /// SQLite's automatic checkpoints.
-    ///
-    /// Fails when the checkpoint connection cannot be opened.
-    pub fn start_background_checkpoints(
+    /// Fails when the background work cannot start.
+    fn start_upkeep(
         &self,
         interval: Duration,
         shutdown: tokio_util::sync::CancellationToken,
-    ) -> Result<tokio::task::JoinHandle<()>, StoreError> {
-        let checkpointer = Connection::open_with_flags(
-            &self.inner.path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|source| StoreError::Open { path: self.inner.path.clone(), source })?;
-        checkpointer.busy_timeout(Duration::from_millis(100))?;
-        self.inner.writer.lock().unwrap_or_else(PoisonError::into_inner).pragma_update(
-            None,
-            "wal_autocheckpoint",
-            0,
-        )?;
-        let checkpointer = Arc::new(Mutex::new(checkpointer));
-        let checkpoint = move || {
-            let checkpointer = Arc::clone(&checkpointer);
-            tokio::task::spawn_blocking(move || {
-                let connection = checkpointer.lock().unwrap_or_else(PoisonError::into_inner);
-                if let Err(error) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::debug!(error = %error, "WAL checkpoint did not run; the next one will");
-                }
-            })
-        };
-        Ok(tokio::spawn(async move {
-            while shutdown.run_until_cancelled(tokio::time::sleep(interval)).await.is_some() {
-                let _ = checkpoint().await;
-            }
-            let _ = checkpoint().await;
-        }))
-    }
-
-    /// Waits until the thread that writes poll outcomes dies, and says why. Never returns
-    /// while it is alive.
-    pub async fn writer_stopped(&self) -> StoreError {
-        let failure = &self.inner.writer_failure;
-        loop {
-            let notified = failure.notify.notified();
-            if let Some(reason) = failure.reason.get() {
-                return StoreError::WriterStopped(reason.clone());
-            }
-            notified.await;
-        }
-    }
-
-    /// Checks that the database answers a trivial query, for readiness probes.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|connection| Ok(connection.query_row("SELECT 1", [], |_| Ok(()))?)).await
+    ) -> Result<Option<tokio::task::JoinHandle<()>>, StoreError> {
+        let _ = (interval, shutdown);
+        Ok(None)
     }
 }
+
+/// What delivery needs: the outbox, the sinks and each sink's deliveries.
+#[async_trait]
+pub trait OutboxStore: Send + Sync + std::fmt::Debug {
+    /// Writes events no poll produced (manual actions), with their deliveries, in one
+    /// transaction.
+    async fn write_events(&self, events: Vec<NewEvent>) -> Result<(), StoreError>;
+
+    /// Makes the sinks match the config; one whose target changed is enabled again.
+    async fn sync_sinks(&self, specs: Vec<SinkSpec>, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Why a sink is disabled, if it is.
+    async fn sink_disabled(&self, sink: String) -> Result<Option<String>, StoreError>;
+
+    /// Disables a sink, as when its receiver answers `410 Gone`.
+    async fn disable_sink(&self, sink: String, reason: String, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Enables a disabled sink; `None` when there is no such sink, else whether it was
+    /// disabled.
+    async fn enable_sink(&self, sink: String, now: DateTime<Utc>) -> Result<Option<bool>, StoreError>;
+
+    /// Up to `limit` deliveries of `sink` due at `now`, oldest event first, never one whose
+    /// cart has an earlier delivery pending or dead on this sink. A `sequential` sink gets
+    /// the oldest pending ones up to the first not due yet.
+    async fn pending_deliveries(
+        &self,
+        sink: String,
+        now: DateTime<Utc>,
+        limit: u32,
+        sequential: bool,
+    ) -> Result<Vec<PendingDelivery>, StoreError>;
+
+    /// Records the outcomes of delivery attempts in one transaction.
+    async fn record_deliveries(
+        &self,
+        sink: String,
+        results: Vec<DeliveryResult>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// When the next pending delivery of `sink` not due at `now` becomes due.
+    async fn next_delivery_due(&self, sink: String, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Whether `sink` has any delivery pending.
+    async fn has_pending(&self, sink: String) -> Result<bool, StoreError>;
+}
+
+/// What registration and the services need: carts by id, and the changes made to them.
+#[async_trait]
+pub trait CartStore: Send + Sync + std::fmt::Debug {
+    /// Registers carts in one transaction, first due at `due_at`.
+    async fn track(
+        &self,
+        requests: Vec<TrackRequest>,
+        now: DateTime<Utc>,
+        due_at: DateTime<Utc>,
+    ) -> Result<Vec<(String, TrackOutcome)>, StoreError>;
+
+    /// Stops polling carts; their rows and history stay.
+    async fn untrack(
+        &self,
+        cart_ids: Vec<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, UntrackOutcome)>, StoreError>;
+
+    /// One cart by its public id.
+    async fn cart(&self, cart_id: String) -> Result<Option<Cart>, StoreError>;
+
+    /// The session token a cart is polled with, if it has one.
+    async fn session_token(&self, cart_id: String) -> Result<Option<String>, StoreError>;
+
+    /// Makes a tracked cart due at `now`.
+    async fn poll_soon(&self, cart_id: String, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Notes what the partner said about a tracked cart in its `last_error`, and makes it
+    /// due at `now`.
+    async fn note_cart(&self, cart_id: String, note: String, now: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Records an item change: one history row per item, the event (with its deliveries)
+    /// and an early poll of the cart.
+    async fn record_item_change(
+        &self,
+        cart_id: String,
+        action: String,
+        items: Vec<ItemRecord>,
+        event: Option<NewEvent>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// The item changes made to a cart, oldest first.
+    async fn item_history(&self, cart_id: String) -> Result<Vec<ItemChange>, StoreError>;
+}
+
+/// What people and monitoring ask: summaries, histories, the outbox, dead letters.
+#[async_trait]
+pub trait ReportStore: Send + Sync + std::fmt::Debug {
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Waits until the store can no longer record anything (its writer died), and says
+    /// why. Never returns while all is well.
+    async fn writer_stopped(&self) -> StoreError;
+
+    /// The counts behind `cartwatch status` and the metrics.
+    async fn summary(&self, now: DateTime<Utc>) -> Result<Summary, StoreError>;
+
+    /// One cart and its transitions.
+    async fn cart_detail(&self, cart_id: String) -> Result<Option<CartDetail>, StoreError>;
+
+    /// Events after the cursor `after` (a `seq`), oldest first, at most `limit`.
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Every sink's delivery state for each of the events `seqs`.
+    async fn delivery_states(&self, seqs: Vec<i64>) -> Result<Vec<(i64, DeliveryState)>, StoreError>;
+
+    /// Dead letters, newest first, optionally of one sink.
+    async fn dead_letters(&self, sink: Option<String>, limit: u32) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// Queues events for delivery again, attempts starting afresh; returns how many, and the
+    /// event ids that do not exist.
+    async fn redeliver(
+        &self,
+        event_ids: Vec<String>,
+        dead_only: bool,
+        sink: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(usize, Vec<String>), StoreError>;
+
+    /// Gives dead letters up (`skipped`), so their carts' later events go out.
+    async fn skip_dead(
+        &self,
+        event_ids: Vec<String>,
+        dead_only: bool,
+        sink: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(usize, Vec<String>), StoreError>;
+
+    /// The names of the sinks, active or not.
+    async fn sink_names(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Makes every tracked cart due at `now`; returns how many.
+    async fn make_all_due(&self, now: DateTime<Utc>) -> Result<usize, StoreError>;
+
+    /// How many carts are due at `now`.
+    async fn due_count(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// The whole store.
+pub trait Store: SweepStore + OutboxStore + CartStore + ReportStore {}
+
+impl<T: SweepStore + OutboxStore + CartStore + ReportStore + ?Sized> Store for T {}
+
+/// How long a failed write is retried before it is given up (what it would have recorded
+/// is then done again: a batch's carts stay due, a delivery is attempted again).
+pub const RETRY_BUDGET: Duration = Duration::from_secs(60);
 
 /// Runs a store operation, retrying while it fails for a reason that may pass (another
 /// process holding a lock, a full disk), with a doubling pause up to 5 s, until `budget` is
@@ -324,57 +648,5 @@ where
             }
             result => return result,
         }
-    }
-}
-
-#[cfg(test)]
-pub(crate) mod test_support {
-    use super::*;
-
-    /// A store in a fresh temporary directory, kept alive by the returned guard.
-    pub fn temp_store() -> (Store, tempfile::TempDir) {
-        let directory = tempfile::tempdir().unwrap();
-        let store = Store::open(&directory.path().join("cartwatch.db"), Duration::from_secs(5)).unwrap();
-        (store, directory)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn opens_in_wal_mode_at_the_latest_version() {
-        let (store, _directory) = test_support::temp_store();
-        let (mode, version): (String, i64) = store
-            .read(|c| {
-                Ok((
-                    c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?,
-                    c.query_row("PRAGMA user_version", [], |r| r.get(0))?,
-                ))
-            })
-            .await
-            .unwrap();
-        assert_eq!(mode, "wal");
-        assert_eq!(version, schema::latest_version());
-        // Re-opening applies nothing and keeps the version.
-        drop(store);
-        let store = Store::open(&_directory.path().join("cartwatch.db"), Duration::from_secs(1)).unwrap();
-        store.ping().await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn refuses_a_newer_schema() {
-        let directory = tempfile::tempdir().unwrap();
-        let path = directory.path().join("cartwatch.db");
-        Connection::open(&path).unwrap().pragma_update(None, "user_version", 999).unwrap();
-        let error = Store::open(&path, Duration::from_secs(1)).unwrap_err();
-        assert!(matches!(error, StoreError::TooNew { found: 999, .. }), "{error}");
-    }
-
-    #[test]
-    fn a_missing_directory_is_a_clear_error() {
-        let error = Store::open(Path::new("/nonexistent/dir/cartwatch.db"), Duration::from_secs(1)).unwrap_err();
-        assert!(error.to_string().contains("/nonexistent/dir/cartwatch.db"), "{error}");
     }
 }

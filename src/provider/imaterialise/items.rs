@@ -9,11 +9,12 @@ use chrono::NaiveDateTime;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
-use super::wire::{get_ci, json_code, json_text};
-use super::{api_url, is_xml_answer, response_content_type, send};
+use super::{ImaterialiseConfig, WireFormat, is_xml_answer, send};
 use crate::cart_id::{CartId, ItemId, shorten};
-use crate::config::{ImaterialiseConfig, WireFormat};
-use crate::provider::{UpstreamError, http_client, read_limited, status_error};
+use crate::model::UpstreamError;
+use crate::net::{content_type as response_content_type, read_limited};
+use crate::provider::json::{exact_decimal, get_ci, json_code, json_decimal, json_text};
+use crate::provider::{api_url, status_error};
 use crate::secret::Secret;
 use crate::xml_tree::{self, Node};
 
@@ -209,12 +210,6 @@ pub fn encode_xml_request(items: &[ItemId]) -> String {
     xml
 }
 
-/// Reads a decimal exactly as written (`15.0000`, `1.5e2`), never through binary floating point.
-pub fn exact_decimal(text: &str) -> Option<Decimal> {
-    let text = text.trim();
-    Decimal::from_str_exact(text).ok().or_else(|| Decimal::from_scientific(text).ok())
-}
-
 /// An item from its fields, read by lower-case name whichever the wire format: `text` for
 /// plain fields, `decimal` for the exact ones.
 fn cart_item(
@@ -239,16 +234,6 @@ fn cart_item(
         currency: text("currency"),
         valid_until_parsed: valid_until.as_deref().and_then(crate::time::parse_naive),
         valid_until,
-    }
-}
-
-/// Reads an exact decimal written as a JSON number or a string.
-pub(crate) fn json_decimal(value: &Value) -> Option<Decimal> {
-    match value {
-        // With serde_json's arbitrary precision, a number keeps the digits it was sent with.
-        Value::Number(number) => exact_decimal(&number.to_string()),
-        Value::String(text) => exact_decimal(text),
-        _ => None,
     }
 }
 
@@ -360,7 +345,8 @@ impl ItemsClient {
     /// Fails when the HTTP client cannot be built.
     pub fn new(config: &ImaterialiseConfig) -> Result<ItemsClient, UpstreamError> {
         Ok(ItemsClient {
-            http: http_client(config.request_timeout, config.connect_timeout)?,
+            http: crate::net::client(config.request_timeout, config.connect_timeout)
+                .map_err(UpstreamError::from_net)?,
             base_url: config.base_url.clone(),
             api_code: RwLock::new(config.api_code.clone()),
             format: config.format,
@@ -397,7 +383,7 @@ impl ItemsClient {
         }
         let failure = (!status.is_success()).then(|| status_error(&response));
         let content_type = response_content_type(&response);
-        let body = read_limited(response, self.max_response_bytes).await?;
+        let body = read_limited(response, self.max_response_bytes).await.map_err(UpstreamError::from_net)?;
         let decoded = decode(&body, self.format, &content_type);
         match (failure, decoded) {
             (None, Ok(reply)) if reply.items.is_empty() && !reply.errors.is_empty() => {

@@ -1,7 +1,10 @@
-//! The i.materialise Cart Status API client: one request per batch of at most 10 cart IDs,
-//! answers matched back to the requested carts.
+//! The i.materialise provider: its settings, its status model (`NotOrdered`, `Pending`,
+//! `CheckedOut`, `Ordered`), and the Cart Status API client, one request per batch of at most
+//! 10 cart IDs with the answer matched back to the requested carts. `items` is the
+//! Add/Remove Cart Item API.
 
 pub mod items;
+pub mod status;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -10,13 +13,21 @@ use std::sync::RwLock;
 use reqwest::Url;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
 use crate::cart_id::CartId;
-use crate::config::{ImaterialiseConfig, WireFormat};
-use crate::provider::{
-    BatchReply, CartReport, Observation, UpstreamError, http_client, read_limited, status_error, transport_error,
-};
+use crate::checks::{Problems, Purpose, is_loopback_host};
+use crate::events::EventType;
+use crate::model::{BatchReply, CartReport, Ending, Observation, PollTarget, StatusModel, UpstreamError};
+use crate::net::{content_type, read_limited};
+use crate::provider::{BatchClient, ClientSettings, Provider, api_url, status_error};
 use crate::secret::Secret;
-use crate::status::CartStatus;
+use status::CartStatus;
 use wire::{DecodeError, EntryOutcome, StatusReply};
 
 /// The provider name stored with carts and sent in events.
@@ -24,6 +35,109 @@ pub const PROVIDER: &str = "imaterialise";
 
 /// The API's own limit on cart IDs per request.
 pub const MAX_BATCH: usize = 10;
+
+/// The i.materialise provider, as configured.
+#[derive(Debug)]
+pub struct Imaterialise {
+    settings: ImaterialiseConfig,
+}
+
+impl Imaterialise {
+    /// The provider with these settings.
+    pub fn new(settings: ImaterialiseConfig) -> Imaterialise {
+        Imaterialise { settings }
+    }
+
+    /// Its settings.
+    pub fn settings(&self) -> &ImaterialiseConfig {
+        &self.settings
+    }
+}
+
+impl StatusModel for Imaterialise {
+    fn name(&self) -> &'static str {
+        PROVIDER
+    }
+
+    fn rank(&self, status: &str) -> Option<u8> {
+        CartStatus::parse(status).rank()
+    }
+
+    fn announces(&self, status: &str) -> Option<EventType> {
+        match CartStatus::parse(status) {
+            CartStatus::Ordered => Some(EventType::CartOrdered),
+            CartStatus::CheckedOut => Some(EventType::CartCheckedOut),
+            CartStatus::Pending => Some(EventType::CartPending),
+            CartStatus::NotOrdered | CartStatus::Other(_) => None,
+        }
+    }
+
+    fn ending(&self, status: &str) -> Ending {
+        match CartStatus::parse(status) {
+            CartStatus::Ordered => Ending::Ordered,
+            _ => Ending::Continue,
+        }
+    }
+
+    fn order_is_near(&self, status: &str) -> bool {
+        CartStatus::parse(status) == CartStatus::CheckedOut
+    }
+
+    fn orders_carry_an_id(&self) -> bool {
+        true
+    }
+}
+
+impl Provider for Imaterialise {
+    fn enabled(&self) -> bool {
+        self.settings.enabled
+    }
+
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
+    }
+
+    fn client_settings(&self) -> ClientSettings {
+        self.settings.client_settings()
+    }
+
+    fn register_id(&self, text: &str) -> Result<(String, Option<String>), String> {
+        CartId::parse(text).map(|id| (id.to_string(), None)).map_err(|error| error.to_string())
+    }
+
+    fn public_id(&self, text: &str) -> Option<String> {
+        CartId::parse(text).ok().map(|id| id.to_string())
+    }
+
+    fn stored_id_is_canonical(&self, cart_id: &str, session_token: Option<&str>) -> bool {
+        session_token.is_none() && CartId::from_canonical(cart_id).is_some()
+    }
+
+    fn account(&self, _given: Option<&str>) -> Result<String, String> {
+        Ok(String::new())
+    }
+
+    fn client(&self) -> Result<Arc<dyn BatchClient>, UpstreamError> {
+        Ok(Arc::new(StatusClient::new(&self.settings)?))
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Ok(url) = reqwest::Url::parse(&self.settings.base_url)
+            && url.scheme() == "http"
+            && !is_loopback_host(&url)
+        {
+            warnings.push(format!(
+                "imaterialise.base_url uses plain http to a non-loopback host ({}); the apiCode would cross the network unencrypted",
+                url.host_str().unwrap_or("")
+            ));
+        }
+        if self.settings.enabled && self.settings.requests_per_second == 0.0 {
+            warnings.push("imaterialise.requests_per_second is 0: requests are limited only by concurrency".into());
+        }
+        warnings
+    }
+}
 
 /// A Cart Status API client.
 pub struct StatusClient {
@@ -50,7 +164,8 @@ impl StatusClient {
     pub fn new(config: &ImaterialiseConfig) -> Result<StatusClient, UpstreamError> {
         let endpoint = api_url(&config.base_url, &["web-api", "cartstatus", "statuses"])?;
         Ok(StatusClient {
-            http: http_client(config.request_timeout, config.connect_timeout)?,
+            http: crate::net::client(config.request_timeout, config.connect_timeout)
+                .map_err(UpstreamError::from_net)?,
             endpoint,
             api_code: RwLock::new(config.api_code.clone()),
             format: config.format,
@@ -69,7 +184,7 @@ impl StatusClient {
     ///
     /// Fails when the request as a whole failed: transport, HTTP status, undecodable or
     /// oversized body, or a general error object.
-    pub async fn fetch(&self, cart_ids: &[CartId]) -> Result<BatchReply, UpstreamError> {
+    pub async fn fetch_ids(&self, cart_ids: &[CartId]) -> Result<BatchReply, UpstreamError> {
         let body = match self.format {
             WireFormat::Json => wire::encode_json_request(cart_ids),
             WireFormat::Xml => wire::encode_xml_request(cart_ids),
@@ -78,8 +193,8 @@ impl StatusClient {
             send(&self.http, reqwest::Method::POST, self.endpoint.clone(), &self.api_code, self.format, body).await?;
         let status = response.status();
         if status.is_success() {
-            let response_type = response_content_type(&response);
-            let body = read_limited(response, self.max_response_bytes).await?;
+            let response_type = content_type(&response);
+            let body = read_limited(response, self.max_response_bytes).await.map_err(UpstreamError::from_net)?;
             let reply = decode(&body, self.format, &response_type).map_err(|e| UpstreamError::Decode(e.to_string()))?;
             if let Some(error) = reply.general_error {
                 return Err(UpstreamError::Api { code: error.code, message: error.message });
@@ -90,7 +205,7 @@ impl StatusClient {
         if matches!(error, UpstreamError::Http { .. }) {
             // Some servers send the documented error object with a failure status; prefer the
             // code it carries, since the policy for 501 and 102 differs from plain HTTP errors.
-            let response_type = response_content_type(&response);
+            let response_type = content_type(&response);
             if let Ok(body) = read_limited(response, self.max_response_bytes).await
                 && let Ok(StatusReply { general_error: Some(api_error), .. }) =
                     decode(&body, self.format, &response_type)
@@ -123,21 +238,16 @@ pub(crate) async fn send(
         .body(body)
         .send()
         .await
-        .map_err(transport_error)
+        .map_err(|error| UpstreamError::from_net(crate::net::transport_error(error)))
 }
 
-/// Joins path segments onto a base URL, keeping any path prefix the base already has.
-pub(crate) fn api_url(base_url: &str, segments: &[&str]) -> Result<Url, UpstreamError> {
-    let mut url = crate::config::check_base_url(base_url).map_err(UpstreamError::Connection)?;
-    url.path_segments_mut()
-        .map_err(|_| UpstreamError::Connection(format!("base URL cannot take a path: {base_url}")))?
-        .pop_if_empty()
-        .extend(segments);
-    Ok(url)
-}
-
-pub(crate) fn response_content_type(response: &reqwest::Response) -> String {
-    response.headers().get(CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or_default().to_ascii_lowercase()
+impl BatchClient for StatusClient {
+    fn fetch<'a>(&'a self, carts: &'a [PollTarget]) -> BoxFuture<'a, Result<BatchReply, UpstreamError>> {
+        Box::pin(async move {
+            let ids: Vec<CartId> = carts.iter().filter_map(|cart| CartId::from_canonical(&cart.cart_id)).collect();
+            self.fetch_ids(&ids).await
+        })
+    }
 }
 
 /// Decodes by the response's content type, falling back to the body's first character and
@@ -243,6 +353,81 @@ pub fn match_reply(requested: &[CartId], reply: StatusReply) -> BatchReply {
         unexpected,
         duplicated,
         unidentified: reply.unidentified_entries,
+    }
+}
+
+/// Request and response encoding for the i.materialise APIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireFormat {
+    /// `application/json`
+    Json,
+    /// `text/xml`
+    Xml,
+}
+
+/// `[imaterialise]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImaterialiseConfig {
+    /// Whether this provider is polled.
+    pub enabled: bool,
+    /// Base URL, without the `/web-api/...` path.
+    #[serde(serialize_with = "crate::secret::serialize_redacted_url")]
+    pub base_url: String,
+    /// The apiCode GUID, when given inline or by environment.
+    pub api_code: Secret,
+    /// A file holding the apiCode.
+    pub api_code_file: PathBuf,
+    /// Wire format.
+    pub format: WireFormat,
+    /// Cart IDs per request, 1..=10.
+    pub batch_size: u32,
+    /// Requests in flight at once.
+    pub concurrency: u32,
+    /// Requests started per second; 0 for no limit.
+    pub requests_per_second: f64,
+    /// Whole-request timeout.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Largest response body accepted.
+    pub max_response_bytes: u64,
+}
+
+impl ImaterialiseConfig {
+    /// The settings its client shares with every provider's.
+    pub fn client_settings(&self) -> ClientSettings {
+        ClientSettings {
+            batch_size: self.batch_size.clamp(1, MAX_BATCH as u32) as usize,
+            concurrency: self.concurrency as usize,
+            requests_per_second: self.requests_per_second,
+            request_timeout: self.request_timeout,
+            connect_timeout: self.connect_timeout,
+            max_response_bytes: self.max_response_bytes,
+        }
+    }
+
+    /// Records every problem of this section in `problems`.
+    pub fn check(&self, purpose: Purpose, problems: &mut Problems) {
+        self.client_settings().check("imaterialise", &self.base_url, problems);
+        if !(1..=10).contains(&self.batch_size) {
+            problems.add(
+                "imaterialise.batch_size",
+                format!("must be between 1 and 10 (the API's limit), got {}", self.batch_size),
+            );
+        }
+        if purpose == Purpose::Upstream && self.enabled {
+            if self.api_code.is_empty() {
+                problems.add(
+                    "imaterialise.api_code",
+                    "missing apiCode: set imaterialise.api_code_file, or the environment variable CARTWATCH__IMATERIALISE__API_CODE",
+                );
+            } else if uuid::Uuid::try_parse(self.api_code.expose().trim()).is_err() {
+                problems.add("imaterialise.api_code", "must be a GUID (the value is not shown)");
+            }
+        }
     }
 }
 

@@ -8,8 +8,9 @@
 use chrono::NaiveDateTime;
 use serde_json::Value;
 
+use super::status::CartStatus;
 use crate::cart_id::{CartId, shorten};
-use crate::status::CartStatus;
+use crate::provider::json::{get_ci, json_code, json_text};
 use crate::xml_tree::{self, Node};
 
 /// The status of one cart as the API reported it.
@@ -135,31 +136,6 @@ pub fn decode_json(body: &[u8]) -> Result<StatusReply, DecodeError> {
         }
     }
     Ok(reply)
-}
-
-/// Looks up a key case-insensitively.
-pub(crate) fn get_ci<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
-    let object = value.as_object()?;
-    object.get(key).or_else(|| object.iter().find(|(name, _)| name.eq_ignore_ascii_case(key)).map(|(_, v)| v))
-}
-
-/// Reads a value as text: strings as they are, numbers and booleans in their JSON spelling.
-pub(crate) fn json_text(value: &Value) -> Option<String> {
-    match value {
-        Value::String(text) => Some(text.clone()),
-        Value::Number(number) => Some(number.to_string()),
-        Value::Bool(flag) => Some(flag.to_string()),
-        _ => None,
-    }
-}
-
-/// Reads an integer code written as a number or a string.
-pub(crate) fn json_code(value: &Value) -> Option<i64> {
-    match value {
-        Value::Number(number) => number.as_i64(),
-        Value::String(text) => text.trim().parse().ok(),
-        _ => None,
-    }
 }
 
 fn json_api_error(value: &Value) -> Option<ApiError> {

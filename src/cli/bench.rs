@@ -1,0 +1,676 @@
+//! `cartwatch bench`: the daemon's own cost measured against the physical bound, printed as
+//! one JSON object per scenario.
+//!
+//! The simulator runs as a separate process (`cartwatch simulate`), so the CPU time counted
+//! here (this process's, from `getrusage`) is cartwatch's alone. Scenarios:
+//!
+//! - `sweep`: 100,000 due carts, partner latency 20 ms, concurrency 8, no rate limit. The bound
+//!   is ceil(N/10) × latency / concurrency, with the latency the simulator measured itself.
+//! - `scale`: 1,000,000 tracked carts, 10,000 due; the real daemon binary's peak RSS and the
+//!   time from its start to its first request; the due query's plan.
+//! - `deliver`: 100,000 events to a local webhook receiver (signed deliveries per second, per
+//!   cart order checked), and through the log sink to a file.
+//! - `transitions`: 100,000 carts all changing status in one sweep; every transition and event
+//!   committed; time per batch write.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use chrono::Utc;
+use rand::{RngExt, SeedableRng};
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use cartwatch::cart_id::CartId;
+use cartwatch::clock::Clock;
+use cartwatch::config::{Config, WebhookConfig};
+use cartwatch::delivery::{SinkSlot, delivery_loop};
+use cartwatch::events::{CartEventData, EventType, NewEvent};
+use cartwatch::metrics::Metrics;
+use cartwatch::model::TrackRequest;
+use cartwatch::provider::imaterialise::Imaterialise;
+use cartwatch::secret::Secret;
+use cartwatch::sinks::{self, Sink};
+use cartwatch::store::sqlite::{SqliteStore, WriterTotals};
+use cartwatch::store::{OutboxStore, SweepRecord, SweepStore};
+use cartwatch::sweep::{Poller, PollerConfig};
+use cartwatch_simulator::DEMO_API_CODE;
+
+/// A benchmark scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Polling throughput against the latency bound.
+    Sweep,
+    /// Memory and start-up at a million carts.
+    Scale,
+    /// Delivery throughput.
+    Deliver,
+    /// Transition-heavy sweeps.
+    Transitions,
+}
+
+/// Reads a scenario name, or `all`.
+///
+/// Fails with the list of names for anything else.
+pub fn scenarios(name: &str) -> Result<Vec<Scenario>, String> {
+    Ok(match name {
+        "sweep" => vec![Scenario::Sweep],
+        "scale" => vec![Scenario::Scale],
+        "deliver" => vec![Scenario::Deliver],
+        "transitions" => vec![Scenario::Transitions],
+        "all" => vec![Scenario::Sweep, Scenario::Scale, Scenario::Deliver, Scenario::Transitions],
+        other => return Err(format!("unknown scenario {other:?}; use sweep, scale, deliver, transitions or all")),
+    })
+}
+
+/// Runs the scenarios in order, printing each one's figures as a JSON line.
+///
+/// Fails when the simulator cannot start or a scenario's set-up fails.
+pub async fn run(scenarios: &[Scenario], scale: f64) -> anyhow::Result<()> {
+    let scaled = |count: f64| ((count * scale).round() as usize).max(10);
+    for scenario in scenarios {
+        let figures = match scenario {
+            Scenario::Sweep => sweep(scaled(100_000.0)).await?,
+            Scenario::Scale => scale_up(scaled(1_000_000.0), scaled(10_000.0)).await?,
+            Scenario::Deliver => deliver(scaled(100_000.0)).await?,
+            Scenario::Transitions => transitions(scaled(100_000.0)).await?,
+        };
+        println!("{figures}");
+    }
+    Ok(())
+}
+
+/// The simulator, as a child process.
+struct SimProcess {
+    child: tokio::process::Child,
+    base_url: String,
+    http: reqwest::Client,
+}
+
+impl SimProcess {
+    async fn start(arguments: &[String]) -> anyhow::Result<SimProcess> {
+        let exe = std::env::current_exe().context("while finding the cartwatch binary")?;
+        let mut child = tokio::process::Command::new(exe)
+            .arg("simulate")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(arguments)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("while starting the simulator")?;
+        let stdout = child.stdout.take().context("no simulator output")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let base_url = tokio::time::timeout(Duration::from_secs(120), lines.next_line())
+            .await
+            .context("the simulator did not start")??
+            .context("the simulator exited")?;
+        Ok(SimProcess { child, base_url, http: reqwest::Client::new() })
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let text = self.http.get(format!("{}{path}", self.base_url)).send().await?.text().await?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    async fn stats(&self) -> anyhow::Result<Value> {
+        self.get("/_sim/stats").await
+    }
+
+    async fn carts(&self) -> anyhow::Result<Vec<CartId>> {
+        let carts = self.get("/_sim/carts").await?;
+        Ok(carts["carts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|id| id.as_str())
+            .filter_map(|id| CartId::parse(id).ok())
+            .collect())
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// CPU time (user + system) this process has used.
+fn cpu_time() -> Duration {
+    match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+        Ok(usage) => {
+            let micros = |time: nix::sys::time::TimeVal| time.tv_sec() as u64 * 1_000_000 + time.tv_usec() as u64;
+            Duration::from_micros(micros(usage.user_time()) + micros(usage.system_time()))
+        }
+        Err(_) => Duration::ZERO,
+    }
+}
+
+fn bench_config(base_url: &str, directory: &Path) -> Config {
+    let mut config = Config::polling_every_second(base_url, DEMO_API_CODE, &directory.join("cartwatch.db"));
+    config.imaterialise.concurrency = 8;
+    config.imaterialise.request_timeout = Duration::from_secs(30);
+    config.sinks.log.path = directory.join("events.jsonl");
+    config
+}
+
+/// Opens the SQLite database the config names: the benchmarks read the writer's own figures.
+async fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
+    let (path, busy_timeout) = (config.database.path.clone(), config.database.busy_timeout);
+    Ok(tokio::task::spawn_blocking(move || SqliteStore::open(&path, busy_timeout)).await??)
+}
+
+/// The poller of the i.materialise carts the config describes.
+async fn imaterialise_poller(store: &SqliteStore, config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Poller> {
+    let poller_config = PollerConfig {
+        provider: Arc::new(Imaterialise::new(config.imaterialise.clone())),
+        rules: Arc::new(config.rules()),
+        backoff: config.backoff.clone(),
+        page_size: config.sweep.page_size,
+    };
+    let store: Arc<dyn SweepStore> = Arc::new(store.clone());
+    Ok(Poller::new(store, &poller_config, metrics, Arc::default(), Clock::system()).await?)
+}
+
+async fn track(store: &SqliteStore, ids: Vec<CartId>, due_at: chrono::DateTime<Utc>) -> anyhow::Result<()> {
+    for chunk in ids.chunks(50_000) {
+        let requests = chunk
+            .iter()
+            .map(|id| TrackRequest {
+                provider: "imaterialise".into(),
+                cart_id: id.to_string(),
+                session_token: None,
+                account: String::new(),
+                reference: None,
+            })
+            .collect();
+        store.track(requests, Utc::now(), due_at).await?;
+    }
+    Ok(())
+}
+
+fn number(value: &Value) -> f64 {
+    value.as_f64().unwrap_or(0.0)
+}
+
+/// Figures of one measured sweep.
+struct Measured {
+    wall: Duration,
+    cpu: Duration,
+    requests: f64,
+    measured_latency_ms: f64,
+    /// Submitted to committed, waiting for the group included: mean, and the 99th
+    /// percentile's bucket upper bound.
+    commit_latency_mean_ms: f64,
+    commit_latency_p99_ms: f64,
+    writer: WriterFigures,
+    record: SweepRecord,
+}
+
+/// The database writer's work between two readings of its totals.
+struct WriterFigures {
+    busy: Duration,
+    commits: u64,
+    batches: u64,
+}
+
+impl WriterFigures {
+    fn between(before: WriterTotals, after: WriterTotals) -> WriterFigures {
+        WriterFigures {
+            busy: after.busy.saturating_sub(before.busy),
+            commits: after.commits.saturating_sub(before.commits),
+            batches: after.batches.saturating_sub(before.batches),
+        }
+    }
+
+    /// Transaction time per batch: the writer's busy time shared out among the batches it
+    /// committed.
+    fn sqlite_ms_per_batch(&self) -> f64 {
+        self.busy.as_secs_f64() * 1000.0 / self.batches.max(1) as f64
+    }
+
+    /// Batches that shared one transaction, on average.
+    fn batches_per_commit(&self) -> f64 {
+        self.batches as f64 / self.commits.max(1) as f64
+    }
+}
+
+/// Measures one sweep of `poller`, reading the simulator's own request figures around it.
+async fn measure_sweep(
+    poller: &Poller,
+    simulator: &SimProcess,
+    metrics: &Metrics,
+    store: &SqliteStore,
+) -> anyhow::Result<Measured> {
+    let before = simulator.stats().await?;
+    let writer_before = store.writer_totals();
+    let cpu_before = cpu_time();
+    let started = Instant::now();
+    let record = poller.sweep(&CancellationToken::new()).await?;
+    let wall = started.elapsed();
+    let cpu = cpu_time() - cpu_before;
+    let after = simulator.stats().await?;
+    let requests = number(&after["requests"]) - number(&before["requests"]);
+    let measured_latency_ms =
+        (number(&after["busyMicros"]) - number(&before["busyMicros"])) / requests.max(1.0) / 1000.0;
+    let writer = WriterFigures::between(writer_before, store.writer_totals());
+    let (commit_latency_mean_ms, commit_latency_p99_ms) = apply_times(metrics, store).await?;
+    Ok(Measured {
+        wall,
+        cpu,
+        requests,
+        measured_latency_ms,
+        commit_latency_mean_ms,
+        commit_latency_p99_ms,
+        writer,
+        record,
+    })
+}
+
+/// Sweeps `carts` due carts at 20 ms partner latency and concurrency 8: first when every
+/// cart is new (each poll records a transition, many an event), then again when nothing
+/// changed (the steady state of a running daemon).
+async fn sweep(carts: usize) -> anyhow::Result<Value> {
+    let latency_ms = 20.0;
+    let concurrency = 8.0;
+    // Statuses do not move between the two sweeps: the second one sees the same ones.
+    let arguments: Vec<String> = [
+        "--carts",
+        &carts.to_string(),
+        "--unknown",
+        "0",
+        "--latency",
+        "20",
+        "--min-dwell",
+        "1000",
+        "--max-dwell",
+        "1000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let simulator = SimProcess::start(&arguments).await?;
+    let directory = tempfile::tempdir()?;
+    let config = bench_config(&simulator.base_url, directory.path());
+    let store = open_store(&config).await?;
+    track(&store, simulator.carts().await?, Utc::now()).await?;
+    let checkpoints = CancellationToken::new();
+    store.start_background_checkpoints(Duration::from_secs(2), checkpoints.clone())?;
+    let metrics = Arc::new(Metrics::default());
+    let poller = imaterialise_poller(&store, &config, Arc::clone(&metrics)).await?;
+    let first = measure_sweep(&poller, &simulator, &metrics, &store).await?;
+    let summary = store.summary(Utc::now()).await?;
+    let committed: u64 =
+        summary.carts.iter().filter(|(_, status, _)| status.is_some()).map(|(_, _, count)| count).sum();
+
+    store.make_all_due(Utc::now()).await?;
+    let steady_metrics = Arc::new(Metrics::default());
+    let poller = imaterialise_poller(&store, &config, Arc::clone(&steady_metrics)).await?;
+    let steady = measure_sweep(&poller, &simulator, &steady_metrics, &store).await?;
+    simulator.stop().await;
+    checkpoints.cancel();
+
+    let batches = (carts as f64 / 10.0).ceil();
+    let bound = |measured: &Measured| batches * measured.measured_latency_ms / concurrency / 1000.0;
+    let figures = |measured: &Measured| {
+        json!({
+            "requests": measured.requests,
+            "partner_measured_ms_per_request": round(measured.measured_latency_ms, 3),
+            "bound_measured_s": round(bound(measured), 3),
+            "wall_s": round(measured.wall.as_secs_f64(), 3),
+            "ratio_to_bound": round(measured.wall.as_secs_f64() / bound(measured), 4),
+            "cpu_s": round(measured.cpu.as_secs_f64(), 3),
+            "cpu_us_per_request": round(measured.cpu.as_secs_f64() * 1e6 / measured.requests.max(1.0), 1),
+            "sqlite_ms_per_batch_mean": round(measured.writer.sqlite_ms_per_batch(), 3),
+            "batches_per_commit": round(measured.writer.batches_per_commit(), 1),
+            "commit_latency_ms_mean": round(measured.commit_latency_mean_ms, 3),
+            "carts_polled": measured.record.carts_polled,
+        })
+    };
+    Ok(json!({
+        "scenario": "sweep",
+        "carts": carts,
+        "concurrency": concurrency,
+        "partner_latency_ms": latency_ms,
+        "bound_nominal_s": round(batches * latency_ms / concurrency / 1000.0, 3),
+        "target_ratio": 1.10,
+        "target_cpu_us_per_request": 100,
+        "first_sweep_every_cart_new": figures(&first),
+        "steady_sweep_nothing_changed": figures(&steady),
+        "carts_committed": committed,
+        "all_committed": committed as usize == carts && first.record.carts_polled as usize == carts,
+    }))
+}
+
+fn round(value: f64, places: i32) -> f64 {
+    let factor = 10f64.powi(places);
+    (value * factor).round() / factor
+}
+
+/// A million tracked carts, ten thousand due; the real binary, measured from outside.
+async fn scale_up(total: usize, due: usize) -> anyhow::Result<Value> {
+    let simulator = SimProcess::start(&["--carts".into(), due.to_string(), "--unknown".into(), "0".into()]).await?;
+    let directory = tempfile::tempdir()?;
+    let mut config = bench_config(&simulator.base_url, directory.path());
+    config.sweep.cron = "0 0 * * * *".into();
+    config.sinks.log.enabled = false;
+    let store = open_store(&config).await?;
+    let setup = Instant::now();
+    track(&store, simulator.carts().await?, Utc::now()).await?;
+    let mut random = rand::rngs::StdRng::seed_from_u64(1_000_000);
+    let later = Utc::now() + chrono::Duration::days(1);
+    let mut remaining = total.saturating_sub(due);
+    while remaining > 0 {
+        let count = remaining.min(100_000);
+        let ids = (0..count)
+            .filter_map(|_| {
+                CartId::parse(&uuid::Builder::from_random_bytes(random.random()).into_uuid().to_string()).ok()
+            })
+            .collect();
+        track(&store, ids, later).await?;
+        remaining -= count;
+    }
+    let setup_s = setup.elapsed().as_secs_f64();
+    let plan = store.explain_due_page().await?;
+    drop(store);
+
+    let config_path = directory.path().join("cartwatch.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[database]\npath = {:?}\n[sweep]\ncron = \"0 0 * * * *\"\n[imaterialise]\nbase_url = {:?}\nrequests_per_second = 0\nconcurrency = 8\n[sinks.log]\nenabled = false\n[logging]\nlevel = \"warn\"\n",
+            config.database.path.display().to_string(),
+            simulator.base_url
+        ),
+    )?;
+    let spawned_unix_micros = Utc::now().timestamp_micros();
+    let started = Instant::now();
+    let mut daemon = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("--config")
+        .arg(&config_path)
+        .arg("run")
+        .env("CARTWATCH__IMATERIALISE__API_CODE", DEMO_API_CODE)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = daemon.id().context("the daemon has no pid")?;
+    let expected_requests = due.div_ceil(10) as f64;
+    let mut peak_rss_kib = 0u64;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            peak_rss_kib = peak_rss_kib.max(status_field(&status, "VmHWM:"));
+        }
+        if number(&simulator.stats().await?["requests"]) >= expected_requests
+            || started.elapsed() > Duration::from_secs(120)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let swept_s = started.elapsed().as_secs_f64();
+    // Let it settle, then read its high-water mark once more before stopping it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        peak_rss_kib = peak_rss_kib.max(status_field(&status, "VmHWM:"));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM)?;
+    let exit = daemon.wait().await?;
+    let stats = simulator.stats().await?;
+    simulator.stop().await;
+    let first_request_ms = (number(&stats["firstRequestUnixMicros"]) - spawned_unix_micros as f64) / 1000.0;
+    Ok(json!({
+        "scenario": "scale",
+        "tracked_carts": total,
+        "due_carts": due,
+        "setup_s": round(setup_s, 1),
+        "peak_rss_mib": round(peak_rss_kib as f64 / 1024.0, 1),
+        "target_peak_rss_mib": 64,
+        "first_request_ms": round(first_request_ms, 1),
+        "target_first_request_ms": 300,
+        "due_carts_swept_s": round(swept_s, 3),
+        "requests": number(&stats["requests"]),
+        "due_query_plan": plan,
+        "due_query_uses_index": plan.iter().any(|line| line.contains("USING INDEX carts_due")),
+        "clean_exit": exit.success(),
+    }))
+}
+
+fn status_field(status: &str, name: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A receiver that answers 200 at once and checks each cart's events arrive in order.
+struct Receiver {
+    address: std::net::SocketAddr,
+    received: Arc<AtomicU64>,
+    out_of_order: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+}
+
+impl Receiver {
+    async fn start() -> anyhow::Result<Receiver> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let received = Arc::new(AtomicU64::new(0));
+        let out_of_order = Arc::new(AtomicU64::new(0));
+        let last_round: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+        let shutdown = CancellationToken::new();
+        let app = {
+            let (received, out_of_order) = (Arc::clone(&received), Arc::clone(&out_of_order));
+            axum::Router::new().route(
+                "/hook",
+                axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let (received, out_of_order, last_round) =
+                        (Arc::clone(&received), Arc::clone(&out_of_order), Arc::clone(&last_round));
+                    async move {
+                        let signed = headers.contains_key("webhook-signature") && headers.contains_key("webhook-id");
+                        let payload: Value = serde_json::from_slice(&body).unwrap_or_default();
+                        let cart = payload["data"]["cartId"].as_str().unwrap_or_default().to_owned();
+                        let round: u64 =
+                            payload["data"]["reference"].as_str().and_then(|r| r.parse().ok()).unwrap_or(0);
+                        let previous = last_round.lock().map(|mut rounds| rounds.insert(cart, round)).unwrap_or(None);
+                        if previous.is_some_and(|previous| previous >= round) || !signed {
+                            out_of_order.fetch_add(1, Ordering::Relaxed);
+                        }
+                        received.fetch_add(1, Ordering::Relaxed);
+                        axum::http::StatusCode::OK
+                    }
+                }),
+            )
+        };
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await;
+        });
+        Ok(Receiver { address, received, out_of_order, shutdown })
+    }
+}
+
+/// Runs one sink's delivery loop until nothing is pending; returns the wall time.
+async fn drain(store: &SqliteStore, sink: Arc<Sink>) -> anyhow::Result<Duration> {
+    let name = sink.name().to_owned();
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let outbox: Arc<dyn OutboxStore> = Arc::new(store.clone());
+    let task = tokio::spawn(delivery_loop(
+        outbox,
+        SinkSlot::new(sink),
+        Arc::new(Notify::new()),
+        Arc::new(Metrics::default()),
+        Clock::system(),
+        shutdown.clone(),
+        CancellationToken::new(),
+    ));
+    while store.has_pending(name.clone()).await? {
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("{name} did not finish within ten minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let wall = started.elapsed();
+    shutdown.cancel();
+    task.await?;
+    Ok(wall)
+}
+
+/// `events` events, ten per cart, interleaved as sweeps produce them.
+async fn deliver(events: usize) -> anyhow::Result<Value> {
+    let receiver = Receiver::start().await?;
+    let directory = tempfile::tempdir()?;
+    let mut config = Config::default();
+    config.database.path = directory.path().join("cartwatch.db");
+    config.sinks.log.path = directory.path().join("events.jsonl");
+    config.webhooks.insert(
+        "bench".into(),
+        WebhookConfig {
+            url: format!("http://{}/hook", receiver.address),
+            secret: Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            ..WebhookConfig::default()
+        },
+    );
+    let store = open_store(&config).await?;
+    let checkpoints = CancellationToken::new();
+    store.start_background_checkpoints(Duration::from_secs(2), checkpoints.clone())?;
+    let all_sinks: Vec<Arc<Sink>> = sinks::build(&config.sink_settings())?.into_iter().map(Arc::new).collect();
+    store.sync_sinks(all_sinks.iter().map(|sink| sink.spec()).collect(), Utc::now()).await?;
+    let carts = (events / 10).max(1);
+    let cart_ids: Vec<String> = (0..carts).map(|index| format!("00000000-0000-4000-8000-{index:012}")).collect();
+    let mut batch = Vec::with_capacity(5000);
+    for round in 0..events.div_ceil(carts) {
+        for cart_id in &cart_ids {
+            let data = CartEventData {
+                cart_id: cart_id.clone(),
+                status: Some("CheckedOut".into()),
+                previous_status: Some("Pending".into()),
+                order_id: None,
+                cart_created_at: None,
+                reference: Some(round.to_string()),
+                provider: "imaterialise".into(),
+            };
+            batch.push(NewEvent::cart(EventType::CartCheckedOut, &data, Utc::now()));
+            if batch.len() == 5000 {
+                store.write_events(std::mem::take(&mut batch)).await?;
+            }
+        }
+    }
+    store.write_events(batch).await?;
+    let written = events.div_ceil(carts) * carts;
+
+    let webhook = all_sinks.iter().find(|sink| sink.name() == "bench").cloned().context("no webhook sink")?;
+    let log = all_sinks.iter().find(|sink| sink.name() == "log").cloned().context("no log sink")?;
+    let cpu_before = cpu_time();
+    let webhook_wall = drain(&store, webhook).await?;
+    let webhook_cpu = cpu_time() - cpu_before;
+    let log_wall = drain(&store, log).await?;
+    receiver.shutdown.cancel();
+    checkpoints.cancel();
+    let lines = std::fs::read_to_string(&config.sinks.log.path)?.lines().count();
+    Ok(json!({
+        "scenario": "deliver",
+        "events": written,
+        "carts": carts,
+        "webhook_delivered": receiver.received.load(Ordering::Relaxed),
+        "webhook_out_of_order": receiver.out_of_order.load(Ordering::Relaxed),
+        "webhook_wall_s": round(webhook_wall.as_secs_f64(), 3),
+        "webhook_per_s": round(written as f64 / webhook_wall.as_secs_f64(), 0),
+        "webhook_cpu_s_with_receiver": round(webhook_cpu.as_secs_f64(), 3),
+        "target_webhook_per_s": 2000,
+        "log_lines": lines,
+        "log_wall_s": round(log_wall.as_secs_f64(), 3),
+        "log_per_s": round(written as f64 / log_wall.as_secs_f64(), 0),
+        "target_log_per_s": 100_000,
+    }))
+}
+
+/// `carts` carts, all Pending, all seen CheckedOut in one sweep.
+async fn transitions(carts: usize) -> anyhow::Result<Value> {
+    let arguments = |status: &str| -> Vec<String> {
+        ["--carts", &carts.to_string(), "--unknown", "0", "--seed", "5", "--uniform-status", status]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let directory = tempfile::tempdir()?;
+    // First every cart is seen Pending (set-up, not measured)...
+    let pending = SimProcess::start(&arguments("Pending")).await?;
+    let mut config = bench_config(&pending.base_url, directory.path());
+    let store = open_store(&config).await?;
+    let checkpoints = CancellationToken::new();
+    store.start_background_checkpoints(Duration::from_secs(2), checkpoints.clone())?;
+    track(&store, pending.carts().await?, Utc::now()).await?;
+    let poller = imaterialise_poller(&store, &config, Arc::new(Metrics::default())).await?;
+    poller.sweep(&CancellationToken::new()).await?;
+    pending.stop().await;
+    let events_before = store.events_after(0, u32::MAX).await?.len();
+
+    // ...then every one of them is CheckedOut.
+    let checked_out = SimProcess::start(&arguments("CheckedOut")).await?;
+    config.imaterialise.base_url = checked_out.base_url.clone();
+    store.make_all_due(Utc::now()).await?;
+    let metrics = Arc::new(Metrics::default());
+    let poller = imaterialise_poller(&store, &config, Arc::clone(&metrics)).await?;
+    let measured = measure_sweep(&poller, &checked_out, &metrics, &store).await?;
+    checked_out.stop().await;
+    checkpoints.cancel();
+
+    let events = store.events_after(0, u32::MAX).await?.len() - events_before;
+    let transitions = measured.record.transitions;
+    let wall = measured.wall.as_secs_f64();
+    Ok(json!({
+        "scenario": "transitions",
+        "carts": carts,
+        "transitions_committed": transitions,
+        "events_committed": events,
+        "all_committed": transitions as usize == carts && events == carts,
+        "wall_s": round(wall, 3),
+        "transitions_per_s": round(carts as f64 / wall, 0),
+        "cpu_s": round(measured.cpu.as_secs_f64(), 3),
+        "batches": measured.record.requests,
+        "sqlite_ms_per_batch_mean": round(measured.writer.sqlite_ms_per_batch(), 3),
+        "batches_per_commit": round(measured.writer.batches_per_commit(), 1),
+        "commit_latency_ms_mean": round(measured.commit_latency_mean_ms, 3),
+        "commit_latency_ms_p99_at_most": round(measured.commit_latency_p99_ms, 3),
+    }))
+}
+
+/// Mean and 99th percentile (bucket upper bound) of the time from a batch's submission to
+/// its commit, in milliseconds, read back from the Prometheus rendering.
+async fn apply_times(metrics: &Metrics, store: &SqliteStore) -> anyhow::Result<(f64, f64)> {
+    let text = metrics.render(&store.summary(Utc::now()).await?);
+    let metric = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let batches = metric("cartwatch_store_apply_duration_seconds_count");
+    let seconds = metric("cartwatch_store_apply_duration_seconds_sum");
+    let p99 = histogram_quantile(&text, "cartwatch_store_apply_duration_seconds_bucket", 0.99);
+    Ok((seconds * 1000.0 / batches.max(1.0), p99 * 1000.0))
+}
+
+/// The upper bound of the bucket holding quantile `q`, from a Prometheus text histogram.
+fn histogram_quantile(text: &str, bucket_prefix: &str, q: f64) -> f64 {
+    let buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix(bucket_prefix))
+        .filter_map(|rest| {
+            let bound = rest.split("le=\"").nth(1)?.split('"').next()?;
+            let count = rest.rsplit(' ').next()?.parse().ok()?;
+            Some((if bound == "+Inf" { f64::INFINITY } else { bound.parse().ok()? }, count))
+        })
+        .collect();
+    let total = buckets.last().map_or(0.0, |(_, count)| *count);
+    buckets.iter().find(|(_, count)| *count >= total * q).map_or(0.0, |(bound, _)| *bound)
+}

@@ -1,0 +1,185 @@
+//! `cartwatch demo`: the whole job on one machine with nothing to configure. A simulator
+//! plays the partner, a temporary database holds the state, the real daemon polls on a fast
+//! schedule, and each event is printed as it is written.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use cartwatch::app;
+use cartwatch::config::Config;
+use cartwatch::daemon::Hooks;
+use cartwatch::model::TrackRequest;
+use cartwatch::render::render_event_line;
+use cartwatch_simulator::{DEMO_API_CODE, Simulator, SimulatorSettings};
+
+/// The longest the demo runs.
+const TIME_LIMIT: Duration = Duration::from_secs(50);
+
+/// Which partner the demo plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partner {
+    /// i.materialise.
+    Imaterialise,
+    /// Titelive.
+    Titelive,
+}
+
+impl Partner {
+    /// Reads a provider name.
+    pub fn parse(name: &str) -> Option<Partner> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "imaterialise" => Some(Partner::Imaterialise),
+            "titelive" => Some(Partner::Titelive),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Partner::Imaterialise => "imaterialise",
+            Partner::Titelive => "titelive",
+        }
+    }
+}
+
+/// Runs the demo: `carts` simulated carts of `provider` on the timeline of `seed`.
+///
+/// Fails when the simulator cannot bind a loopback port or the temporary database cannot be
+/// created.
+pub async fn run(provider: Partner, carts: usize, seed: u64) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let directory = tempfile::tempdir().context("while creating a temporary directory")?;
+    let carts = carts.clamp(1, 10_000);
+    let settings = match provider {
+        Partner::Imaterialise => SimulatorSettings { seed, carts, unknown_carts: 3, ..SimulatorSettings::default() },
+        Partner::Titelive => SimulatorSettings {
+            seed,
+            carts: 0,
+            unknown_carts: 0,
+            titelive_sessions: carts,
+            ..SimulatorSettings::default()
+        },
+    };
+    let simulator = Simulator::start(settings, "127.0.0.1:0".parse()?).await.context("while starting the simulator")?;
+    let database = directory.path().join("cartwatch.db");
+    let mut config = Config::polling_every_second(&simulator.base_url(), DEMO_API_CODE, &database);
+    if provider == Partner::Titelive {
+        config.imaterialise.enabled = false;
+        config.titelive.enabled = true;
+        config.titelive.base_url = simulator.base_url();
+        config.titelive.requests_per_second = 0.0;
+    }
+    let events_file = directory.path().join("events.jsonl");
+    config.sinks.log.path = events_file.clone();
+    cartwatch::logging::init(&config.logging);
+
+    crate::say!(
+        "cartwatch demo: a simulated partner on {}, a temporary database, polling every second.",
+        simulator.base_url()
+    );
+    let store = cartwatch::store::open(&config.database, true).await?;
+    let providers = config.providers();
+    let ids = match provider {
+        Partner::Imaterialise => simulator.cart_ids(),
+        Partner::Titelive => simulator.session_tokens(),
+    };
+    let requests: Vec<TrackRequest> = ids
+        .iter()
+        .enumerate()
+        .filter_map(|(index, id)| {
+            let reference = Some(format!("demo-{:02}", index + 1));
+            providers.track_request(provider.name(), id, Some("00000"), reference).ok()
+        })
+        .collect();
+    let tracked = requests.len();
+    let now = Utc::now();
+    store.track(requests, now, now).await?;
+    match provider {
+        Partner::Imaterialise => crate::say!(
+            "Tracking {tracked} i.materialise carts ({} of them unknown to the partner). Events as they happen:\n",
+            simulator.unknown_cart_ids().len()
+        ),
+        Partner::Titelive => {
+            crate::say!("Tracking {tracked} Titelive sessions (shop domain 00000). Events as they happen:\n")
+        }
+    }
+
+    let shutdown = CancellationToken::new();
+    let (_reload_sender, reloads) = mpsc::unbounded_channel();
+    let daemon_task = tokio::spawn(app::run(config, reloads, Hooks::default(), shutdown.clone()));
+
+    let mut cursor = 0;
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    let mut quiet_since_settled: Option<Instant> = None;
+    while started.elapsed() < TIME_LIMIT {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for event in store.events_after(cursor, 1000).await? {
+            cursor = event.seq;
+            *counts.entry(event.event_type.clone()).or_default() += 1;
+            crate::say!("{}", render_event_line(&event, started.elapsed()));
+        }
+        if daemon_task.is_finished() {
+            break;
+        }
+        if simulator.settled() {
+            // Give the daemon a moment to see the last statuses the simulator served.
+            let since = *quiet_since_settled.get_or_insert_with(Instant::now);
+            if since.elapsed() > Duration::from_secs(3) {
+                break;
+            }
+        }
+    }
+    shutdown.cancel();
+    match daemon_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Err(error).context("while running the daemon"),
+        Err(error) => return Err(anyhow::anyhow!("the daemon task failed: {error}")),
+    }
+
+    let truth = simulator.truth();
+    let true_count = |status: &str| truth.iter().filter(|t| t.to == status).count();
+    let found = |event_type: &str| counts.get(event_type).copied().unwrap_or(0);
+    crate::say!("\nSummary after {:.1}s", started.elapsed().as_secs_f64());
+    crate::say!("  carts tracked          {tracked}");
+    match provider {
+        Partner::Imaterialise => {
+            crate::say!(
+                "  checkouts found        {} (the simulator made {})",
+                found("cart.checked_out"),
+                true_count("CheckedOut")
+            );
+            crate::say!(
+                "  orders found           {} (the simulator made {})",
+                found("cart.ordered"),
+                true_count("Ordered")
+            );
+            crate::say!("  carts not found        {}", found("cart.not_found"));
+            crate::say!("  requests sent          {} (at most 10 carts each)", simulator.requests());
+        }
+        Partner::Titelive => {
+            crate::say!(
+                "  carts ready found      {} (the simulator made {})",
+                found("cart.ready"),
+                true_count("Valid")
+            );
+            crate::say!(
+                "  orders found           {} (the simulator made {})",
+                found("cart.ordered"),
+                true_count("Ordered")
+            );
+            crate::say!(
+                "  sessions expired       {} (the simulator ended {})",
+                found("cart.session_expired"),
+                true_count("NoSession")
+            );
+            crate::say!("  requests sent          {} (one session each)", simulator.requests());
+        }
+    }
+    crate::say!("  events written to      {} (deleted with the demo's temporary directory)", events_file.display());
+    simulator.stop().await;
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! Reading rows into typed values at the store's edge, leniently, since people edit these
+//! tables by hand: a number where text belongs is read as text, an unreadable timestamp as
+//! absent (or, where one is required, as now), a counter that is not one as zero.
+
+use chrono::{DateTime, Utc};
+use rusqlite::Row;
+use rusqlite::types::Value;
+
+use crate::model::{Cart, CartState};
+use crate::time::{format_naive, format_ts, parse_naive, parse_ts};
+
+/// The columns of a [`Cart`], in the order [`read_cart`] expects.
+pub(super) const CART_COLUMNS: &str = "cart_key, cart_id, reference, state, status, order_id, cart_created_at, \
+     cart_created_at_raw, registered_at, next_poll_at, last_polled_at, status_changed_at, \
+     consecutive_errors, consecutive_not_found, last_error, finished_at, provider, account, status_detail, \
+     order_status, order_total, previous_status, tracked_since";
+
+/// Reads a row selected with [`CART_COLUMNS`].
+pub(super) fn read_cart(row: &Row<'_>) -> rusqlite::Result<Cart> {
+    let time = |index| -> rusqlite::Result<Option<DateTime<Utc>>> {
+        Ok(lenient_text(row, index)?.as_deref().and_then(parse_ts))
+    };
+    let state = lenient_text(row, 3)?.as_deref().and_then(CartState::parse).unwrap_or(CartState::Invalid);
+    Ok(Cart {
+        key: row.get(0)?,
+        cart_id: lenient_text(row, 1)?.unwrap_or_default(),
+        reference: lenient_text(row, 2)?,
+        state,
+        status: lenient_text(row, 4)?,
+        order_id: lenient_text(row, 5)?,
+        created_at: lenient_text(row, 6)?.as_deref().and_then(parse_naive),
+        created_at_raw: lenient_text(row, 7)?,
+        registered_at: time(8)?.unwrap_or_else(Utc::now),
+        next_poll_at: time(9)?,
+        last_polled_at: time(10)?,
+        status_changed_at: time(11)?,
+        consecutive_errors: lenient_count(row, 12)?,
+        consecutive_not_found: lenient_count(row, 13)?,
+        last_error: lenient_text(row, 14)?,
+        finished_at: time(15)?,
+        provider: lenient_text(row, 16)?.unwrap_or_default(),
+        account: lenient_text(row, 17)?.unwrap_or_default(),
+        status_detail: lenient_text(row, 18)?,
+        order_status: lenient_text(row, 19)?,
+        order_total: lenient_text(row, 20)?,
+        previous_status: lenient_text(row, 21)?,
+        tracked_since: time(22)?.or(time(8)?).unwrap_or_else(Utc::now),
+    })
+}
+
+/// A value as text whatever its storage class; `None` for NULL.
+pub(super) fn lenient_text(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<String>> {
+    Ok(match row.get::<_, Value>(index)? {
+        Value::Null => None,
+        Value::Integer(number) => Some(number.to_string()),
+        Value::Real(number) => Some(number.to_string()),
+        Value::Text(text) => Some(text),
+        Value::Blob(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+    })
+}
+
+/// A counter; anything that is not a non-negative integer reads as zero.
+pub(super) fn lenient_count(row: &Row<'_>, index: usize) -> rusqlite::Result<u32> {
+    Ok(match row.get::<_, Value>(index)? {
+        Value::Integer(number) => u32::try_from(number).unwrap_or(0),
+        Value::Text(text) => text.trim().parse().unwrap_or(0),
+        _ => 0,
+    })
+}
+
+/// A timestamp in the stored form, or NULL.
+pub(super) fn stored(instant: Option<DateTime<Utc>>) -> Option<String> {
+    instant.map(format_ts)
+}
+
+/// A partner's creation date in the stored form (no zone), or NULL.
+pub(super) fn stored_naive(date: Option<chrono::NaiveDateTime>) -> Option<String> {
+    date.map(format_naive)
+}

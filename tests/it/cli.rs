@@ -1,0 +1,331 @@
+//! The real binary: bad input is refused with a clear message and changes nothing, the
+//! config is explained, and SIGTERM stops the daemon cleanly.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+use cartwatch_simulator::{DEMO_API_CODE, SimulatorSettings};
+
+fn cartwatch(config: &Path, arguments: &[&str]) -> Output {
+    Command::new(BINARY).arg("--config").arg(config).args(arguments).env_remove("RUST_LOG").output().unwrap()
+}
+
+fn write_config(directory: &Path, extra: &str) -> std::path::PathBuf {
+    let path = directory.join("cartwatch.toml");
+    let text = format!(
+        "[database]\npath = {:?}\n[sinks.log]\npath = {:?}\n{extra}",
+        directory.join("cartwatch.db").display().to_string(),
+        events_file(directory).display().to_string()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn cart_count(directory: &Path) -> i64 {
+    let path = directory.join("cartwatch.db");
+    if !path.exists() {
+        return 0;
+    }
+    rusqlite::Connection::open(path).unwrap().query_row("SELECT count(*) FROM carts", [], |row| row.get(0)).unwrap()
+}
+
+#[test]
+fn track_rejects_malformed_ids_and_inserts_nothing() {
+    let directory = tempfile::tempdir().unwrap();
+    let config = write_config(directory.path(), "");
+    let output = cartwatch(&config, &["track", "921A2046-66A5-4C5F-B9A6-4BC646FA5E5A", "not-a-cart", "12345"]);
+    assert_eq!(output.status.code(), Some(5));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("malformed cart id \"not-a-cart\""), "{stderr}");
+    assert!(stderr.contains("malformed cart id \"12345\""), "{stderr}");
+    assert!(stderr.contains("nothing was registered"), "{stderr}");
+    assert_eq!(cart_count(directory.path()), 0);
+
+    // From a file, with line numbers.
+    let list = directory.path().join("carts.txt");
+    std::fs::write(&list, "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a\nbee2c269-1dbd-4f67-b9f1\n").unwrap();
+    let output = cartwatch(&config, &["track", "--file", list.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(5));
+    assert!(text(&output.stderr).contains("line 2: malformed cart id"), "{}", text(&output.stderr));
+    assert_eq!(cart_count(directory.path()), 0);
+}
+
+#[test]
+fn track_normalises_and_status_shows_the_cart() {
+    let directory = tempfile::tempdir().unwrap();
+    let config = write_config(directory.path(), "");
+    let output = cartwatch(&config, &["track", "--reference", "order-17", "921A2046-66A5-4C5F-B9A6-4BC646FA5E5A"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("1 cart(s) added"));
+
+    let mut child = Command::new(BINARY)
+        .arg("--config")
+        .arg(&config)
+        .args(["track", "--file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"# from the shop\nBEE2C269-1DBD-4F67-B9F1-2EA2D3B4917B,order-18\n921a2046-66a5-4c5f-b9a6-4bc646fa5e5a\n",
+        )
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert!(text(&output.stdout).contains("already tracked"));
+    assert_eq!(cart_count(directory.path()), 2);
+
+    let output = cartwatch(&config, &["status", "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a"]);
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("order-17") && stdout.contains("tracking"), "{stdout}");
+    let output = cartwatch(&config, &["status"]);
+    assert!(text(&output.stdout).contains("due now: 2"), "{}", text(&output.stdout));
+
+    let output = cartwatch(
+        &config,
+        &["untrack", "bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b", "59dcca18-05e7-4f5c-8b4e-89e987ea1e51"],
+    );
+    assert_eq!(output.status.code(), Some(5), "one of them is unknown");
+    assert!(text(&output.stdout).contains("bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b: untracked"));
+
+    let output = cartwatch(&config, &["status", "59dcca18-05e7-4f5c-8b4e-89e987ea1e51"]);
+    assert_eq!(output.status.code(), Some(5));
+    assert!(text(&output.stderr).contains("not in the database"));
+}
+
+#[test]
+fn a_broken_config_names_each_key_and_problem() {
+    let directory = tempfile::tempdir().unwrap();
+    let config = write_config(
+        directory.path(),
+        "[imaterialise]\nbatch_size = 12\nbase_url = \"not a url\"\nbacth_size = 3\n[sweep]\ncron = \"*/5 * * * *\"\n",
+    );
+    let output = cartwatch(&config, &["check-config"]);
+    assert_eq!(output.status.code(), Some(3));
+    let stderr = text(&output.stderr);
+    for expected in [
+        "imaterialise.bacth_size: unknown key",
+        "imaterialise.batch_size: must be between 1 and 10",
+        "imaterialise.base_url: not a valid URL",
+        "sweep.cron: unparsable cron expression",
+        "imaterialise.api_code: missing apiCode",
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+
+    std::fs::write(&config, "[imaterialise\nbatch_size = 3\n").unwrap();
+    let output = cartwatch(&config, &["check-config"]);
+    assert_eq!(output.status.code(), Some(3));
+    assert!(text(&output.stderr).contains("cartwatch.toml"), "{}", text(&output.stderr));
+
+    let output = cartwatch(&directory.path().join("missing.toml"), &["status"]);
+    assert_eq!(output.status.code(), Some(3));
+    assert!(text(&output.stderr).contains("missing.toml"));
+}
+
+#[test]
+fn check_config_redacts_the_api_code_from_any_source() {
+    let directory = tempfile::tempdir().unwrap();
+    let secret_file = directory.path().join("api-code");
+    std::fs::write(&secret_file, format!("{DEMO_API_CODE}\n")).unwrap();
+    let config = write_config(
+        directory.path(),
+        &format!("[imaterialise]\napi_code_file = {:?}\n", secret_file.display().to_string()),
+    );
+    let output = cartwatch(&config, &["check-config"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("api_code = \"<redacted>\""), "{stdout}");
+    assert!(!stdout.contains(DEMO_API_CODE));
+
+    let config = write_config(directory.path(), "");
+    let output = Command::new(BINARY)
+        .arg("--config")
+        .arg(&config)
+        .arg("check-config")
+        .env("CARTWATCH__IMATERIALISE__API_CODE", DEMO_API_CODE)
+        .env("CARTWATCH__IMATERIALISE__BATCH_SIZE", "7")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("batch_size = 7"));
+    assert!(!stdout.contains(DEMO_API_CODE));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_daemon_cleanly_and_nothing_secret_is_logged() {
+    let directory = tempfile::tempdir().unwrap();
+    let simulator =
+        simulator(SimulatorSettings { seed: 9, carts: 20, unknown_carts: 0, ..SimulatorSettings::default() }).await;
+    let config = write_config(
+        directory.path(),
+        &format!(
+            "[sweep]\ncron = \"* * * * * *\"\n[imaterialise]\nbase_url = {:?}\nrequests_per_second = 0\n[logging]\nlevel = \"debug\"\nformat = \"json\"\n",
+            simulator.base_url()
+        ),
+    );
+    let ids: Vec<String> = simulator.cart_ids().iter().map(ToString::to_string).collect();
+    let mut arguments = vec!["track"];
+    arguments.extend(ids.iter().map(String::as_str));
+    assert!(cartwatch(&config, &arguments).status.success());
+
+    let child = Command::new(BINARY)
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env("CARTWATCH__IMATERIALISE__API_CODE", DEMO_API_CODE)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let requested = wait_until(Duration::from_secs(15), async || simulator.requests() >= 2).await;
+    assert!(requested, "the daemon polled");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("SIGTERM received") && stderr.contains("cartwatch stopped"), "{stderr}");
+    assert!(!stderr.contains(DEMO_API_CODE), "the apiCode must never be logged");
+    // Every line is JSON, as configured, and lines about a cart carry its id.
+    for line in stderr.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        if value["message"] == "status changed" {
+            assert!(value["cart_id"].is_string(), "{line}");
+        }
+    }
+    simulator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_lists_delivery_states_and_manages_dead_letters() {
+    use cartwatch::events::{CartEventData, EventType, NewEvent};
+    use cartwatch::outbox::{DeliveryResult, SinkSpec};
+    let directory = tempfile::tempdir().unwrap();
+    let config_path = write_config(directory.path(), "");
+    let mut config = cartwatch::config::Config::default();
+    config.database.path = directory.path().join("cartwatch.db");
+    let store = store_for(&config).await;
+    let sink = |name: &str, kind: &str| SinkSpec {
+        name: name.into(),
+        kind: kind.into(),
+        target: "x".into(),
+        event_types: None,
+    };
+    store.sync_sinks(vec![sink("log", "log"), sink("erp", "webhook")], chrono::Utc::now()).await.unwrap();
+    let data = CartEventData {
+        cart_id: "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a".into(),
+        status: Some("Ordered".into()),
+        previous_status: None,
+        order_id: Some("7cf9f78f-6631-44be-905a-94cee7a2cd9c".into()),
+        cart_created_at: None,
+        reference: None,
+        provider: "imaterialise".into(),
+    };
+    let event = NewEvent::cart(EventType::CartOrdered, &data, chrono::Utc::now());
+    store.write_events(vec![event.clone()]).await.unwrap();
+    let now = chrono::Utc::now();
+    store
+        .record_deliveries("log".into(), vec![DeliveryResult::Delivered { event_seq: 1, status: None }], now)
+        .await
+        .unwrap();
+    let dead = DeliveryResult::Dead { event_seq: 1, status: Some(500), error: "HTTP 500: boom".into() };
+    store.record_deliveries("erp".into(), vec![dead], now).await.unwrap();
+
+    let listing = text(&cartwatch(&config_path, &["events"]).stdout);
+    assert!(
+        listing.contains(&event.event_id)
+            && listing.contains("log:delivered")
+            && listing.contains("erp:dead(1 attempt(s))"),
+        "{listing}"
+    );
+    let json = text(&cartwatch(&config_path, &["events", "--json", "--after", "0"]).stdout);
+    let value: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert_eq!(value["id"], event.event_id.as_str());
+    assert_eq!(value["deliveries"][0]["sink"], "erp");
+    assert_eq!(value["deliveries"][0]["state"], "dead");
+    assert!(text(&cartwatch(&config_path, &["events", "--after", "1"]).stdout).is_empty());
+
+    let dead_letters = text(&cartwatch(&config_path, &["events", "dead"]).stdout);
+    assert!(
+        dead_letters.contains(&event.event_id)
+            && dead_letters.contains("endpoint erp")
+            && dead_letters.contains("HTTP 500"),
+        "{dead_letters}"
+    );
+
+    let output = cartwatch(&config_path, &["events", "redeliver", "--dead", "--endpoint", "nope"]);
+    assert_eq!(output.status.code(), Some(5));
+    assert!(text(&output.stderr).contains("known endpoints: erp, log"));
+    let output = cartwatch(&config_path, &["events", "redeliver", "evt_doesnotexist"]);
+    assert_eq!(output.status.code(), Some(5));
+    let output = cartwatch(&config_path, &["events", "redeliver", "--dead", "--endpoint", "erp"]);
+    assert!(output.status.success());
+    assert!(text(&output.stdout).starts_with("1 deliver(ies) queued"));
+    assert_eq!(text(&cartwatch(&config_path, &["events", "dead"]).stdout).trim(), "no dead letters");
+    let states = store.delivery_states(vec![1]).await.unwrap();
+    let erp = &states.iter().find(|(_, state)| state.sink == "erp").unwrap().1;
+    assert_eq!((erp.state.as_str(), erp.attempts), ("pending", 0));
+    // Redelivering one event by id to one endpoint re-queues only that delivery.
+    let output = cartwatch(&config_path, &["events", "redeliver", &event.event_id, "--endpoint", "log"]);
+    assert!(output.status.success());
+    let states = store.delivery_states(vec![1]).await.unwrap();
+    assert!(states.iter().all(|(_, state)| state.state.as_str() == "pending"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_tails_new_events() {
+    use cartwatch::events::{EventType, NewEvent, UpstreamEventData};
+    use std::io::BufRead;
+    let directory = tempfile::tempdir().unwrap();
+    let config_path = write_config(directory.path(), "");
+    let mut config = cartwatch::config::Config::default();
+    config.database.path = directory.path().join("cartwatch.db");
+    let store = store_for(&config).await;
+    let event = |message: &str| {
+        let data = UpstreamEventData { provider: "imaterialise".into(), message: message.into(), since: None };
+        NewEvent::upstream(EventType::UpstreamAuthFailed, &data, chrono::Utc::now())
+    };
+    store.write_events(vec![event("first")]).await.unwrap();
+
+    let mut child = Command::new(BINARY)
+        .arg("--config")
+        .arg(&config_path)
+        .args(["events", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let next = || receiver.recv_timeout(Duration::from_secs(5)).expect("a line within 5 s");
+    let first: serde_json::Value = serde_json::from_str(&next()).unwrap();
+    assert_eq!(first["data"]["message"], "first");
+    store.write_events(vec![event("second"), event("third")]).await.unwrap();
+    let second: serde_json::Value = serde_json::from_str(&next()).unwrap();
+    let third: serde_json::Value = serde_json::from_str(&next()).unwrap();
+    assert_eq!(
+        (second["data"]["message"].as_str(), third["data"]["message"].as_str()),
+        (Some("second"), Some("third"))
+    );
+    assert_eq!(third["seq"], 3);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -1,0 +1,17 @@
+//! The integration tests, one binary: each module a capability, run against the real daemon,
+//! the simulator, local webhook receivers and SQLite files in temporary directories.
+
+mod bench;
+mod cli;
+mod client;
+mod common;
+mod delivery_guarantees;
+mod end_to_end;
+mod http_api;
+mod items;
+mod operations;
+mod parsers;
+mod resilience;
+mod service;
+mod titelive;
+mod webhooks;

@@ -1,0 +1,582 @@
+//! What an operator relies on, driven through the real binary: exit codes, pipes, signals,
+//! reloads, the watchdog under a lock, readiness when sweeps fail, a database edited by hand,
+//! secrets that never show, and an HTTP API no client can exhaust.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use cartwatch_simulator::{DEMO_API_CODE, SimulatorSettings};
+
+fn cartwatch(config: &Path, arguments: &[&str]) -> Output {
+    Command::new(BINARY)
+        .arg("--config")
+        .arg(config)
+        .args(arguments)
+        .env("CARTWATCH__IMATERIALISE__API_CODE", DEMO_API_CODE)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+/// A config in `directory` polling `base_url` every second, with `extra` TOML after it.
+fn write_config(directory: &Path, base_url: &str, extra: &str) -> PathBuf {
+    let path = directory.join("cartwatch.toml");
+    let text = format!(
+        "[database]\npath = {:?}\nbusy_timeout = \"500ms\"\n[sweep]\ncron = \"* * * * * *\"\n\
+         [imaterialise]\nbase_url = {base_url:?}\nrequests_per_second = 0\nrequest_timeout = \"5s\"\n\
+         [cadence]\ntiers = [{{ younger_than = \"30d\", every = \"1s\" }}]\nolder_every = \"1s\"\n\
+         checked_out_every = \"1s\"\njitter = 0.0\n[sinks.log]\npath = {:?}\n{extra}",
+        directory.join("cartwatch.db").display().to_string(),
+        events_file(directory).display().to_string()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn track(config: &Path, ids: &[String]) {
+    let mut arguments = vec!["track"];
+    arguments.extend(ids.iter().map(String::as_str));
+    let output = cartwatch(config, &arguments);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+fn spawn_daemon(config: &Path, log: &Path, environment: &[(&str, &str)]) -> Child {
+    let mut command = Command::new(BINARY);
+    command
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("CARTWATCH__IMATERIALISE__API_CODE", DEMO_API_CODE)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    for (name, value) in environment {
+        command.env(name, value);
+    }
+    command.spawn().unwrap()
+}
+
+fn signal(child: &Child, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+}
+
+/// Waits for `child` to exit, at most `limit`; returns its status and how long it took.
+fn wait_for_exit(child: &mut Child, limit: Duration) -> (Option<std::process::ExitStatus>, Duration) {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (Some(status), started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    (None, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_once_exits_6_when_the_partner_fails_and_0_when_it_answers() {
+    let directory = tempfile::tempdir().unwrap();
+    let simulator =
+        simulator(SimulatorSettings { seed: 3, carts: 3, unknown_carts: 0, ..SimulatorSettings::default() }).await;
+    let ids: Vec<String> = simulator.cart_ids().iter().map(ToString::to_string).collect();
+
+    // Nothing listens on this port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = write_config(directory.path(), &format!("http://{closed}"), "");
+    track(&config, &ids);
+    let output = cartwatch(&config, &["poll-once"]);
+    assert_eq!(output.status.code(), Some(6), "unreachable: {}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("request(s) to the partner failed"), "{}", text(&output.stderr));
+
+    let config = write_config(directory.path(), &simulator.base_url(), "");
+    simulator.set_api_code("11111111-1111-4111-8111-111111111111");
+    let output = cartwatch(&config, &["poll-once", "--all"]);
+    assert_eq!(output.status.code(), Some(6), "401: {}", text(&output.stderr));
+    // The pause is remembered; the next run probes at once and finds the key accepted.
+    simulator.set_api_code(DEMO_API_CODE);
+    let output = cartwatch(&config, &["poll-once", "--all"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    simulator.stop().await;
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_a_command_quietly() {
+    let directory = tempfile::tempdir().unwrap();
+    let config = write_config(directory.path(), "http://127.0.0.1:9", "");
+    track(&config, &["921a2046-66a5-4c5f-b9a6-4bc646fa5e5a".to_owned()]);
+    for arguments in [
+        &["check-config"][..],
+        &["status"],
+        &["status", "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a"],
+        &["events"],
+        &["events", "dead"],
+        &["items", "list", "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a"],
+        &["demo", "--carts", "2"],
+    ] {
+        let mut child = Command::new(BINARY)
+            .arg("--config")
+            .arg(&config)
+            .args(arguments)
+            .env("CARTWATCH__IMATERIALISE__API_CODE", DEMO_API_CODE)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the reading end before the command writes anything, as `| head -0` would.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = text(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{arguments:?}: {stderr}");
+        assert_eq!(output.status.code(), Some(0), "{arguments:?}: {stderr}");
+    }
+}
+
+#[test]
+fn commands_that_read_never_create_a_database() {
+    let directory = tempfile::tempdir().unwrap();
+    let config = write_config(directory.path(), "http://127.0.0.1:9", "");
+    let database = directory.path().join("cartwatch.db");
+    for arguments in [
+        &["status"][..],
+        &["events"],
+        &["events", "dead"],
+        &["events", "redeliver", "--dead"],
+        &["items", "list", "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a"],
+        &["untrack", "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a"],
+        &["webhooks", "list"],
+    ] {
+        let output = cartwatch(&config, arguments);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(4), "{arguments:?}: {stderr}");
+        assert!(stderr.contains(&database.display().to_string()) && stderr.contains("database.path"), "{stderr}");
+        assert!(!database.exists(), "{arguments:?} created the database");
+    }
+}
+
+#[test]
+fn bad_arguments_and_values_are_refused_with_the_documented_codes() {
+    let directory = tempfile::tempdir().unwrap();
+    let config = write_config(directory.path(), "http://127.0.0.1:9", "");
+    for arguments in [&["events", "--limit", "0", "--follow"][..], &["events", "dead", "--limit", "20000"]] {
+        let output = cartwatch(&config, arguments);
+        assert_eq!(output.status.code(), Some(2), "{arguments:?}: {}", text(&output.stderr));
+    }
+    for extra in [
+        "[imaterialise]\nrequests_per_second = 1e-300\n",
+        "[cadence]\nolder_every = \"500000000000d\"\n",
+        "[delivery]\nschedule = [\"0s\", \"99999d\"]\n",
+    ] {
+        let config = directory.path().join("extra.toml");
+        std::fs::write(&config, extra).unwrap();
+        let output = cartwatch(&config, &["check-config"]);
+        assert_eq!(output.status.code(), Some(3), "{extra}: {}", text(&output.stderr));
+        assert!(text(&output.stderr).contains("must be"), "{}", text(&output.stderr));
+    }
+}
+
+#[test]
+fn control_characters_from_the_partner_never_reach_the_terminal_and_strings_are_bounded() {
+    let directory = tempfile::tempdir().unwrap();
+    let config = write_config(directory.path(), "http://127.0.0.1:9", "");
+    let cart = "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a";
+    track(&config, &[cart.to_owned()]);
+    let hostile = "Pend\u{1b}[2J\u{1b}]0;pwned\u{7}ing";
+    let connection = rusqlite::Connection::open(directory.path().join("cartwatch.db")).unwrap();
+    connection.execute("UPDATE carts SET status = ?1, last_error = ?1", [hostile]).unwrap();
+    for arguments in [&["status"][..], &["status", cart]] {
+        let output = cartwatch(&config, arguments);
+        assert!(output.status.success());
+        assert!(!output.stdout.contains(&0x1b) && !output.stdout.contains(&0x07), "{arguments:?}");
+        assert!(text(&output.stdout).contains("Pend\\u{1b}[2J"), "{}", text(&output.stdout));
+    }
+}
+
+#[test]
+fn a_schema_version_set_by_hand_to_a_negative_number_is_refused() {
+    let directory = tempfile::tempdir().unwrap();
+    let config = write_config(directory.path(), "http://127.0.0.1:9", "");
+    track(&config, &["921a2046-66a5-4c5f-b9a6-4bc646fa5e5a".to_owned()]);
+    rusqlite::Connection::open(directory.path().join("cartwatch.db"))
+        .unwrap()
+        .pragma_update(None, "user_version", -1)
+        .unwrap();
+    let output = cartwatch(&config, &["status"]);
+    assert_eq!(output.status.code(), Some(4));
+    assert!(text(&output.stderr).contains("schema version is -1"), "{}", text(&output.stderr));
+}
+
+#[test]
+fn a_password_in_a_webhook_url_is_never_printed_or_stored() {
+    let directory = tempfile::tempdir().unwrap();
+    let config = write_config(
+        directory.path(),
+        "http://127.0.0.1:9",
+        &format!("[webhooks.erp]\nurl = \"http://shop:hunter2@127.0.0.1:9/hook\"\nsecret = {WEBHOOK_SECRET:?}\n"),
+    );
+    let output = cartwatch(&config, &["check-config"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(!text(&output.stdout).contains("hunter2") && text(&output.stdout).contains("<redacted>@127.0.0.1"));
+    track(&config, &["921a2046-66a5-4c5f-b9a6-4bc646fa5e5a".to_owned()]);
+    let output = cartwatch(&config, &["poll-once"]);
+    assert!(!text(&output.stderr).contains("hunter2"), "{}", text(&output.stderr));
+    let database = std::fs::read(directory.path().join("cartwatch.db")).unwrap();
+    let wal = std::fs::read(directory.path().join("cartwatch.db-wal")).unwrap_or_default();
+    let hunter = b"hunter2";
+    for bytes in [&database, &wal] {
+        assert!(!bytes.windows(hunter.len()).any(|window| window == hunter), "the password is in the database");
+    }
+    let output = cartwatch(&config, &["webhooks", "list"]);
+    assert!(text(&output.stdout).contains("erp"), "{}", text(&output.stdout));
+}
+
+/// SIGHUP rotates a webhook's secret, moves it to a new URL and the log sink to a new file:
+/// the next deliveries verify with the new secret at the new URL, and lines go to the new file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_applies_new_webhook_secrets_urls_and_log_path() {
+    let directory = tempfile::tempdir().unwrap();
+    let simulator = simulator(SimulatorSettings {
+        seed: 31,
+        carts: 20,
+        unknown_carts: 0,
+        min_dwell: 2,
+        max_dwell: 3,
+        ..SimulatorSettings::default()
+    })
+    .await;
+    const NEW_SECRET: &str = "whsec_bmV3IHNlY3JldCBmb3IgdGhlIHJvdGF0aW9uIHRlc3Q=";
+    let old_receiver = TestReceiver::start("127.0.0.1:0".parse().unwrap(), WEBHOOK_SECRET).await;
+    let new_receiver = TestReceiver::start("127.0.0.1:0".parse().unwrap(), NEW_SECRET).await;
+    let extra = format!(
+        "[webhooks.erp]\nurl = {:?}\nsecret = {WEBHOOK_SECRET:?}\n[delivery]\nschedule = [\"0s\", \"200ms\"]\n\
+         [events]\nemit = [\"cart.checked_out\", \"cart.ordered\", \"cart.pending\"]\n",
+        old_receiver.url()
+    );
+    let old_log = events_file(directory.path());
+    let config = write_config(directory.path(), &simulator.base_url(), &extra);
+    let ids: Vec<String> = simulator.cart_ids().iter().map(ToString::to_string).collect();
+    track(&config, &ids);
+    let mut child = spawn_daemon(&config, &directory.path().join("daemon.log"), &[]);
+    assert!(wait_until(Duration::from_secs(15), async || !old_receiver.received().is_empty()).await);
+
+    // The new file replaces the log sink's path and the webhook's URL and secret.
+    let new_log = directory.path().join("events-after-reload.jsonl");
+    let text_before = std::fs::read_to_string(&config).unwrap();
+    let reloaded =
+        text_before.replace(&old_receiver.url(), &new_receiver.url()).replace(WEBHOOK_SECRET, NEW_SECRET).replace(
+            &format!("path = {:?}\n", old_log.display().to_string()),
+            &format!("path = {:?}\n", new_log.display().to_string()),
+        );
+    assert_ne!(reloaded, text_before);
+    std::fs::write(&config, reloaded).unwrap();
+    signal(&child, nix::sys::signal::Signal::SIGHUP);
+    let moved = wait_until(Duration::from_secs(20), async || {
+        new_receiver.received().len() >= 3
+            && std::fs::read_to_string(&new_log).is_ok_and(|text| text.lines().count() >= 3)
+    })
+    .await;
+    let old_count = old_receiver.received().len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let (status, _) = wait_for_exit(&mut child, Duration::from_secs(10));
+    let log = std::fs::read_to_string(directory.path().join("daemon.log")).unwrap();
+    assert!(moved, "after the reload: {} webhook deliveries, log: {log}", new_receiver.received().len());
+    assert!(status.is_some_and(|status| status.success()), "{log}");
+    assert!(log.contains("configuration reloaded"), "{log}");
+    let after = new_receiver.received();
+    assert!(after.iter().all(|delivery| delivery.signature_valid), "every delivery verifies with the new secret");
+    first_deliveries(&after);
+    assert_eq!(old_receiver.received().len(), old_count, "nothing more goes to the old URL");
+    let old_lines = std::fs::read_to_string(&old_log).unwrap().lines().count();
+    let new_lines = std::fs::read_to_string(&new_log).unwrap().lines().count();
+    assert!(old_lines > 0 && new_lines > 0);
+    simulator.stop().await;
+}
+
+/// SIGHUP during a slow sweep (twice, so reloads pile up), then SIGTERM: the daemon still
+/// stops within a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_is_honoured_promptly_after_a_reload_during_a_slow_sweep() {
+    let directory = tempfile::tempdir().unwrap();
+    let simulator = simulator(SimulatorSettings {
+        seed: 5,
+        carts: 60,
+        unknown_carts: 0,
+        latency: Duration::from_secs(3),
+        ..SimulatorSettings::default()
+    })
+    .await;
+    let config = write_config(directory.path(), &simulator.base_url(), "");
+    let ids: Vec<String> = simulator.cart_ids().iter().map(ToString::to_string).collect();
+    track(&config, &ids);
+    let mut child =
+        spawn_daemon(&config, &directory.path().join("daemon.log"), &[("CARTWATCH__IMATERIALISE__CONCURRENCY", "1")]);
+    assert!(wait_until(Duration::from_secs(10), async || simulator.requests() >= 1).await, "the sweep started");
+    signal(&child, nix::sys::signal::Signal::SIGHUP);
+    signal(&child, nix::sys::signal::Signal::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let (status, took) = wait_for_exit(&mut child, Duration::from_secs(15));
+    let log = std::fs::read_to_string(directory.path().join("daemon.log")).unwrap();
+    assert!(status.is_some_and(|status| status.success()), "{log}");
+    assert!(took < Duration::from_secs(6), "took {took:?} to stop: {log}");
+    assert!(log.contains("configuration reloaded"), "the reload was applied during the sweep: {log}");
+    simulator.stop().await;
+}
+
+/// Another process holds the database's write lock for longer than the watchdog interval:
+/// the daemon is waiting, not stuck, and keeps telling the watchdog so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_is_fed_while_the_daemon_waits_on_a_lock() {
+    let directory = tempfile::tempdir().unwrap();
+    let simulator = simulator(SimulatorSettings {
+        seed: 6,
+        carts: 20,
+        unknown_carts: 0,
+        min_dwell: 1000,
+        max_dwell: 1000,
+        ..SimulatorSettings::default()
+    })
+    .await;
+    let config = write_config(directory.path(), &simulator.base_url(), "");
+    let ids: Vec<String> = simulator.cart_ids().iter().map(ToString::to_string).collect();
+    track(&config, &ids);
+    let socket_path = directory.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let watchdog = Duration::from_secs(2);
+    let mut child = spawn_daemon(
+        &config,
+        &directory.path().join("daemon.log"),
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "2000000")],
+    );
+    let mut pings: Vec<Instant> = Vec::new();
+    let mut ready = false;
+    let listen = |pings: &mut Vec<Instant>, ready: &mut bool, for_how_long: Duration| {
+        let started = Instant::now();
+        let mut buffer = [0u8; 4096];
+        while started.elapsed() < for_how_long {
+            if let Ok(length) = socket.recv(&mut buffer) {
+                let message = String::from_utf8_lossy(&buffer[..length]).into_owned();
+                *ready |= message.lines().any(|line| line == "READY=1");
+                if message.lines().any(|line| line == "WATCHDOG=1") {
+                    pings.push(Instant::now());
+                }
+            }
+        }
+    };
+    listen(&mut pings, &mut ready, Duration::from_secs(3));
+    assert!(ready && !pings.is_empty());
+
+    // Hold the write lock for five watchdog intervals while carts are due every second.
+    let database = directory.path().join("cartwatch.db");
+    let lock = std::thread::spawn(move || {
+        let connection = rusqlite::Connection::open(database).unwrap();
+        connection.execute_batch("BEGIN IMMEDIATE").unwrap();
+        std::thread::sleep(Duration::from_secs(10));
+        connection.execute_batch("COMMIT").unwrap();
+    });
+    let locked_from = Instant::now();
+    pings.clear();
+    listen(&mut pings, &mut ready, Duration::from_secs(10));
+    lock.join().unwrap();
+    let mut previous = locked_from;
+    let mut longest = Duration::ZERO;
+    for ping in &pings {
+        longest = longest.max(*ping - previous);
+        previous = *ping;
+    }
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let (status, _) = wait_for_exit(&mut child, Duration::from_secs(10));
+    let log = std::fs::read_to_string(directory.path().join("daemon.log")).unwrap();
+    assert!(status.is_some_and(|status| status.success()), "{log}");
+    assert!(longest < watchdog, "{longest:?} without a ping during the lock: {log}");
+    assert!(log.contains("locked"), "the daemon did wait on the lock: {log}");
+    simulator.stop().await;
+}
+
+/// Work that cannot be recorded makes the daemon not ready; a dropped index comes back; a
+/// `next_poll_at` that is not a timestamp is polled anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_edits_never_stall_work_and_readiness_tells_when_sweeps_fail() {
+    let directory = tempfile::tempdir().unwrap();
+    let simulator = simulator(SimulatorSettings {
+        seed: 12,
+        carts: 6,
+        unknown_carts: 0,
+        min_dwell: 1000,
+        max_dwell: 1000,
+        ..SimulatorSettings::default()
+    })
+    .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config =
+        write_config(directory.path(), &simulator.base_url(), &format!("[http]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let ids: Vec<String> = simulator.cart_ids().iter().map(ToString::to_string).collect();
+    track(&config, &ids);
+    let mut child = spawn_daemon(&config, &directory.path().join("daemon.log"), &[]);
+    let readyz = async || {
+        reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.map(|response| response.status().as_u16()).ok()
+    };
+    assert!(wait_until(Duration::from_secs(10), async || readyz().await == Some(200)).await);
+    let database = directory.path().join("cartwatch.db");
+    let connection = rusqlite::Connection::open(&database).unwrap();
+
+    // An index dropped by hand is created again, and polling goes on.
+    connection.execute_batch("DROP INDEX carts_due").unwrap();
+    let requests = simulator.requests();
+    let restored = wait_until(Duration::from_secs(10), async || {
+        simulator.requests() >= requests + 2
+            && connection
+                .query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'carts_due'", [], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .unwrap()
+                == 1
+    })
+    .await;
+    assert!(restored, "carts_due is back and carts are polled");
+
+    // A next_poll_at that is not a timestamp (the constraint bypassed) is polled again.
+    connection
+        .execute_batch(&format!(
+            "PRAGMA ignore_check_constraints = ON; UPDATE carts SET next_poll_at = 'whenever' WHERE cart_id = '{}';",
+            ids[0]
+        ))
+        .unwrap();
+    let repolled = wait_until(Duration::from_secs(10), async || {
+        connection
+            .query_row("SELECT next_poll_at FROM carts WHERE cart_id = ?1", [&ids[0]], |row| row.get::<_, String>(0))
+            .unwrap()
+            .starts_with('2')
+    })
+    .await;
+    assert!(repolled, "the cart is polled again");
+
+    // Every write to carts fails: after a few sweeps the daemon says it is not ready, and why.
+    connection
+        .execute_batch("CREATE TRIGGER stuck BEFORE UPDATE ON carts BEGIN SELECT RAISE(FAIL, 'disk I/O error'); END;")
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(15), async || readyz().await == Some(503)).await, "not ready");
+    let body = reqwest::get(format!("http://127.0.0.1:{port}/readyz")).await.unwrap().text().await.unwrap();
+    assert!(body.contains("sweeps failed"), "{body}");
+    connection.execute_batch("DROP TRIGGER stuck").unwrap();
+    assert!(wait_until(Duration::from_secs(10), async || readyz().await == Some(200)).await, "ready again");
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let (status, _) = wait_for_exit(&mut child, Duration::from_secs(10));
+    assert!(status.is_some_and(|status| status.success()));
+    simulator.stop().await;
+}
+
+/// A migration from the schema before SQLite's guards repairs what was edited by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guarded_schema_migrates_a_database_edited_by_hand() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("cartwatch.db");
+    {
+        let mut connection = rusqlite::Connection::open(&path).unwrap();
+        for (index, sql) in cartwatch::store::sqlite::schema::MIGRATIONS[..6].iter().enumerate() {
+            let transaction = connection.transaction().unwrap();
+            transaction.execute_batch(sql).unwrap();
+            transaction.pragma_update(None, "user_version", index as i64 + 1).unwrap();
+            transaction.commit().unwrap();
+        }
+        connection
+            .execute_batch(
+                "INSERT INTO carts (cart_id, state, next_poll_at, consecutive_errors) VALUES
+                   ('921a2046-66a5-4c5f-b9a6-4bc646fa5e5a', 'tracking', 'whenever', 'lots'),
+                   ('bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b', 'Tracking', '2026-01-01T00:00:00.000Z', 0),
+                   ('59dcca18-05e7-4f5c-8b4e-89e987ea1e51', 'paused', NULL, 0),
+                   ('5922ca18-05e7-4f5c-8b4e-89e987ea1e51', 'ordered', NULL, 0);
+                 INSERT INTO carts (cart_id, provider, account, next_poll_at) VALUES
+                   ('AbCdEfGhIjKlMnOpQrStUvWxYz', 'titelive', '00000', '2026-01-01T00:00:00.000Z');
+                 INSERT INTO events (event_id, event_type, cart_id, created_at, payload) VALUES
+                   ('evt_1', 'cart.ready', 'AbCdEfGhIjKlMnOpQrStUvWxYz', '2026-01-01T00:00:00.000Z',
+                    '{\"data\":{\"cartId\":\"AbCdEfGhIjKlMnOpQrStUvWxYz\"}}');
+                 INSERT INTO sinks (sink, kind, target, created_at) VALUES ('erp', 'webhook', 'x', '2026-01-01');
+                 INSERT INTO deliveries (sink, event_seq, ordering_key, attempts, next_attempt_at)
+                   VALUES ('erp', 1, 'AbCdEfGhIjKlMnOpQrStUvWxYz', 'three', 'later');",
+            )
+            .unwrap();
+    }
+    let store = cartwatch::store::sqlite::SqliteStore::open(&path, Duration::from_secs(1)).unwrap();
+    let row = |id: &str| {
+        let store = store.clone();
+        let id = id.to_owned();
+        async move { store.cart(id).await.unwrap().unwrap() }
+    };
+    let garbage = row("921a2046-66a5-4c5f-b9a6-4bc646fa5e5a").await;
+    assert_eq!((garbage.state.as_str(), garbage.consecutive_errors), ("tracking", 0));
+    assert!(garbage.next_poll_at.is_some(), "due again, at a real timestamp");
+    assert_eq!(row("bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b").await.state.as_str(), "tracking");
+    let unknown = row("59dcca18-05e7-4f5c-8b4e-89e987ea1e51").await;
+    assert_eq!(unknown.state.as_str(), "invalid");
+    assert!(unknown.last_error.unwrap().contains("'paused'"));
+    assert_eq!(row("5922ca18-05e7-4f5c-8b4e-89e987ea1e51").await.state.as_str(), "ordered");
+    let token = "AbCdEfGhIjKlMnOpQrStUvWxYz";
+    let titelive = row(&cartwatch::provider::titelive::derived_id(token)).await;
+    assert_eq!(titelive.provider, "titelive");
+    assert_eq!(store.session_token(titelive.cart_id.clone()).await.unwrap().as_deref(), Some(token));
+    let events = store.events_after(0, 10).await.unwrap();
+    assert_eq!(events[0].cart_id.as_deref(), Some(titelive.cart_id.as_str()));
+    assert!(!events[0].payload.contains(token), "the token left the events");
+    let delivery = store.delivery_states(vec![1]).await.unwrap().remove(0).1;
+    assert_eq!((delivery.state.as_str(), delivery.attempts), ("pending", 0));
+    let version: i64 =
+        rusqlite::Connection::open(&path).unwrap().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, cartwatch::store::sqlite::schema::latest_version());
+}
+
+/// Idle or slow clients are disconnected and connections beyond the limit refused, while
+/// the API keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_cannot_be_exhausted_by_idle_connections() {
+    let directory = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = write_config(
+        directory.path(),
+        "http://127.0.0.1:9",
+        &format!(
+            "[http]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = 4\nheader_timeout = \"1s\"\nidle_timeout = \"2s\"\n"
+        ),
+    );
+    let mut child = spawn_daemon(&config, &directory.path().join("daemon.log"), &[]);
+    let address = format!("127.0.0.1:{port}");
+    assert!(
+        wait_until(Duration::from_secs(10), async || std::net::TcpStream::connect(&address).is_ok()).await,
+        "listening"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Four connections that never send a header hold every slot...
+    let mut idle: Vec<std::net::TcpStream> = (0..4).map(|_| std::net::TcpStream::connect(&address).unwrap()).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...so a fifth is closed at once.
+    let mut fifth = std::net::TcpStream::connect(&address).unwrap();
+    fifth.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    fifth.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut answer = Vec::new();
+    let read = fifth.read_to_end(&mut answer);
+    let closed = read.is_ok() || read.as_ref().is_err_and(|error| error.kind() == std::io::ErrorKind::ConnectionReset);
+    assert!(closed && answer.is_empty(), "refused beyond the limit: {read:?} {}", text(&answer));
+    // The silent ones are dropped after the header timeout.
+    let started = Instant::now();
+    for stream in &mut idle {
+        let mut buffer = [0u8; 16];
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(matches!(stream.read(&mut buffer), Ok(0)), "the server closed the connection");
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "within the header timeout");
+    // The API answers again.
+    let response = reqwest::get(format!("http://{address}/healthz")).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let (status, _) = wait_for_exit(&mut child, Duration::from_secs(10));
+    assert!(status.is_some_and(|status| status.success()));
+}

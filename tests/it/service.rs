@@ -1,0 +1,280 @@
+//! Running as a service: the systemd notify protocol played by the test, the unit file
+//! checked by systemd-analyze, and every README sqlite3 query run against a database the
+//! daemon filled.
+
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use cartwatch_simulator::{DEMO_API_CODE, SimulatorSettings};
+
+fn write_config(directory: &Path, base_url: &str) -> std::path::PathBuf {
+    let path = directory.join("cartwatch.toml");
+    let text = format!(
+        "[database]\npath = {:?}\n[sweep]\ncron = \"* * * * * *\"\n[imaterialise]\nbase_url = {base_url:?}\nrequests_per_second = 0\n[sinks.log]\npath = {:?}\n",
+        directory.join("cartwatch.db").display().to_string(),
+        events_file(directory).display().to_string(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn receive_until(
+    socket: &UnixDatagram,
+    messages: &mut Vec<String>,
+    deadline: Duration,
+    done: impl Fn(&[String]) -> bool,
+) -> bool {
+    let started = Instant::now();
+    let mut buffer = [0u8; 4096];
+    while started.elapsed() < deadline {
+        if done(messages) {
+            return true;
+        }
+        if let Ok(length) = socket.recv(&mut buffer) {
+            let text = String::from_utf8_lossy(&buffer[..length]).into_owned();
+            messages.extend(text.lines().map(str::to_owned));
+        }
+    }
+    done(messages)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_speaks_the_systemd_notify_protocol() {
+    let directory = tempfile::tempdir().unwrap();
+    let simulator =
+        simulator(SimulatorSettings { seed: 2, carts: 5, unknown_carts: 0, ..SimulatorSettings::default() }).await;
+    let config = write_config(directory.path(), &simulator.base_url());
+    let socket_path = directory.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+
+    let log = std::fs::File::create(directory.path().join("daemon.log")).unwrap();
+    let mut child = Command::new(BINARY)
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env("CARTWATCH__IMATERIALISE__API_CODE", DEMO_API_CODE)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut messages = Vec::new();
+    let count = |messages: &[String], wanted: &str| messages.iter().filter(|m| *m == wanted).count();
+
+    // READY=1, then the watchdog at least twice per 400 ms interval.
+    assert!(receive_until(&socket, &mut messages, Duration::from_secs(10), |m| count(m, "READY=1") == 1));
+    let ready_at = Instant::now();
+    assert!(receive_until(&socket, &mut messages, Duration::from_secs(3), |m| count(m, "WATCHDOG=1") >= 5));
+    assert!(ready_at.elapsed() < Duration::from_millis(2500), "pings come at least every half interval");
+
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    assert!(receive_until(&socket, &mut messages, Duration::from_secs(5), |m| count(m, "READY=1") == 2));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(receive_until(&socket, &mut messages, Duration::from_secs(5), |m| m.iter().any(|m| m == "STOPPING=1")));
+    assert!(child.wait().unwrap().success());
+
+    let position = |wanted: &str| {
+        messages.iter().position(|m| m == wanted).unwrap_or_else(|| panic!("no {wanted} in {messages:?}"))
+    };
+    let reloading = position("RELOADING=1");
+    let second_ready = messages.iter().enumerate().filter(|(_, m)| *m == "READY=1").nth(1).unwrap().0;
+    assert!(position("READY=1") < position("WATCHDOG=1"));
+    assert!(
+        position("WATCHDOG=1") < reloading && reloading < second_ready && second_ready < position("STOPPING=1"),
+        "{messages:?}"
+    );
+    assert!(messages[reloading + 1].starts_with("MONOTONIC_USEC="), "{messages:?}");
+    simulator.stop().await;
+}
+
+fn systemd_analyze_available() -> bool {
+    Command::new("systemd-analyze").arg("--version").output().is_ok_and(|output| output.status.success())
+}
+
+#[test]
+fn the_unit_verifies_and_is_hardened_to_an_exposure_of_at_most_1_5() {
+    if !systemd_analyze_available() {
+        eprintln!("systemd-analyze is not installed; the unit checks are skipped");
+        return;
+    }
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/cartwatch.service");
+    // verify checks that ExecStart exists, so point it at the binary under test.
+    let directory = tempfile::tempdir().unwrap();
+    let copy = directory.path().join("cartwatch.service");
+    std::fs::write(&copy, std::fs::read_to_string(&unit).unwrap().replace("/usr/local/bin/cartwatch", BINARY)).unwrap();
+    let verify = Command::new("systemd-analyze").arg("verify").arg(&copy).output().unwrap();
+    let complaints = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success() && complaints.trim().is_empty(), "systemd-analyze verify: {complaints}");
+
+    let security = Command::new("systemd-analyze").args(["security", "--offline=yes"]).arg(&unit).output().unwrap();
+    let report = String::from_utf8_lossy(&security.stdout);
+    let exposure: f64 = report
+        .lines()
+        .find_map(|line| line.split("Overall exposure level for cartwatch.service:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));
+    assert!(exposure <= 1.5, "exposure {exposure} is above 1.5:\n{report}");
+}
+
+/// Runs `query` as pasted into `sqlite3 -readonly`, in JSON mode.
+fn sqlite3(database: &Path, query: &str) -> Vec<serde_json::Value> {
+    use std::io::Write;
+    let mut child = Command::new("sqlite3")
+        .arg("-readonly")
+        .arg("-json")
+        .arg(database)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sqlite3 is installed");
+    child.stdin.take().unwrap().write_all(query.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{query}: {}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout);
+    if text.trim().is_empty() { Vec::new() } else { serde_json::from_str(&text).unwrap() }
+}
+
+/// The README's `sql` blocks, by their `-- name:` line.
+fn readme_queries() -> Vec<(String, String)> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    readme
+        .split("```sql\n")
+        .skip(1)
+        .filter_map(|block| {
+            let block = block.split("```").next()?;
+            let name = block.lines().next()?.strip_prefix("-- name: ")?.trim().to_owned();
+            Some((name, block.to_owned()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_readme_query_answers_correctly_on_a_database_the_daemon_filled() {
+    assert!(Command::new("sqlite3").arg("-version").output().is_ok(), "sqlite3 is required (.ci/run installs it)");
+    let directory = tempfile::tempdir().unwrap();
+    let simulator =
+        simulator(SimulatorSettings { seed: 13, carts: 25, unknown_carts: 1, ..SimulatorSettings::default() }).await;
+    let mut config = config_for(&simulator, directory.path());
+    // A webhook nobody listens on, with one attempt: every event becomes a dead letter.
+    add_webhook(&mut config, "erp", "http://127.0.0.1:9/hook", WEBHOOK_SECRET);
+    config.delivery.schedule = vec![Duration::ZERO.into()];
+    let store = store_for(&config).await;
+    let tracked = track_all(&store, &simulator).await as u64;
+    let daemon = RunningDaemon::start(config.clone());
+    let settled = wait_until(Duration::from_secs(60), async || {
+        simulator.settled()
+            && checkouts_and_orders(&logged_events(directory.path())) == true_checkouts_and_orders(&simulator)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    daemon.stop().await;
+    assert!(settled);
+
+    // One cart checked out two hours ago and never ordered.
+    let database = config.database.path.clone();
+    let stuck: Option<String> = rusqlite::Connection::open(&database)
+        .unwrap()
+        .query_row(
+            "UPDATE carts SET status_changed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 hours') \
+             WHERE cart_key = (SELECT min(cart_key) FROM carts WHERE state = 'tracking' AND status = 'CheckedOut') RETURNING cart_id",
+            [],
+            |row| row.get(0),
+        )
+        .ok();
+    assert!(stuck.is_some(), "the seed has a cart that stays CheckedOut");
+    let events = store.events_after(0, 10_000).await.unwrap();
+    let orders: Vec<_> = simulator.truth().into_iter().filter(|t| t.to == "Ordered").collect();
+    let history_cart = orders[0].cart_id.clone();
+
+    let mut held_behind = 0;
+    let queries = readme_queries();
+    let names: Vec<&str> = queries.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "overview",
+            "orders-today",
+            "stuck",
+            "cart-history",
+            "failing",
+            "dead-letters",
+            "held",
+            "backlog",
+            "upstream",
+            "sweeps"
+        ]
+    );
+    for (name, query) in &queries {
+        let query = query.replace("921a2046-66a5-4c5f-b9a6-4bc646fa5e5a", &history_cart);
+        let rows = sqlite3(&database, &query);
+        match name.as_str() {
+            "overview" => assert_eq!(rows.iter().map(|r| r["carts"].as_u64().unwrap()).sum::<u64>(), tracked),
+            "orders-today" => {
+                let mut found: Vec<(String, String)> = rows
+                    .iter()
+                    .map(|r| (r["cart_id"].as_str().unwrap().to_owned(), r["order_id"].as_str().unwrap().to_owned()))
+                    .collect();
+                let mut expected: Vec<(String, String)> =
+                    orders.iter().map(|t| (t.cart_id.clone(), t.order_id.clone().unwrap())).collect();
+                found.sort();
+                expected.sort();
+                assert_eq!(found, expected);
+            }
+            "stuck" => {
+                let found: Vec<&str> = rows.iter().map(|r| r["cart_id"].as_str().unwrap()).collect();
+                assert_eq!(found, stuck.iter().map(String::as_str).collect::<Vec<_>>());
+            }
+            "cart-history" => {
+                let found: Vec<&str> = rows.iter().map(|r| r["to_status"].as_str().unwrap()).collect();
+                let expected: Vec<String> =
+                    simulator.truth().into_iter().filter(|t| t.cart_id == history_cart).map(|t| t.to).collect();
+                assert_eq!(found, expected);
+            }
+            "failing" => assert!(rows.is_empty(), "{rows:?}"),
+            "dead-letters" => {
+                // The first event of each cart is dead; the cart's later ones wait behind it.
+                let mut carts: Vec<&str> = events.iter().filter_map(|event| event.cart_id.as_deref()).collect();
+                carts.sort();
+                carts.dedup();
+                assert_eq!(rows.len(), carts.len());
+                assert!(
+                    rows.iter()
+                        .all(|r| r["sink"] == "erp" && r["last_error"].as_str().unwrap().contains("cannot reach"))
+                );
+                held_behind = events.len() - rows.len();
+            }
+            "held" => {
+                assert_eq!(rows.len(), held_behind);
+                assert!(
+                    rows.iter().all(|r| r["sink"] == "erp" && r["held_behind"].as_str().unwrap().starts_with("evt_"))
+                );
+            }
+            "backlog" => {
+                assert_eq!(rows.len(), 2);
+                let pending =
+                    |sink: &str| rows.iter().find(|r| r["sink"] == sink).unwrap()["pending"].as_u64().unwrap();
+                assert_eq!((pending("log"), pending("erp")), (0, held_behind as u64), "{rows:?}");
+            }
+            "upstream" => {
+                assert_eq!(rows.len(), 1, "{rows:?}");
+                assert_eq!(rows[0]["mode"], "healthy");
+                assert!(rows[0]["last_success_at"].is_string(), "healthy is shown too, with the last success");
+            }
+            "sweeps" => {
+                assert_eq!(rows.len(), 10);
+                assert!(rows.iter().all(|r| r["stopped_early"].is_null()));
+            }
+            other => panic!("no check for query {other}"),
+        }
+    }
+    simulator.stop().await;
+}
