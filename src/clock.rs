@@ -30,6 +30,11 @@ impl Clock {
         Clock(Some(Arc::new(Manual { now: Mutex::new(start), moved })))
     }
 
+    /// Whether this is a manual clock, which only moves when told to.
+    pub fn is_manual(&self) -> bool {
+        self.0.is_some()
+    }
+
     /// The current instant.
     pub fn now(&self) -> DateTime<Utc> {
         match &self.0 {

@@ -213,7 +213,8 @@ impl Daemon {
         let mut pollers = Vec::new();
         reconcile_pollers(&mut pollers, &store, &settings, &metrics, &progress, &clock).await?;
         let mut schedule =
-            Schedule::start(&settings.sweep.cron, &settings.sweep.timezone, metrics.sweeps_skipped.clone()).await?;
+            Schedule::start(&settings.sweep.cron, &settings.sweep.timezone, metrics.sweeps_skipped.clone(), &clock)
+                .await?;
         info!(
             database = %settings.database.path.display(),
             cron = %settings.sweep.cron,
@@ -303,7 +304,8 @@ impl Daemon {
                     }
                     let old = (&settings.sweep.cron, &settings.sweep.timezone);
                     if old != (&new_settings.sweep.cron, &new_settings.sweep.timezone) {
-                        match Schedule::start(&new_settings.sweep.cron, &new_settings.sweep.timezone, metrics.sweeps_skipped.clone()).await {
+                        let sweep = &new_settings.sweep;
+                        match Schedule::start(&sweep.cron, &sweep.timezone, metrics.sweeps_skipped.clone(), &clock).await {
                             Ok(started) => std::mem::replace(&mut schedule, started).shutdown().await,
                             Err(error) => error!(error = %error, "cannot start the new schedule; the old one goes on"),
                         }

@@ -29,11 +29,6 @@ pub fn format_ts(instant: DateTime<Utc>) -> String {
     text
 }
 
-/// The current instant in the stored form.
-pub fn now_ts() -> String {
-    format_ts(Utc::now())
-}
-
 /// Reads a timestamp written by the daemon, by a person with `sqlite3` (`datetime('now')`
 /// gives `2026-11-25 08:11:04`) or by an RFC 3339 producer. Text without a zone is taken as
 /// UTC. Returns `None` for anything else.

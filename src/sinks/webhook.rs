@@ -196,6 +196,8 @@ impl WebhookSink {
 
     async fn attempt(&self, delivery: &PendingDelivery) -> Attempt {
         let event = &delivery.event;
+        // The signature's timestamp is the wall clock's, whatever clock schedules the
+        // attempts: receivers compare it with theirs to refuse replays.
         let timestamp = Utc::now().timestamp();
         let signature = self.signature(&event.event_id, timestamp, event.payload.as_bytes());
         let sent = self

@@ -90,6 +90,16 @@ pub async fn poll_once(config: &Config) -> PollOnce {
     daemon::poll_once(config.daemon_settings(), Clock::system(), CancellationToken::new()).await.unwrap()
 }
 
+/// A manual clock standing at the wall clock's now: tests move it instead of sleeping.
+pub fn simulated_clock() -> Clock {
+    Clock::manual(chrono::Utc::now())
+}
+
+/// One sweep and one delivery pass on `clock`.
+pub async fn poll_once_at(config: &Config, clock: &Clock) -> PollOnce {
+    daemon::poll_once(config.daemon_settings(), clock.clone(), CancellationToken::new()).await.unwrap()
+}
+
 /// A daemon running in this process.
 pub struct RunningDaemon {
     pub shutdown: CancellationToken,

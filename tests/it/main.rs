@@ -4,6 +4,7 @@
 mod bench;
 mod cli;
 mod client;
+mod clock;
 mod common;
 mod delivery_guarantees;
 mod end_to_end;
@@ -11,7 +12,9 @@ mod http_api;
 mod items;
 mod operations;
 mod parsers;
+mod providers;
 mod resilience;
 mod service;
+mod tidy;
 mod titelive;
 mod webhooks;

@@ -4,21 +4,17 @@
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use cartwatch::clock::Clock;
 use cartwatch::config::Config;
-use cartwatch::secret::Secret;
-use cartwatch::upstream::Mode;
-use cartwatch_simulator::{DEMO_API_CODE, Fault, FaultSpec, Simulator, SimulatorSettings};
+use cartwatch_simulator::{Fault, FaultSpec, Simulator, SimulatorSettings};
 
-async fn poll_once(config: &Config) -> cartwatch::store::SweepRecord {
-    crate::common::poll_once(config).await.sweep.record
+/// One round on `clock`, which the tests move instead of sleeping.
+async fn poll_once(config: &Config, clock: &Clock) -> cartwatch::store::SweepRecord {
+    poll_once_at(config, clock).await.sweep.record
 }
 
 async fn events_of_type(store: &Store, event_type: &str) -> Vec<cartwatch::outbox::StoredEvent> {
     store.events_after(0, 100_000).await.unwrap().into_iter().filter(|event| event.event_type == event_type).collect()
-}
-
-async fn upstream_mode(store: &Store) -> Option<Mode> {
-    store.upstream_records().await.unwrap().first().map(|record| record.snapshot.mode)
 }
 
 fn ok_requests(simulator: &Simulator) -> usize {
@@ -35,92 +31,6 @@ fn slow_carts(carts: usize, unknown_carts: usize) -> SimulatorSettings {
         max_dwell: 1000,
         ..SimulatorSettings::default()
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rejected_api_code_pauses_with_logarithmic_probes_and_a_reload_resumes_at_once() {
-    let directory = tempfile::tempdir().unwrap();
-    let simulator = simulator(slow_carts(20, 0)).await;
-    let mut config = config_for(&simulator, directory.path());
-    config.imaterialise.api_code = Secret::new("11111111-1111-4111-8111-111111111111");
-    config.imaterialise.concurrency = 1;
-    // One simulated minute is one second here: the default 1 min doubling to 1 h becomes
-    // 1 s doubling to 60 s.
-    config.backoff.auth_initial = Duration::from_secs(1);
-    config.backoff.auth_max = Duration::from_secs(60);
-    let store = store_for(&config).await;
-    track_all(&store, &simulator).await;
-
-    let daemon = RunningDaemon::start(config.clone());
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    // Ten simulated minutes of 401: the first request, then probes at 1, 3 and 7.
-    let requests = simulator.requests();
-    assert!((3..=5).contains(&requests), "{requests} requests in 10 s of 401; expected about log2(10) + 1");
-    assert!(simulator.request_log().iter().all(|record| record.outcome == "unauthorized"));
-    assert_eq!(events_of_type(&store, "upstream.auth_failed").await.len(), 1, "announced once, not per probe");
-    assert_eq!(upstream_mode(&store).await, Some(Mode::AuthPaused));
-    let summary = cartwatch::render::render_summary(&store.summary(chrono::Utc::now()).await.unwrap());
-    assert!(summary.contains("auth_paused since") && summary.contains("next probe at"), "{summary}");
-    // No cart was charged with an error for the partner's refusal.
-    let cart = store.cart(simulator.cart_ids()[0].to_string()).await.unwrap().unwrap();
-    assert_eq!((cart.consecutive_errors, cart.status), (0, None));
-
-    // The operator fixes the key and reloads: a probe goes at once and polling resumes.
-    let mut fixed = config.clone();
-    fixed.imaterialise.api_code = Secret::new(DEMO_API_CODE);
-    let reloaded_at = Instant::now();
-    daemon.reloads.send(fixed).unwrap();
-    let resumed = wait_until(Duration::from_secs(5), async || ok_requests(&simulator) >= 2).await;
-    let first_ok = simulator.request_log().into_iter().find(|record| record.outcome == "ok").map(|record| record.at);
-    assert!(resumed, "polling resumed");
-    assert!(first_ok.unwrap() - reloaded_at < Duration::from_secs(2), "within one probe step (the next was 8 s away)");
-    let all_polled = wait_until(Duration::from_secs(5), async || {
-        store.summary(chrono::Utc::now()).await.unwrap().carts.iter().all(|(_, status, _)| status.is_some())
-    })
-    .await;
-    assert!(all_polled);
-    daemon.stop().await;
-    assert_eq!(events_of_type(&store, "upstream.auth_recovered").await.len(), 1);
-    assert_eq!(upstream_mode(&store).await, Some(Mode::Healthy));
-    simulator.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transient_failures_back_off_each_cart_and_open_the_circuit() {
-    let directory = tempfile::tempdir().unwrap();
-    let simulator = simulator(slow_carts(30, 0)).await;
-    simulator.set_faults(FaultSpec { always: Some(Fault::Code1), ..FaultSpec::default() });
-    let mut config = config_for(&simulator, directory.path());
-    config.imaterialise.concurrency = 1;
-    config.backoff.circuit_after = 3;
-    config.backoff.transient_initial = Duration::from_millis(500);
-    config.backoff.transient_max = Duration::from_secs(2);
-    let store = store_for(&config).await;
-    track_all(&store, &simulator).await;
-
-    let started = Instant::now();
-    let daemon = RunningDaemon::start(config.clone());
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    // Three batches fail and open the circuit; then one probe per step: +0.5, +1, +2, +2 s.
-    let requests = simulator.requests();
-    assert!((5..=8).contains(&requests), "{requests} requests in {:?}", started.elapsed());
-    assert_eq!(upstream_mode(&store).await, Some(Mode::CircuitOpen));
-    let cart = store.cart(simulator.cart_ids()[0].to_string()).await.unwrap().unwrap();
-    assert!(cart.consecutive_errors >= 1);
-    assert!(cart.last_error.as_deref().unwrap().contains("error 1"), "{:?}", cart.last_error);
-    assert!(store.events_after(0, 100).await.unwrap().is_empty(), "failures announce nothing");
-
-    simulator.set_faults(FaultSpec::default());
-    let recovered = wait_until(Duration::from_secs(8), async || {
-        store.summary(chrono::Utc::now()).await.unwrap().carts.iter().all(|(_, status, _)| status.is_some())
-    })
-    .await;
-    daemon.stop().await;
-    assert!(recovered, "every cart polled once the partner recovered");
-    assert_eq!(upstream_mode(&store).await, Some(Mode::Healthy));
-    let cart = store.cart(simulator.cart_ids()[0].to_string()).await.unwrap().unwrap();
-    assert_eq!(cart.consecutive_errors, 0, "reset after success");
-    simulator.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,9 +51,10 @@ async fn each_transient_fault_backs_off_the_batch_and_records_why() {
         config.backoff.transient_initial = Duration::from_secs(1);
         let store = store_for(&config).await;
         track_all(&store, &simulator).await;
+        let clock = simulated_clock();
 
-        let before = chrono::Utc::now();
-        let record = poll_once(&config).await;
+        let before = clock.now();
+        let record = poll_once(&config, &clock).await;
         assert_eq!((record.requests, record.failures, record.transitions, record.events), (3, 3, 0, 0), "{fault:?}");
         for cart_id in simulator.cart_ids() {
             let cart = store.cart(cart_id.to_string()).await.unwrap().unwrap();
@@ -155,13 +66,13 @@ async fn each_transient_fault_backs_off_the_batch_and_records_why() {
             );
             let next = cart.next_poll_at.unwrap();
             assert!(
-                next > before && next <= chrono::Utc::now() + chrono::Duration::seconds(1),
+                next > before && next <= clock.now() + chrono::Duration::seconds(1),
                 "full jitter within the first step"
             );
         }
         simulator.set_faults(FaultSpec::default());
-        tokio::time::sleep(Duration::from_millis(1100)).await;
-        let record = poll_once(&config).await;
+        clock.advance(Duration::from_millis(1100));
+        let record = poll_once(&config, &clock).await;
         assert_eq!((record.requests, record.failures, record.carts_polled), (3, 0, 25), "{fault:?}");
         let cart = store.cart(simulator.cart_ids()[0].to_string()).await.unwrap().unwrap();
         assert_eq!((cart.consecutive_errors, cart.last_error), (0, None));
@@ -178,8 +89,9 @@ async fn code_102_halves_the_batch_size_and_remembers_it() {
     config.imaterialise.concurrency = 1;
     let store = store_for(&config).await;
     track_all(&store, &simulator).await;
+    let clock = simulated_clock();
 
-    let record = poll_once(&config).await;
+    let record = poll_once(&config, &clock).await;
     let log: Vec<(usize, &str)> = simulator.request_log().iter().map(|r| (r.cart_ids, r.outcome)).collect();
     assert_eq!(
         log,
@@ -204,8 +116,8 @@ async fn code_102_halves_the_batch_size_and_remembers_it() {
     assert_eq!(records[0].snapshot.batch_size, 2);
 
     // A new run (a restart) starts at the remembered size.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    poll_once(&config).await;
+    clock.advance(Duration::from_millis(1100));
+    poll_once(&config, &clock).await;
     let later: Vec<usize> = simulator.request_log()[13..].iter().map(|r| r.cart_ids).collect();
     assert_eq!(later, [2; 10]);
     simulator.stop().await;
@@ -221,8 +133,9 @@ async fn code_501_is_isolated_to_the_cart_that_causes_it() {
     config.imaterialise.concurrency = 1;
     let store = store_for(&config).await;
     track_all(&store, &simulator).await;
+    let clock = simulated_clock();
 
-    poll_once(&config).await;
+    poll_once(&config, &clock).await;
     let log: Vec<(usize, &str)> = simulator.request_log().iter().map(|r| (r.cart_ids, r.outcome)).collect();
     // Halves until the poison is alone: 10 → 5 + 5 → (the poisoned 5) 2 + 3 → 1 + 1.
     assert_eq!(log, [(10, "code501"), (5, "ok"), (5, "code501"), (2, "code501"), (1, "ok"), (1, "code501"), (3, "ok")]);
@@ -250,13 +163,14 @@ async fn carts_not_found_n_times_in_a_row_are_given_up_with_an_event() {
     assert_eq!(config.backoff.not_found_after, 3);
     let store = store_for(&config).await;
     track_all(&store, &simulator).await;
+    let clock = simulated_clock();
 
     for round in 1..=3 {
-        let record = poll_once(&config).await;
+        let record = poll_once(&config, &clock).await;
         assert_eq!(record.requests, 1, "round {round}");
         if round < 3 {
             assert!(events_of_type(&store, "cart.not_found").await.is_empty());
-            tokio::time::sleep(Duration::from_millis(1100)).await;
+            clock.advance(Duration::from_millis(1100));
         }
     }
     let given_up = events_of_type(&store, "cart.not_found").await;
@@ -266,8 +180,8 @@ async fn carts_not_found_n_times_in_a_row_are_given_up_with_an_event() {
         assert_eq!((cart.state.as_str(), cart.next_poll_at), ("not_found", None));
         assert!(cart.last_error.unwrap().contains("101"));
     }
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(poll_once(&config).await.requests, 0, "no longer polled");
+    clock.advance(Duration::from_millis(1100));
+    assert_eq!(poll_once(&config, &clock).await.requests, 0, "no longer polled");
     simulator.stop().await;
 }
 
@@ -308,8 +222,9 @@ async fn missing_and_unrequested_carts_in_an_answer_are_handled() {
     let config = config_for(&simulator, directory.path());
     let store = store_for(&config).await;
     track_all(&store, &simulator).await;
+    let clock = simulated_clock();
 
-    let record = poll_once(&config).await;
+    let record = poll_once(&config, &clock).await;
     assert_eq!((record.requests, record.carts_polled), (1, 6));
     let cart = store.cart(missing.clone()).await.unwrap().unwrap();
     assert_eq!(cart.consecutive_errors, 1);
@@ -332,8 +247,9 @@ async fn the_rate_limit_holds_even_when_many_carts_are_due_at_once() {
     config.imaterialise.requests_per_second = 5.0;
     let store = store_for(&config).await;
     track_all(&store, &simulator).await;
+    let clock = simulated_clock();
 
-    poll_once(&config).await;
+    poll_once(&config, &clock).await;
     let arrivals: Vec<Instant> = simulator.request_log().iter().map(|r| r.at).collect();
     assert_eq!(arrivals.len(), 20);
     let mut sorted = arrivals.clone();
@@ -361,6 +277,7 @@ async fn another_process_holding_the_write_lock_delays_but_never_drops_an_outcom
     config.database.busy_timeout = Duration::from_millis(500);
     let store = store_for(&config).await;
     track_all(&store, &simulator).await;
+    let clock = simulated_clock();
     drop(store);
 
     // An operator's sqlite3 session holds a write transaction for four seconds.
@@ -392,13 +309,13 @@ async fn another_process_holding_the_write_lock_delays_but_never_drops_an_outcom
     assert!(locked, "the other process holds the lock");
 
     let started = Instant::now();
-    let record = poll_once(&config).await;
+    let record = poll_once(&config, &clock).await;
     holder.join().unwrap();
     assert!(started.elapsed() >= Duration::from_secs(2), "the sweep waited for the lock");
     assert_eq!(record.requests, 3, "outcomes were retried, not fetched again");
     assert_eq!(record.carts_polled, 30, "every outcome was recorded");
     let store = store_for(&config).await;
-    let summary = store.summary(chrono::Utc::now()).await.unwrap();
+    let summary = store.summary(clock.now()).await.unwrap();
     assert!(summary.carts.iter().all(|(_, status, _)| status.is_some()));
     simulator.stop().await;
 }
@@ -418,24 +335,25 @@ async fn a_failing_write_loses_nothing_already_committed_and_is_retried_later() 
     let config = config_for(&simulator, directory.path());
     let store = store_for(&config).await;
     track_all(&store, &simulator).await;
-    poll_once(&config).await;
+    let clock = simulated_clock();
+    poll_once(&config, &clock).await;
     let committed_events = store.events_after(0, 1000).await.unwrap();
-    let committed_transitions = store.summary(chrono::Utc::now()).await.unwrap().carts;
+    let committed_transitions = store.summary(clock.now()).await.unwrap().carts;
 
     // Every write to carts now fails, as on a full disk.
     let connection = rusqlite::Connection::open(&config.database.path).unwrap();
     connection
         .execute_batch("CREATE TRIGGER full_disk BEFORE UPDATE ON carts BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END;")
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let record = poll_once(&config).await;
+    clock.advance(Duration::from_millis(1100));
+    let record = poll_once(&config, &clock).await;
     assert_eq!((record.requests, record.carts_polled), (2, 0), "fetched, but nothing could be recorded");
     assert_eq!(store.events_after(0, 1000).await.unwrap(), committed_events, "nothing announced, nothing lost");
-    assert_eq!(store.summary(chrono::Utc::now()).await.unwrap().carts, committed_transitions);
-    assert_eq!(store.due_count(chrono::Utc::now()).await.unwrap(), 12, "the carts stay due");
+    assert_eq!(store.summary(clock.now()).await.unwrap().carts, committed_transitions);
+    assert_eq!(store.due_count(clock.now()).await.unwrap(), 12, "the carts stay due");
 
     connection.execute_batch("DROP TRIGGER full_disk;").unwrap();
-    let record = poll_once(&config).await;
+    let record = poll_once(&config, &clock).await;
     assert_eq!((record.requests, record.carts_polled), (2, 12), "retried by the next sweep");
     let events = store.events_after(0, 1000).await.unwrap();
     assert!(events.starts_with(&committed_events));
@@ -474,7 +392,8 @@ async fn rows_inserted_by_hand_are_normalised_or_flagged_and_never_sent_malforme
         ))
         .unwrap();
 
-    let record = poll_once(&config).await;
+    let clock = simulated_clock();
+    let record = poll_once(&config, &clock).await;
     assert_eq!((record.requests, record.carts_polled), (1, 2));
     assert_eq!(simulator.batch_sizes(), [2]);
     for cart_id in &ids {
@@ -482,7 +401,7 @@ async fn rows_inserted_by_hand_are_normalised_or_flagged_and_never_sent_malforme
         assert!(cart.status.is_some());
     }
     assert_eq!(store.cart(ids[0].to_string()).await.unwrap().unwrap().reference.as_deref(), Some("by hand"));
-    let summary = store.summary(chrono::Utc::now()).await.unwrap();
+    let summary = store.summary(clock.now()).await.unwrap();
     assert_eq!(summary.invalid.len(), 1);
     assert_eq!(summary.invalid[0].0, "not-a-guid");
     assert!(summary.invalid[0].1.contains("malformed cart id"));
@@ -500,23 +419,24 @@ async fn carts_past_their_maximum_age_expire_with_an_event() {
     config.cadence.max_age = Duration::from_secs(1);
     let store = store_for(&config).await;
     track_all(&store, &simulator).await;
-    let summary = async || store.summary(chrono::Utc::now()).await.unwrap();
+    let clock = simulated_clock();
+    let summary = async || store.summary(clock.now()).await.unwrap();
     let count = |summary: &cartwatch::store::Summary, state: &str| {
         summary.carts.iter().filter(|(s, _, _)| s == state).map(|(_, _, n)| n).sum::<u64>()
     };
-    poll_once(&config).await;
+    poll_once(&config, &clock).await;
     assert_eq!(count(&summary().await, "expired"), 0, "registered a moment ago");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    poll_once(&config).await;
+    clock.advance(Duration::from_millis(1100));
+    poll_once(&config, &clock).await;
     assert_eq!(count(&summary().await, "expired"), 0, "one poll past the maximum age is not enough");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    poll_once(&config).await;
+    clock.advance(Duration::from_millis(1100));
+    poll_once(&config, &clock).await;
     let summary = summary().await;
     assert_eq!(count(&summary, "expired") + count(&summary, "ordered"), 20);
     assert!(count(&summary, "expired") > 0);
     assert_eq!(events_of_type(&store, "cart.expired").await.len() as u64, count(&summary, "expired"));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(poll_once(&config).await.requests, 0);
+    clock.advance(Duration::from_millis(1100));
+    assert_eq!(poll_once(&config, &clock).await.requests, 0);
     simulator.stop().await;
 }
 

@@ -487,8 +487,19 @@ mod tests {
 
     #[test]
     fn debug_output_has_no_api_code() {
-        let mut config = crate::config::Config::default().imaterialise;
-        config.api_code = Secret::new("0f7c3c55-5d5b-4a4e-9a52-b1b5d4b0e6a7");
+        let config = ImaterialiseConfig {
+            enabled: true,
+            base_url: "https://imatsandbox.materialise.net".into(),
+            api_code: Secret::new("0f7c3c55-5d5b-4a4e-9a52-b1b5d4b0e6a7"),
+            api_code_file: PathBuf::new(),
+            format: WireFormat::Json,
+            batch_size: 10,
+            concurrency: 4,
+            requests_per_second: 5.0,
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            max_response_bytes: 1 << 20,
+        };
         let client = StatusClient::new(&config).unwrap();
         assert!(!format!("{client:?}").contains("0f7c3c55"));
     }
