@@ -228,6 +228,16 @@ fn resolve_secret_files(config: &mut Config, problems: &mut Vec<Problem>) {
     ) {
         imaterialise.api_code = secret;
     }
+    let database = &mut config.database;
+    if let Some(url) = read_secret_file("database.url_file", &database.url_file, !database.url.is_empty(), problems) {
+        database.url = url;
+    }
+    if let Some(password) = read_secret_file("database.password_file", &database.password_file, false, problems) {
+        match crate::store::postgres::with_password(database.url.expose(), password.expose()) {
+            Ok(url) => database.url = Secret::new(url),
+            Err(message) => problems.push(Problem { key: "database.password_file".into(), message }),
+        }
+    }
     let http = &mut config.http;
     if let Some(token) = read_secret_file("http.token_file", &http.token_file, !http.token.is_empty(), problems) {
         http.token = token;

@@ -195,13 +195,13 @@ impl Daemon {
         shutdown: CancellationToken,
     ) -> Result<(), DaemonError> {
         let Daemon { settings, store, metrics, health, progress, clock } = self;
+        let wake = Arc::new(Notify::new());
         let upkeep_shutdown = CancellationToken::new();
-        let upkeep = store.start_upkeep(UPKEEP_INTERVAL, upkeep_shutdown.clone())?;
+        let upkeep = store.start_upkeep(UPKEEP_INTERVAL, Arc::clone(&wake), upkeep_shutdown.clone())?;
 
         let tracker = TaskTracker::new();
         let stop_deliveries = CancellationToken::new();
         let abort = CancellationToken::new();
-        let wake = Arc::new(Notify::new());
         let mut deliveries = Deliveries {
             store: Arc::clone(&store),
             metrics: Arc::clone(&metrics),
@@ -216,7 +216,7 @@ impl Daemon {
             Schedule::start(&settings.sweep.cron, &settings.sweep.timezone, metrics.sweeps_skipped.clone(), &clock)
                 .await?;
         info!(
-            database = %settings.database.path.display(),
+            database = %settings.database.target(),
             cron = %settings.sweep.cron,
             providers = %pollers.iter().map(|poller| poller.provider()).collect::<Vec<_>>().join(","),
             sinks = %deliveries.names().join(","),

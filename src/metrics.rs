@@ -98,6 +98,8 @@ pub struct Metrics {
     /// Pending deliveries held behind a dead letter of their cart, per sink (read at scrape
     /// time).
     pub deliveries_held: Family<SinkLabels, Gauge>,
+    /// Daemons sharing the database (PostgreSQL; read at scrape time).
+    pub members: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -121,6 +123,7 @@ impl Default for Metrics {
         let carts = Family::default();
         let outbox_backlog = Family::default();
         let deliveries_held = Family::default();
+        let members = Gauge::default();
         let mut registry = Registry::with_prefix("cartwatch");
         registry.register("sweeps", "Sweeps run", sweeps.clone());
         registry.register(
@@ -155,6 +158,7 @@ impl Default for Metrics {
             "Deliveries waiting behind a dead letter of the same cart, by sink",
             deliveries_held.clone(),
         );
+        registry.register("members", "Daemons sharing the database, alive in the last minute", members.clone());
         Metrics {
             registry,
             sweeps,
@@ -170,6 +174,7 @@ impl Default for Metrics {
             carts,
             outbox_backlog,
             deliveries_held,
+            members,
         }
     }
 }
@@ -199,6 +204,7 @@ impl Metrics {
         }
         self.outbox_backlog.clear();
         self.deliveries_held.clear();
+        self.members.set(i64::try_from(summary.members.len()).unwrap_or(i64::MAX));
         for sink in &summary.sinks {
             let labels = SinkLabels { sink: sink.sink.clone() };
             self.outbox_backlog.get_or_create(&labels).set(i64::try_from(sink.pending).unwrap_or(i64::MAX));

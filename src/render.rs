@@ -60,6 +60,22 @@ pub fn render_summary(summary: &Summary) -> String {
         }
     }
 
+    if !summary.members.is_empty() {
+        let _ = writeln!(out, "\nDaemons sharing the database");
+        for member in &summary.members {
+            let _ = writeln!(
+                out,
+                "  {} (pid {}, version {}) since {}, last seen {}, {} cart(s) claimed",
+                printable(&member.host),
+                member.pid,
+                printable(&member.version),
+                crate::time::format_ts(member.started_at),
+                crate::time::format_ts(member.last_seen),
+                member.carts_claimed
+            );
+        }
+    }
+
     let _ = writeln!(out, "\nSinks");
     if summary.sinks.is_empty() {
         let _ = writeln!(out, "  none configured");

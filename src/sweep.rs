@@ -69,10 +69,14 @@ struct Counters {
 }
 
 /// Per-sweep state shared by the batches in flight.
+#[derive(Default)]
 struct SweepRun {
     counters: Counters,
     stop: AtomicBool,
     stop_reason: Mutex<Option<String>>,
+    /// Carts claimed and not yet recorded: given back at the end, so that on a shared store
+    /// another daemon need not wait for their leases to run out.
+    unsettled: Mutex<HashSet<i64>>,
 }
 
 impl SweepRun {
@@ -147,6 +151,8 @@ pub struct Poller {
     progress: Arc<Progress>,
     metrics: Arc<Metrics>,
     clock: Clock,
+    /// A reload asked for a probe at once; on a shared store, every daemon must see it.
+    probe_requested: AtomicBool,
 }
 
 impl std::fmt::Debug for Poller {
@@ -183,7 +189,12 @@ impl Poller {
         let records = store.upstream_records().await?;
         let mut last = LastOutcomes::default();
         if let Some(record) = records.iter().find(|record| record.provider == name) {
-            health.resume(&record.snapshot, clock.now());
+            // A daemon joining others takes their view as it is; one alone probes at once.
+            if store.is_shared() {
+                health.sync(&record.snapshot);
+            } else {
+                health.resume(&record.snapshot, clock.now());
+            }
             if health.mode() != crate::upstream::Mode::Healthy {
                 warn!(
                     provider = name,
@@ -209,6 +220,7 @@ impl Poller {
             progress,
             metrics,
             clock,
+            probe_requested: AtomicBool::new(false),
         })
     }
 
@@ -227,6 +239,7 @@ impl Poller {
         );
         *self.tuning.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tuning);
         lock(&self.health).probe_now(self.clock.now());
+        self.probe_requested.store(true, Ordering::SeqCst);
         Ok(())
     }
 
@@ -273,7 +286,13 @@ impl Poller {
     async fn pipeline(&self, run: &SweepRun, shutdown: &CancellationToken, started: DateTime<Utc>) {
         let tuning = self.tuning();
         let concurrency = tuning.settings.concurrency.max(1);
-        let page_size = tuning.page_size;
+        // On a shared store a page is claimed for a lease: one round of requests, so that
+        // its carts are asked about well within the lease and the daemons sweeping at the
+        // same tick share the due carts between them.
+        let page_size = match self.store.is_shared() {
+            true => tuning.page_size.min((concurrency * tuning.settings.batch_size).clamp(1, 100_000) as u32),
+            false => tuning.page_size,
+        };
         drop(tuning);
         let mut cursor: Option<Option<DueCursor>> = Some(None);
         let mut queue: VecDeque<Vec<PollTarget>> = VecDeque::new();
@@ -287,6 +306,7 @@ impl Poller {
                     match self.store.claim_due(self.name, started, after, page_size).await {
                         Ok(page) => {
                             cursor = page.next.map(Some);
+                            lock(&run.unsettled).extend(page.carts.iter().map(|cart| cart.key));
                             queue.extend(self.batches_of(page.carts).await);
                         }
                         Err(error) => {
@@ -334,9 +354,12 @@ impl Poller {
             Err(error) => return Err(error),
         }
 
-        let run =
-            SweepRun { counters: Counters::default(), stop: AtomicBool::new(false), stop_reason: Mutex::new(None) };
+        let run = SweepRun::default();
         self.pipeline(&run, shutdown, started).await;
+        let unsettled: Vec<i64> = lock(&run.unsettled).drain().collect();
+        if let Err(error) = self.store.release(unsettled).await {
+            debug!(error = %error, "cannot give back the claims of carts not polled; their leases run out");
+        }
 
         let counters = &run.counters;
         let record = SweepRecord {
@@ -357,7 +380,9 @@ impl Poller {
             warn!(error = %error, "cannot record the sweep's figures");
         }
         // The health is written after every sweep, healthy included, so `status` always
-        // shows when the partner last answered.
+        // shows when the partner last answered; on a shared store, over the latest shared
+        // state, not a stale copy of it.
+        self.sync_health().await;
         self.save_health(Vec::new()).await;
         let finished = self.clock.now();
         self.metrics.sweeps.inc();
@@ -451,12 +476,11 @@ impl Poller {
             };
             // The tuning of this request: a reload in the middle of a sweep applies from here.
             let tuning = self.tuning();
-            if let Some(limiter) = &tuning.limiter
-                && shutdown.run_until_cancelled(limiter.until_ready()).await.is_none()
-            {
+            if !self.take_request_slot(&tuning, run, shutdown).await {
                 self.abandon_probe(probe);
                 return settled;
             }
+            let health_before = self.health();
             run.counters.requests.fetch_add(1, Ordering::Relaxed);
             self.progress.mark();
             // A shutdown drops the request in flight: nothing of this batch is written, and
@@ -472,8 +496,9 @@ impl Poller {
                     lock(&self.last).success_at = Some(self.clock.now());
                     let change = lock(&self.health).on_success();
                     self.after_probe(probe);
-                    if let Some(change) = change {
-                        self.handle_change(change, None).await;
+                    match change {
+                        Some(change) => self.handle_change(change, None).await,
+                        None => self.share_health(&health_before).await,
                     }
                     settled.push(reply_outcomes(&part, reply));
                 }
@@ -496,8 +521,9 @@ impl Poller {
                     };
                     self.after_probe(probe);
                     warn!(error = %upstream_error, carts = part.len(), probe, "batch request failed");
-                    if let Some(change) = change {
-                        self.handle_change(change, Some(&upstream_error)).await;
+                    match change {
+                        Some(change) => self.handle_change(change, Some(&upstream_error)).await,
+                        None => self.share_health(&health_before).await,
                     }
                     match kind {
                         FailureKind::Auth | FailureKind::Throttled(_) => {
@@ -527,20 +553,97 @@ impl Poller {
         settled
     }
 
+    /// Waits for a slot of the rate limit: the daemon's own, or on a shared store the one
+    /// every daemon shares. Returns `false` when the request should not go after all.
+    async fn take_request_slot(&self, tuning: &Tuning, run: &SweepRun, shutdown: &CancellationToken) -> bool {
+        let rate = tuning.settings.requests_per_second;
+        if !self.store.is_shared() || rate <= 0.0 {
+            return match &tuning.limiter {
+                Some(limiter) => shutdown.run_until_cancelled(limiter.until_ready()).await.is_some(),
+                None => true,
+            };
+        }
+        loop {
+            self.progress.mark();
+            match self.store.take_request_slot(self.name, rate).await {
+                Ok(None) => return true,
+                Ok(Some(wait)) => {
+                    if shutdown.run_until_cancelled(tokio::time::sleep(wait)).await.is_none() {
+                        return false;
+                    }
+                }
+                Err(error) => {
+                    warn!(error = %error, "cannot take a slot of the shared rate limit; the sweep ends here");
+                    run.counters.write_failures.fetch_add(1, Ordering::Relaxed);
+                    run.stop(format!("cannot reach the shared rate limit: {error}"));
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// On a shared store, takes the health every daemon shares (or, after a reload, makes
+    /// this daemon's probe-at-once the shared one).
+    async fn sync_health(&self) {
+        if !self.store.is_shared() {
+            return;
+        }
+        if self.probe_requested.swap(false, Ordering::SeqCst) {
+            lock(&self.health).probe_now(self.clock.now());
+            self.save_health(Vec::new()).await;
+            return;
+        }
+        match self.store.upstream_records().await {
+            Ok(records) => {
+                if let Some(record) = records.into_iter().find(|record| record.provider == self.name) {
+                    lock(&self.health).sync(&record.snapshot);
+                }
+            }
+            Err(error) => debug!(error = %error, "cannot read the shared upstream health; using this daemon's"),
+        }
+    }
+
+    /// On a shared store, saves a health that a request changed without a [`Change`] (a
+    /// failure counted, a count reset), so every daemon counts the same failures.
+    async fn share_health(&self, before: &crate::upstream::Snapshot) {
+        if self.store.is_shared() && self.health() != *before {
+            self.save_health(Vec::new()).await;
+        }
+    }
+
     /// Waits until a request may go. Returns whether it is a probe, or `None` when the sweep
     /// should send nothing more.
     async fn wait_for_gate(&self, run: &SweepRun, shutdown: &CancellationToken) -> Option<bool> {
+        let mut waited_for_others = Duration::ZERO;
         loop {
             if run.stopped() || shutdown.is_cancelled() {
                 return None;
             }
             self.progress.mark();
+            self.sync_health().await;
             let probe_finished = self.probe_done.notified();
             let now = self.clock.now();
             let gate = lock(&self.health).gate(now);
             match gate {
                 Gate::Send => return Some(false),
                 Gate::Probe => {
+                    let hold = self.tuning().settings.request_timeout * 2;
+                    match self.store.claim_probe(self.name, hold).await {
+                        Ok(false) => {
+                            // Another daemon is sending the probe; its outcome is shared.
+                            lock(&self.health).release_probe();
+                            if waited_for_others > MAX_IN_SWEEP_WAIT {
+                                run.stop("another daemon is probing the paused upstream".into());
+                                return None;
+                            }
+                            let pause = Duration::from_millis(250);
+                            shutdown.run_until_cancelled(self.clock.sleep(pause)).await?;
+                            waited_for_others += pause;
+                            continue;
+                        }
+                        Ok(true) => {}
+                        Err(error) => debug!(error = %error, "cannot claim the probe on the store; sending it"),
+                    }
                     info!("sending a probe request to the paused upstream");
                     return Some(true);
                 }
@@ -589,7 +692,13 @@ impl Poller {
         .await;
         self.metrics.store_apply_duration.observe(writing.elapsed().as_secs_f64());
         let applied = match applied {
-            Ok(applied) => applied,
+            Ok(applied) => {
+                let mut unsettled = lock(&run.unsettled);
+                for (key, ..) in &outcomes {
+                    unsettled.remove(key);
+                }
+                applied
+            }
             Err(error) => {
                 error!(error = %error, carts = count, "cannot record a batch's outcome; its carts stay due and will be polled again");
                 run.counters.write_failures.fetch_add(1, Ordering::Relaxed);

@@ -177,6 +177,28 @@ impl UpstreamHealth {
         self.batch_size = snapshot.batch_size.clamp(1, self.batch_size);
     }
 
+    /// Adopts the health several daemons share through their store, as it is: the pause
+    /// and its schedule, the failures in a row, a throttle, a refused batch size. A probe
+    /// this daemon has in flight stays in flight.
+    pub fn sync(&mut self, snapshot: &Snapshot) {
+        self.mode = snapshot.mode;
+        self.since = snapshot.since;
+        self.next_probe_at = snapshot.next_probe_at;
+        self.step = snapshot.step;
+        self.consecutive_failures = snapshot.consecutive_failures;
+        self.throttled_until = snapshot.throttled_until;
+        self.batch_size = snapshot.batch_size.clamp(1, self.configured_batch_size);
+        if self.mode == Mode::Healthy {
+            self.probe_in_flight = false;
+        }
+    }
+
+    /// Gives back a probe [`gate`](Self::gate) granted that another daemon is sending
+    /// instead: the schedule stays as it is.
+    pub fn release_probe(&mut self) {
+        self.probe_in_flight = false;
+    }
+
     /// The current batch size, which a 102 answer halves.
     pub fn batch_size(&self) -> usize {
         self.batch_size

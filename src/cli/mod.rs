@@ -403,7 +403,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             items::change_items(config_path, ItemAction::Remove, cart_id, item_ids, force).await
         }
         Command::Items { action: ItemsCommand::List { cart_id } } => items::list_items(config_path, cart_id).await,
-        Command::CheckConfig => check_config::check_config(config_path),
+        Command::CheckConfig => check_config::check_config(config_path).await,
         Command::Simulate {
             listen,
             latency,

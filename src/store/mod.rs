@@ -10,6 +10,7 @@
 //! lease them without the sweep changing.
 
 pub mod apply;
+pub mod postgres;
 pub mod sqlite;
 
 use std::path::PathBuf;
@@ -20,11 +21,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::checks::{MILLISECOND, MINUTE, Problems};
+use crate::checks::{MILLISECOND, MINUTE, Problems, SECOND};
 use crate::events::{EventType, NewEvent};
 use crate::model::{Cart, PollTarget, TrackRequest};
 use crate::outbox::{DeadLetter, DeliveryResult, DeliveryState, PendingDelivery, SinkSpec, StoredEvent};
 use crate::reconcile::{Context, PollOutcome};
+use crate::secret::Secret;
 use crate::upstream::Snapshot;
 
 /// Why a store operation failed.
@@ -37,8 +39,11 @@ pub enum StoreError {
     /// connection. Retryable later.
     #[error("the database cannot be written: {0}")]
     Unwritable(String),
+    /// The database server cannot be reached now (PostgreSQL). Retryable.
+    #[error("cannot reach the database: {0}")]
+    Unreachable(String),
     /// The database could not be opened.
-    #[error("cannot open the database {target}: {message} (does the directory exist and is it writable?)")]
+    #[error("cannot open the database {target}: {message}")]
     Open {
         /// The file (or server).
         target: String,
@@ -97,7 +102,7 @@ impl StoreError {
     /// Whether trying again later may succeed: locks and write failures are; schema problems
     /// are not.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Busy | StoreError::Unwritable(_) | StoreError::Task(_))
+        matches!(self, StoreError::Busy | StoreError::Unwritable(_) | StoreError::Unreachable(_) | StoreError::Task(_))
     }
 
     /// An equivalent error, for telling several waiters about one failure.
@@ -105,6 +110,7 @@ impl StoreError {
         match self {
             StoreError::Busy => StoreError::Busy,
             StoreError::Unwritable(message) => StoreError::Unwritable(message.clone()),
+            StoreError::Unreachable(message) => StoreError::Unreachable(message.clone()),
             other => StoreError::Task(other.to_string()),
         }
     }
@@ -118,15 +124,45 @@ pub struct DatabaseConfig {
     /// How long a statement waits for another connection's lock.
     #[serde(with = "humantime_serde")]
     pub busy_timeout: Duration,
+    /// A PostgreSQL connection string; when set, the store is PostgreSQL, shared by every
+    /// daemon that uses it.
+    pub url: Secret,
+    /// A file holding the connection string.
+    pub url_file: PathBuf,
+    /// A file holding the password, for a connection string without one.
+    pub password_file: PathBuf,
+    /// How long a claimed cart or delivery stays a daemon's (PostgreSQL).
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Connections per daemon (PostgreSQL).
+    pub pool_size: u32,
 }
 
 impl DatabaseConfig {
     /// Records every problem of this section in `problems`.
     pub fn check(&self, problems: &mut Problems) {
-        if self.path.as_os_str().is_empty() {
+        if self.path.as_os_str().is_empty() && self.url.is_empty() {
             problems.add("database.path", "must not be empty");
         }
+        if !self.url.is_empty()
+            && let Err(message) = postgres::parse_url(self.url.expose(), None)
+        {
+            problems.add("database.url", message);
+        }
         problems.duration("database.busy_timeout", self.busy_timeout, 10 * MILLISECOND, 10 * MINUTE);
+        problems.duration("database.lease", self.lease, 5 * SECOND, 60 * MINUTE);
+        problems.number("database.pool_size", self.pool_size, 2..=256);
+    }
+
+    /// Whether the store is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    /// Where the store is, for messages: the file, or the server and database (never the
+    /// password).
+    pub fn target(&self) -> String {
+        if self.is_postgres() { postgres::describe_url(self.url.expose()) } else { self.path.display().to_string() }
     }
 }
 
@@ -135,6 +171,9 @@ impl DatabaseConfig {
 ///
 /// Fails when it cannot be opened or migrated, or, without `create`, does not exist.
 pub async fn open(config: &DatabaseConfig, create: bool) -> Result<Arc<dyn Store>, StoreError> {
+    if config.is_postgres() {
+        return Ok(Arc::new(postgres::PgStore::connect(config).await?));
+    }
     let config = config.clone();
     let store = tokio::task::spawn_blocking(move || match create {
         true => sqlite::SqliteStore::open(&config.path, config.busy_timeout),
@@ -369,6 +408,27 @@ pub struct Summary {
     pub last_sweep: Option<SweepRecord>,
     /// Carts flagged invalid, with why.
     pub invalid: Vec<(String, String)>,
+    /// The daemons sharing the store (PostgreSQL), most recent first.
+    pub members: Vec<Member>,
+}
+
+/// A daemon sharing the store, as it announces itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Member {
+    /// Its name: host and a unique suffix; what its leases are held under.
+    pub member_id: String,
+    /// The machine.
+    pub host: String,
+    /// Its process id there.
+    pub pid: u32,
+    /// Its cartwatch version.
+    pub version: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it last said it was alive.
+    pub last_seen: DateTime<Utc>,
+    /// The carts it holds a lease on now.
+    pub carts_claimed: u64,
 }
 
 /// One recorded item change.
@@ -453,17 +513,51 @@ pub trait SweepStore: Send + Sync + std::fmt::Debug {
     /// Every upstream's persisted health.
     async fn upstream_records(&self) -> Result<Vec<UpstreamRecord>, StoreError>;
 
-    /// Starts what the store does in the background while a daemon runs (SQLite: copy the
-    /// WAL back into the database every `interval`), until `shutdown`; `None` when there is
-    /// nothing to do.
+    /// Starts what the store does in the background while a daemon runs, until `shutdown`:
+    /// SQLite copies the WAL back into the database every `interval`; PostgreSQL keeps this
+    /// daemon in the members table and wakes `events` when any member writes an event.
+    /// `None` when there is nothing to do.
     ///
     /// Fails when the background work cannot start.
     fn start_upkeep(
         &self,
         interval: Duration,
+        events: Arc<tokio::sync::Notify>,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<Option<tokio::task::JoinHandle<()>>, StoreError> {
-        let _ = (interval, shutdown);
+        let _ = (interval, events, shutdown);
+        Ok(None)
+    }
+
+    /// Whether several daemons share this store: claims are leases, and the upstream's
+    /// health, its probe and its rate limit are shared through it.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// Gives back claims on carts this daemon will not poll after all (a pause, a shutdown),
+    /// so another daemon need not wait for the lease to run out.
+    async fn release(&self, keys: Vec<i64>) -> Result<(), StoreError> {
+        let _ = keys;
+        Ok(())
+    }
+
+    /// Claims the probe of `provider`'s paused upstream for `hold`: `false` when another
+    /// daemon is sending it.
+    async fn claim_probe(&self, provider: &str, hold: Duration) -> Result<bool, StoreError> {
+        let _ = (provider, hold);
+        Ok(true)
+    }
+
+    /// Takes a request slot under a rate limit every daemon shares: `None` when the request
+    /// may go, else how long to wait before asking again. A store that is not shared leaves
+    /// the rate to each daemon (`None`).
+    async fn take_request_slot(
+        &self,
+        provider: &str,
+        requests_per_second: f64,
+    ) -> Result<Option<Duration>, StoreError> {
+        let _ = (provider, requests_per_second);
         Ok(None)
     }
 }
@@ -609,6 +703,11 @@ pub trait ReportStore: Send + Sync + std::fmt::Debug {
 
     /// Makes every tracked cart due at `now`; returns how many.
     async fn make_all_due(&self, now: DateTime<Utc>) -> Result<usize, StoreError>;
+
+    /// The daemons sharing the store, most recent first (none when it is not shared).
+    async fn members(&self) -> Result<Vec<Member>, StoreError> {
+        Ok(Vec::new())
+    }
 
     /// How many carts are due at `now`.
     async fn due_count(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;

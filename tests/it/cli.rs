@@ -6,6 +6,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
+use crate::on_both_stores;
 use cartwatch_simulator::{DEMO_API_CODE, SimulatorSettings};
 
 fn cartwatch(config: &Path, arguments: &[&str]) -> Output {
@@ -21,6 +22,28 @@ fn write_config(directory: &Path, extra: &str) -> std::path::PathBuf {
     );
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// A config file in `directory` on `backend`, `extra` appended, and the config it means.
+async fn write_config_on(
+    directory: &Path,
+    backend: Backend,
+    extra: &str,
+) -> (std::path::PathBuf, cartwatch::config::Config) {
+    let mut config = cartwatch::config::Config::default();
+    config.database.path = directory.join("cartwatch.db");
+    if backend == Backend::Postgres {
+        config.database.url = cartwatch::secret::Secret::new(postgres_database().await);
+    }
+    let path = directory.join("cartwatch.toml");
+    let text = format!(
+        "[database]\npath = {:?}\nurl = {:?}\n[sinks.log]\npath = {:?}\n{extra}",
+        config.database.path.display().to_string(),
+        config.database.url.expose(),
+        events_file(directory).display().to_string()
+    );
+    std::fs::write(&path, text).unwrap();
+    (path, config)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -56,10 +79,10 @@ fn track_rejects_malformed_ids_and_inserts_nothing() {
     assert_eq!(cart_count(directory.path()), 0);
 }
 
-#[test]
-fn track_normalises_and_status_shows_the_cart() {
+on_both_stores! {
+async fn track_normalises_and_status_shows_the_cart(backend: Backend) {
     let directory = tempfile::tempdir().unwrap();
-    let config = write_config(directory.path(), "");
+    let (config, settings) = write_config_on(directory.path(), backend, "").await;
     let output = cartwatch(&config, &["track", "--reference", "order-17", "921A2046-66A5-4C5F-B9A6-4BC646FA5E5A"]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(text(&output.stdout).contains("1 cart(s) added"));
@@ -84,7 +107,7 @@ fn track_normalises_and_status_shows_the_cart() {
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success());
     assert!(text(&output.stdout).contains("already tracked"));
-    assert_eq!(cart_count(directory.path()), 2);
+    assert_eq!(count_carts_elsewhere(&settings).await, 2);
 
     let output = cartwatch(&config, &["status", "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a"]);
     let stdout = text(&output.stdout);
@@ -102,6 +125,7 @@ fn track_normalises_and_status_shows_the_cart() {
     let output = cartwatch(&config, &["status", "59dcca18-05e7-4f5c-8b4e-89e987ea1e51"]);
     assert_eq!(output.status.code(), Some(5));
     assert!(text(&output.stderr).contains("not in the database"));
+}
 }
 
 #[test]
@@ -210,14 +234,12 @@ async fn sigterm_stops_the_daemon_cleanly_and_nothing_secret_is_logged() {
     simulator.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_lists_delivery_states_and_manages_dead_letters() {
+on_both_stores! {
+async fn events_lists_delivery_states_and_manages_dead_letters(backend: Backend) {
     use cartwatch::events::{CartEventData, EventType, NewEvent};
     use cartwatch::outbox::{DeliveryResult, SinkSpec};
     let directory = tempfile::tempdir().unwrap();
-    let config_path = write_config(directory.path(), "");
-    let mut config = cartwatch::config::Config::default();
-    config.database.path = directory.path().join("cartwatch.db");
+    let (config_path, config) = write_config_on(directory.path(), backend, "").await;
     let store = store_for(&config).await;
     let sink = |name: &str, kind: &str| SinkSpec {
         name: name.into(),
@@ -284,6 +306,7 @@ async fn events_lists_delivery_states_and_manages_dead_letters() {
     assert!(output.status.success());
     let states = store.delivery_states(vec![1]).await.unwrap();
     assert!(states.iter().all(|(_, state)| state.state.as_str() == "pending"));
+}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

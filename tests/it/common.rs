@@ -53,6 +53,92 @@ pub async fn store_for(config: &Config) -> Store {
     cartwatch::store::open(&config.database, true).await.unwrap()
 }
 
+/// Which store a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default.
+    Sqlite,
+    /// A fresh database on the PostgreSQL server `CARTWATCH_TEST_POSTGRES` names.
+    Postgres,
+}
+
+/// The connection string of the PostgreSQL server the tests use, or a failure saying how to
+/// start one: a test that needs PostgreSQL never passes without it.
+pub fn postgres_server() -> String {
+    std::env::var("CARTWATCH_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "this test needs PostgreSQL: start a throwaway server with `eval \"$(.ci/postgres start)\"` \
+             (it sets CARTWATCH_TEST_POSTGRES), then run the tests again"
+        )
+    })
+}
+
+/// A fresh, empty PostgreSQL database for one test; returns its connection string.
+pub async fn postgres_database() -> String {
+    let server = postgres_server();
+    let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls).await.unwrap_or_else(|error| {
+        panic!("cannot reach the PostgreSQL of CARTWATCH_TEST_POSTGRES ({server}): {error}; start one with `eval \"$(.ci/postgres start)\"`")
+    });
+    tokio::spawn(connection);
+    let name = format!("cw_{}", uuid::Uuid::new_v4().simple());
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    format!("{server} dbname={name}")
+}
+
+/// [`config_for`], on `backend`.
+pub async fn config_on(simulator: &Simulator, directory: &Path, backend: Backend) -> Config {
+    let mut config = config_for(simulator, directory);
+    if backend == Backend::Postgres {
+        config.database.url = cartwatch::secret::Secret::new(postgres_database().await);
+    }
+    config
+}
+
+/// How many carts the database holds, read on a connection of its own, as an operator's
+/// `sqlite3` or `psql` would.
+pub async fn count_carts_elsewhere(config: &Config) -> i64 {
+    if config.database.is_postgres() {
+        let (client, connection) =
+            tokio_postgres::connect(config.database.url.expose(), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client.query_one("SELECT count(*) FROM carts", &[]).await.unwrap().get(0)
+    } else {
+        let path = config.database.path.clone();
+        tokio::task::spawn_blocking(move || {
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .query_row("SELECT count(*) FROM carts", [], |row| row.get(0))
+                .expect("a reader is never refused")
+        })
+        .await
+        .unwrap()
+    }
+}
+
+/// Defines a test that runs on both stores: `NAME::sqlite` and `NAME::postgres`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($(#[doc = $doc:expr])* async fn $name:ident($backend:ident: Backend) $body:block) => {
+        $(#[doc = $doc])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn run($backend: Backend) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                run(Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                run(Backend::Postgres).await
+            }
+        }
+    };
+}
+
 /// A registration of the i.materialise cart `cart_id` (any GUID spelling).
 pub fn imaterialise_cart(cart_id: &str, reference: Option<String>) -> TrackRequest {
     Config::default().providers().track_request("imaterialise", cart_id, None, reference).unwrap()

@@ -7,15 +7,30 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
+use crate::on_both_stores;
 use cartwatch_simulator::{DEMO_API_CODE, SimulatorSettings};
 use rand::{RngExt, SeedableRng};
 
-fn write_config(directory: &Path, base_url: &str, webhook_url: &str, schedule: &str) -> std::path::PathBuf {
+/// The `[database]` line of a config in `directory` on `backend`.
+async fn database_line(directory: &Path, backend: Backend) -> String {
+    match backend {
+        Backend::Sqlite => format!("path = {:?}", directory.join("cartwatch.db").display().to_string()),
+        Backend::Postgres => format!("url = {:?}\nlease = \"5s\"", postgres_database().await),
+    }
+}
+
+fn write_config(
+    directory: &Path,
+    base_url: &str,
+    webhook_url: &str,
+    schedule: &str,
+    database: &str,
+) -> std::path::PathBuf {
     let path = directory.join("cartwatch.toml");
     let text = format!(
         r#"
 [database]
-path = {database:?}
+{database}
 [sweep]
 cron = "* * * * * *"
 [imaterialise]
@@ -41,7 +56,6 @@ path = {log:?}
 level = "debug"
 format = "json"
 "#,
-        database = directory.join("cartwatch.db").display().to_string(),
         log = events_file(directory).display().to_string(),
     );
     std::fs::write(&path, text).unwrap();
@@ -82,8 +96,8 @@ fn true_pairs_in(first: &[Received]) -> Vec<(String, String)> {
     checkouts_and_orders(&first.iter().map(|r| r.body.clone()).collect::<Vec<_>>())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigkill_at_random_moments_loses_no_event() {
+on_both_stores! {
+async fn sigkill_at_random_moments_loses_no_event(backend: Backend) {
     let directory = tempfile::tempdir().unwrap();
     // A partner and a receiver that take a moment per request, so kills land during sweeps
     // and during deliveries.
@@ -101,7 +115,8 @@ async fn sigkill_at_random_moments_loses_no_event() {
         TestReceiver::start_with_delay("127.0.0.1:0".parse().unwrap(), WEBHOOK_SECRET, Duration::from_millis(150))
             .await;
     let schedule = r#"["0s", "200ms", "500ms", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s", "1s"]"#;
-    let config = write_config(directory.path(), &simulator.base_url(), &receiver.url(), schedule);
+    let database = database_line(directory.path(), backend).await;
+    let config = write_config(directory.path(), &simulator.base_url(), &receiver.url(), schedule, &database);
     track(&config, &simulator);
 
     let mut random = rand::rngs::StdRng::seed_from_u64(2026);
@@ -114,9 +129,11 @@ async fn sigkill_at_random_moments_loses_no_event() {
         // in flight, so both kinds of moment are certainly covered.
         let sweeping = || simulator.stats().in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0;
         let delivering = || receiver.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0;
+        // (On PostgreSQL the carts a killed daemon claimed wait out their lease, 5 s here, so
+        // the wait is longer.)
         match kills % 6 {
-            1 => drop(wait_until(Duration::from_secs(2), async || sweeping()).await),
-            4 => drop(wait_until(Duration::from_secs(2), async || delivering()).await),
+            1 => drop(wait_until(Duration::from_secs(6), async || sweeping()).await),
+            4 => drop(wait_until(Duration::from_secs(6), async || delivering()).await),
             _ => {}
         }
         let (in_sweep, in_delivery) = (sweeping(), delivering());
@@ -158,15 +175,16 @@ async fn sigkill_at_random_moments_loses_no_event() {
     println!("{} deliveries of {} events", received.len(), first.len());
     simulator.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_receiver_outage_delays_but_loses_nothing() {
+on_both_stores! {
+async fn a_receiver_outage_delays_but_loses_nothing(backend: Backend) {
     let directory = tempfile::tempdir().unwrap();
     let simulator =
         simulator(SimulatorSettings { seed: 41, carts: 20, unknown_carts: 0, ..SimulatorSettings::default() }).await;
     let receiver = TestReceiver::start("127.0.0.1:0".parse().unwrap(), WEBHOOK_SECRET).await;
     let address = receiver.address;
-    let mut config = config_for(&simulator, directory.path());
+    let mut config = config_on(&simulator, directory.path(), backend).await;
     add_webhook(&mut config, "erp", &receiver.url(), WEBHOOK_SECRET);
     config.delivery.schedule = ["0s", "500ms", "1s", "2s", "4s", "8s"]
         .iter()
@@ -201,6 +219,7 @@ async fn a_receiver_outage_delays_but_loses_nothing() {
     );
     simulator.stop().await;
 }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_secret_never_appears_in_logs_output_or_the_database() {
@@ -221,6 +240,7 @@ async fn the_webhook_secret_never_appears_in_logs_output_or_the_database() {
         &simulator.base_url(),
         &format!("{}-missing", receiver.url()),
         r#"["0s", "100ms"]"#,
+        &database_line(directory.path(), Backend::Sqlite).await,
     );
     track(&config, &simulator);
     let child = spawn_daemon(&config);

@@ -6,34 +6,33 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::common::*;
+use crate::on_both_stores;
 use cartwatch_simulator::SimulatorSettings;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_true_checkout_and_order_is_announced_exactly_once() {
+on_both_stores! {
+async fn every_true_checkout_and_order_is_announced_exactly_once(backend: Backend) {
     let directory = tempfile::tempdir().unwrap();
     let simulator =
         simulator(SimulatorSettings { seed: 11, carts: 40, unknown_carts: 3, ..SimulatorSettings::default() }).await;
-    let config = config_for(&simulator, directory.path());
+    let config = config_on(&simulator, directory.path(), backend).await;
     let store = store_for(&config).await;
     let tracked = track_all(&store, &simulator).await;
     assert_eq!(tracked, 43);
 
     let daemon = RunningDaemon::start(config.clone());
-    // Another connection reads throughout, as an operator with sqlite3 would.
-    let database = config.database.path.clone();
-    let reader = tokio::task::spawn_blocking(move || {
-        let mut reads = 0;
-        let started = std::time::Instant::now();
-        while started.elapsed() < Duration::from_secs(8) {
-            let connection = rusqlite::Connection::open(&database).unwrap();
-            let count: i64 = connection
-                .query_row("SELECT count(*) FROM carts", [], |row| row.get(0))
-                .expect("reader is never refused");
-            assert_eq!(count, 43);
-            reads += 1;
-            std::thread::sleep(Duration::from_millis(20));
+    // Another connection reads throughout, as an operator with sqlite3 or psql would.
+    let reader = tokio::spawn({
+        let config = config.clone();
+        async move {
+            let mut reads = 0;
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_secs(8) {
+                assert_eq!(count_carts_elsewhere(&config).await, 43);
+                reads += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            reads
         }
-        reads
     });
 
     let settled = wait_until(Duration::from_secs(60), async || {
@@ -69,7 +68,7 @@ async fn every_true_checkout_and_order_is_announced_exactly_once() {
     unknown.sort();
     assert_eq!(not_found, unknown);
 
-    // The right OrderIDs in SQLite, and the carts no longer polled.
+    // The right OrderIDs in the store, and the carts no longer polled.
     let mut orders = 0;
     for transition in simulator.truth().into_iter().filter(|t| t.to == "Ordered") {
         let cart = store.cart(transition.cart_id.clone()).await.unwrap().unwrap();
@@ -85,13 +84,14 @@ async fn every_true_checkout_and_order_is_announced_exactly_once() {
     assert!(ordered.iter().all(|e| e["data"]["orderId"].is_string() && e["data"]["provider"] == "imaterialise"));
     simulator.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poll_once_sends_the_fewest_requests_for_the_due_carts() {
+on_both_stores! {
+async fn poll_once_sends_the_fewest_requests_for_the_due_carts(backend: Backend) {
     let directory = tempfile::tempdir().unwrap();
     let simulator =
         simulator(SimulatorSettings { seed: 3, carts: 93, unknown_carts: 0, ..SimulatorSettings::default() }).await;
-    let config = config_for(&simulator, directory.path());
+    let config = config_on(&simulator, directory.path(), backend).await;
     let store = store_for(&config).await;
     assert_eq!(track_all(&store, &simulator).await, 93);
 
@@ -113,13 +113,14 @@ async fn poll_once_sends_the_fewest_requests_for_the_due_carts() {
     assert_eq!(logged, summary.events);
     simulator.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_size_and_xml_are_honoured_end_to_end() {
+on_both_stores! {
+async fn batch_size_and_xml_are_honoured_end_to_end(backend: Backend) {
     let directory = tempfile::tempdir().unwrap();
     let simulator =
         simulator(SimulatorSettings { seed: 5, carts: 12, unknown_carts: 1, ..SimulatorSettings::default() }).await;
-    let mut config = config_for(&simulator, directory.path());
+    let mut config = config_on(&simulator, directory.path(), backend).await;
     config.imaterialise.batch_size = 4;
     config.imaterialise.format = cartwatch::config::WireFormat::Xml;
     let store = store_for(&config).await;
@@ -140,13 +141,14 @@ async fn batch_size_and_xml_are_honoured_end_to_end() {
     assert_eq!(by_status.get(&None), Some(&1), "only the unknown cart has no status: {by_status:?}");
     simulator.stop().await;
 }
+}
 
+on_both_stores! {
 /// A partner's bad day, a few seconds of each: creation dates of `0001-01-01`, orders without
 /// their OrderID, and every cart listed twice with a stale copy first. Every order still
 /// reaches the log sink and a webhook with its OrderID, exactly once each; no cart expires;
 /// no checkout is announced more often than it happened.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_partners_bad_day_loses_no_order_and_announces_nothing_twice() {
+async fn a_partners_bad_day_loses_no_order_and_announces_nothing_twice(backend: Backend) {
     use cartwatch_simulator::FaultSpec;
     let directory = tempfile::tempdir().unwrap();
     let settings = SimulatorSettings {
@@ -159,7 +161,7 @@ async fn a_partners_bad_day_loses_no_order_and_announces_nothing_twice() {
     };
     let simulator = simulator(settings).await;
     let receiver = TestReceiver::start("127.0.0.1:0".parse().unwrap(), WEBHOOK_SECRET).await;
-    let mut config = config_for(&simulator, directory.path());
+    let mut config = config_on(&simulator, directory.path(), backend).await;
     // Short enough that any date believed from those answers would expire the cart at once.
     config.cadence.max_age = Duration::from_secs(3600);
     add_webhook(&mut config, "erp", &receiver.url(), WEBHOOK_SECRET);
@@ -231,4 +233,5 @@ async fn a_partners_bad_day_loses_no_order_and_announces_nothing_twice() {
     }
     receiver.stop().await;
     simulator.stop().await;
+}
 }

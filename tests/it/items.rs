@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
+use crate::on_both_stores;
 use cartwatch::cart_id::{CartId, ItemId};
 use cartwatch::config::{Config, WireFormat};
 use cartwatch::items::{ChangeError, ItemsService};
@@ -347,8 +348,8 @@ async fn code_110_polls_the_cart_at_once_and_111_is_noted_but_ends_nothing_alone
     assert!(store.events_after(0, 10).await.unwrap().is_empty(), "nothing announced on one answer");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn end_to_end_against_the_simulator_through_the_binary_and_the_http_api() {
+on_both_stores! {
+async fn end_to_end_against_the_simulator_through_the_binary_and_the_http_api(backend: Backend) {
     let directory = tempfile::tempdir().unwrap();
     let simulator =
         simulator(SimulatorSettings { seed: 19, carts: 4, unknown_carts: 0, ..SimulatorSettings::default() }).await;
@@ -357,7 +358,7 @@ async fn end_to_end_against_the_simulator_through_the_binary_and_the_http_api() 
     simulator.force_status(pending, Status::Pending);
     simulator.force_status(checked_out, Status::CheckedOut);
     simulator.force_status(http_cart, Status::NotOrdered);
-    let mut config = config_for(&simulator, directory.path());
+    let mut config = config_on(&simulator, directory.path(), backend).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     config.http.listen = format!("127.0.0.1:{port}");
     let store = store_for(&config).await;
@@ -373,8 +374,9 @@ async fn end_to_end_against_the_simulator_through_the_binary_and_the_http_api() 
     std::fs::write(
         &config_path,
         format!(
-            "[database]\npath = {:?}\n[imaterialise]\nbase_url = {:?}\n[sinks.log]\nenabled = false\n",
+            "[database]\npath = {:?}\nurl = {:?}\n[imaterialise]\nbase_url = {:?}\n[sinks.log]\nenabled = false\n",
             config.database.path.display().to_string(),
+            config.database.url.expose(),
             simulator.base_url()
         ),
     )
@@ -448,4 +450,5 @@ async fn end_to_end_against_the_simulator_through_the_binary_and_the_http_api() 
     assert!(pending_now);
     daemon.stop().await;
     simulator.stop().await;
+}
 }

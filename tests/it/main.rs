@@ -15,6 +15,7 @@ mod parsers;
 mod providers;
 mod resilience;
 mod service;
+mod several_daemons;
 mod tidy;
 mod titelive;
 mod webhooks;

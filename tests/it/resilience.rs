@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use crate::on_both_stores;
 use cartwatch::clock::Clock;
 use cartwatch::config::Config;
 use cartwatch_simulator::{Fault, FaultSpec, Simulator, SimulatorSettings};
@@ -33,8 +34,8 @@ fn slow_carts(carts: usize, unknown_carts: usize) -> SimulatorSettings {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_transient_fault_backs_off_the_batch_and_records_why() {
+on_both_stores! {
+async fn each_transient_fault_backs_off_the_batch_and_records_why(backend: Backend) {
     let cases = [
         (Fault::Code1, "error 1"),
         (Fault::Http500, "HTTP 500"),
@@ -45,7 +46,7 @@ async fn each_transient_fault_backs_off_the_batch_and_records_why() {
         let directory = tempfile::tempdir().unwrap();
         let simulator = simulator(SimulatorSettings { hang_for: Duration::from_secs(3), ..slow_carts(25, 0) }).await;
         simulator.set_faults(FaultSpec { always: Some(fault), ..FaultSpec::default() });
-        let mut config = config_for(&simulator, directory.path());
+        let mut config = config_on(&simulator, directory.path(), backend).await;
         config.imaterialise.request_timeout = Duration::from_millis(500);
         config.backoff.circuit_after = 100;
         config.backoff.transient_initial = Duration::from_secs(1);
@@ -79,13 +80,14 @@ async fn each_transient_fault_backs_off_the_batch_and_records_why() {
         simulator.stop().await;
     }
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn code_102_halves_the_batch_size_and_remembers_it() {
+on_both_stores! {
+async fn code_102_halves_the_batch_size_and_remembers_it(backend: Backend) {
     let directory = tempfile::tempdir().unwrap();
     let simulator = simulator(slow_carts(20, 0)).await;
     simulator.set_faults(FaultSpec { max_ids: 4, ..FaultSpec::default() });
-    let mut config = config_for(&simulator, directory.path());
+    let mut config = config_on(&simulator, directory.path(), backend).await;
     config.imaterialise.concurrency = 1;
     let store = store_for(&config).await;
     track_all(&store, &simulator).await;
@@ -122,14 +124,15 @@ async fn code_102_halves_the_batch_size_and_remembers_it() {
     assert_eq!(later, [2; 10]);
     simulator.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn code_501_is_isolated_to_the_cart_that_causes_it() {
+on_both_stores! {
+async fn code_501_is_isolated_to_the_cart_that_causes_it(backend: Backend) {
     let directory = tempfile::tempdir().unwrap();
     let simulator = simulator(slow_carts(10, 0)).await;
     let poison = simulator.cart_ids()[6].to_string();
     simulator.set_faults(FaultSpec { poison_cart: Some(poison.clone()), ..FaultSpec::default() });
-    let mut config = config_for(&simulator, directory.path());
+    let mut config = config_on(&simulator, directory.path(), backend).await;
     config.imaterialise.concurrency = 1;
     let store = store_for(&config).await;
     track_all(&store, &simulator).await;
@@ -154,12 +157,13 @@ async fn code_501_is_isolated_to_the_cart_that_causes_it() {
     }
     simulator.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn carts_not_found_n_times_in_a_row_are_given_up_with_an_event() {
+on_both_stores! {
+async fn carts_not_found_n_times_in_a_row_are_given_up_with_an_event(backend: Backend) {
     let directory = tempfile::tempdir().unwrap();
     let simulator = simulator(slow_carts(0, 2)).await;
-    let config = config_for(&simulator, directory.path());
+    let config = config_on(&simulator, directory.path(), backend).await;
     assert_eq!(config.backoff.not_found_after, 3);
     let store = store_for(&config).await;
     track_all(&store, &simulator).await;
@@ -184,13 +188,14 @@ async fn carts_not_found_n_times_in_a_row_are_given_up_with_an_event() {
     assert_eq!(poll_once(&config, &clock).await.requests, 0, "no longer polled");
     simulator.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retry_after_is_honoured() {
+on_both_stores! {
+async fn retry_after_is_honoured(backend: Backend) {
     let directory = tempfile::tempdir().unwrap();
     let simulator = simulator(slow_carts(5, 0)).await;
     simulator.set_faults(FaultSpec { always: Some(Fault::Throttled(2)), ..FaultSpec::default() });
-    let config = config_for(&simulator, directory.path());
+    let config = config_on(&simulator, directory.path(), backend).await;
     let store = store_for(&config).await;
     track_all(&store, &simulator).await;
 
@@ -207,9 +212,10 @@ async fn retry_after_is_honoured() {
     assert!(recovered);
     simulator.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_and_unrequested_carts_in_an_answer_are_handled() {
+on_both_stores! {
+async fn missing_and_unrequested_carts_in_an_answer_are_handled(backend: Backend) {
     let directory = tempfile::tempdir().unwrap();
     let simulator = simulator(slow_carts(6, 0)).await;
     let missing = simulator.cart_ids()[2].to_string();
@@ -219,7 +225,7 @@ async fn missing_and_unrequested_carts_in_an_answer_are_handled() {
         extra_cart: Some(stranger.clone()),
         ..FaultSpec::default()
     });
-    let config = config_for(&simulator, directory.path());
+    let config = config_on(&simulator, directory.path(), backend).await;
     let store = store_for(&config).await;
     track_all(&store, &simulator).await;
     let clock = simulated_clock();
@@ -236,12 +242,13 @@ async fn missing_and_unrequested_carts_in_an_answer_are_handled() {
     }
     simulator.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_rate_limit_holds_even_when_many_carts_are_due_at_once() {
+on_both_stores! {
+async fn the_rate_limit_holds_even_when_many_carts_are_due_at_once(backend: Backend) {
     let directory = tempfile::tempdir().unwrap();
     let simulator = simulator(slow_carts(20, 0)).await;
-    let mut config = config_for(&simulator, directory.path());
+    let mut config = config_on(&simulator, directory.path(), backend).await;
     config.imaterialise.batch_size = 1;
     config.imaterialise.concurrency = 8;
     config.imaterialise.requests_per_second = 5.0;
@@ -263,6 +270,7 @@ async fn the_rate_limit_holds_even_when_many_carts_are_due_at_once() {
     }
     assert!(sorted[19] - sorted[0] >= Duration::from_millis(19 * 180));
     simulator.stop().await;
+}
 }
 
 fn sqlite3_available() -> bool {
@@ -408,12 +416,12 @@ async fn rows_inserted_by_hand_are_normalised_or_flagged_and_never_sent_malforme
     simulator.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn carts_past_their_maximum_age_expire_with_an_event() {
+on_both_stores! {
+async fn carts_past_their_maximum_age_expire_with_an_event(backend: Backend) {
     let directory = tempfile::tempdir().unwrap();
     let simulator =
         simulator(SimulatorSettings { seed: 8, carts: 20, unknown_carts: 0, ..SimulatorSettings::default() }).await;
-    let mut config = config_for(&simulator, directory.path());
+    let mut config = config_on(&simulator, directory.path(), backend).await;
     // The simulator's carts were created minutes ago, before they were registered; their
     // maximum age of one second counts from registration, and expiry needs two polls past it.
     config.cadence.max_age = Duration::from_secs(1);
@@ -439,9 +447,10 @@ async fn carts_past_their_maximum_age_expire_with_an_event() {
     assert_eq!(poll_once(&config, &clock).await.requests, 0);
     simulator.stop().await;
 }
+}
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn chaos_loses_no_transition_and_announces_each_once() {
+on_both_stores! {
+async fn chaos_loses_no_transition_and_announces_each_once(backend: Backend) {
     let directory = tempfile::tempdir().unwrap();
     let settings = SimulatorSettings {
         seed: 21,
@@ -454,7 +463,7 @@ async fn chaos_loses_no_transition_and_announces_each_once() {
         ..SimulatorSettings::default()
     };
     let simulator = simulator(settings).await;
-    let mut config = config_for(&simulator, directory.path());
+    let mut config = config_on(&simulator, directory.path(), backend).await;
     config.imaterialise.request_timeout = Duration::from_millis(500);
     config.backoff.transient_initial = Duration::from_millis(200);
     config.backoff.transient_max = Duration::from_secs(1);
@@ -483,4 +492,5 @@ async fn chaos_loses_no_transition_and_announces_each_once() {
         assert_eq!(cart.order_id, transition.order_id);
     }
     simulator.stop().await;
+}
 }

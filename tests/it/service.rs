@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use crate::on_both_stores;
 use cartwatch_simulator::{DEMO_API_CODE, SimulatorSettings};
 
 fn write_config(directory: &Path, base_url: &str) -> std::path::PathBuf {
@@ -143,6 +144,32 @@ fn sqlite3(database: &Path, query: &str) -> Vec<serde_json::Value> {
     if text.trim().is_empty() { Vec::new() } else { serde_json::from_str(&text).unwrap() }
 }
 
+/// Runs `query` as pasted into `psql`, each row as a JSON object (integers as numbers).
+async fn psql(url: &str, query: &str) -> Vec<serde_json::Value> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let messages = client.simple_query(query).await.unwrap_or_else(|error| panic!("{query}: {error}"));
+    messages
+        .iter()
+        .filter_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .map(|row| {
+            let fields = row.columns().iter().enumerate().map(|(index, column)| {
+                let value = match row.get(index) {
+                    None => serde_json::Value::Null,
+                    Some(text) => {
+                        text.parse::<i64>().map_or_else(|_| serde_json::json!(text), |number| serde_json::json!(number))
+                    }
+                };
+                (column.name().to_owned(), value)
+            });
+            serde_json::Value::Object(fields.collect())
+        })
+        .collect()
+}
+
 /// The README's `sql` blocks, by their `-- name:` line.
 fn readme_queries() -> Vec<(String, String)> {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
@@ -157,13 +184,13 @@ fn readme_queries() -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_readme_query_answers_correctly_on_a_database_the_daemon_filled() {
+on_both_stores! {
+async fn every_readme_query_answers_correctly_on_a_database_the_daemon_filled(backend: Backend) {
     assert!(Command::new("sqlite3").arg("-version").output().is_ok(), "sqlite3 is required (.ci/run installs it)");
     let directory = tempfile::tempdir().unwrap();
     let simulator =
         simulator(SimulatorSettings { seed: 13, carts: 25, unknown_carts: 1, ..SimulatorSettings::default() }).await;
-    let mut config = config_for(&simulator, directory.path());
+    let mut config = config_on(&simulator, directory.path(), backend).await;
     // A webhook nobody listens on, with one attempt: every event becomes a dead letter.
     add_webhook(&mut config, "erp", "http://127.0.0.1:9/hook", WEBHOOK_SECRET);
     config.delivery.schedule = vec![Duration::ZERO.into()];
@@ -181,15 +208,23 @@ async fn every_readme_query_answers_correctly_on_a_database_the_daemon_filled() 
 
     // One cart checked out two hours ago and never ordered.
     let database = config.database.path.clone();
-    let stuck: Option<String> = rusqlite::Connection::open(&database)
-        .unwrap()
-        .query_row(
-            "UPDATE carts SET status_changed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 hours') \
-             WHERE cart_key = (SELECT min(cart_key) FROM carts WHERE state = 'tracking' AND status = 'CheckedOut') RETURNING cart_id",
-            [],
-            |row| row.get(0),
-        )
-        .ok();
+    let url = config.database.url.expose().to_owned();
+    let one_stuck = "WHERE cart_key = (SELECT min(cart_key) FROM carts WHERE state = 'tracking' AND status = 'CheckedOut') \
+                     RETURNING cart_id";
+    let stuck: Option<String> = match backend {
+        Backend::Sqlite => rusqlite::Connection::open(&database)
+            .unwrap()
+            .query_row(
+                &format!("UPDATE carts SET status_changed_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 hours') {one_stuck}"),
+                [],
+                |row| row.get(0),
+            )
+            .ok(),
+        Backend::Postgres => psql(&url, &format!("UPDATE carts SET status_changed_at = now() - interval '2 hours' {one_stuck}"))
+            .await
+            .first()
+            .and_then(|row| row["cart_id"].as_str().map(str::to_owned)),
+    };
     assert!(stuck.is_some(), "the seed has a cart that stays CheckedOut");
     let events = store.events_after(0, 10_000).await.unwrap();
     let orders: Vec<_> = simulator.truth().into_iter().filter(|t| t.to == "Ordered").collect();
@@ -215,7 +250,10 @@ async fn every_readme_query_answers_correctly_on_a_database_the_daemon_filled() 
     );
     for (name, query) in &queries {
         let query = query.replace("921a2046-66a5-4c5f-b9a6-4bc646fa5e5a", &history_cart);
-        let rows = sqlite3(&database, &query);
+        let rows = match backend {
+            Backend::Sqlite => sqlite3(&database, &query),
+            Backend::Postgres => psql(&url, &query).await,
+        };
         match name.as_str() {
             "overview" => assert_eq!(rows.iter().map(|r| r["carts"].as_u64().unwrap()).sum::<u64>(), tracked),
             "orders-today" => {
@@ -277,4 +315,5 @@ async fn every_readme_query_answers_correctly_on_a_database_the_daemon_filled() 
         }
     }
     simulator.stop().await;
+}
 }

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::common::*;
+use crate::on_both_stores;
 use cartwatch::config::Config;
 use cartwatch::model::{CartReport, TrackRequest, UpstreamError};
 use cartwatch::provider::titelive::{self, CheckCode, TiteliveClient, Token};
@@ -390,8 +391,8 @@ async fn a_database_from_before_providers_migrates_and_keeps_working() {
     simulator.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn confirm_through_the_http_api() {
+on_both_stores! {
+async fn confirm_through_the_http_api(backend: Backend) {
     let directory = tempfile::tempdir().unwrap();
     let settings = SimulatorSettings {
         seed: 43,
@@ -401,7 +402,7 @@ async fn confirm_through_the_http_api() {
         ..SimulatorSettings::default()
     };
     let simulator = simulator(settings).await;
-    let mut config = config_for(&simulator, directory.path());
+    let mut config = config_on(&simulator, directory.path(), backend).await;
     config.imaterialise.enabled = false;
     config.titelive.enabled = true;
     config.titelive.base_url = simulator.base_url();
@@ -458,6 +459,7 @@ async fn confirm_through_the_http_api() {
     assert!(ordered);
     daemon.stop().await;
     simulator.stop().await;
+}
 }
 
 /// A session token is a customer's credential: it is kept for polling and nowhere else. Logs,

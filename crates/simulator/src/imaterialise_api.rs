@@ -65,7 +65,7 @@ async fn statuses(State(state): State<Arc<SimState>>, headers: HeaderMap, body: 
         let _ = state.stats.first_request_unix_micros.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
     }
     let _in_flight = InFlight::enter(&state.stats.in_flight);
-    let mut record = RequestRecord { at: started, cart_ids: 0, outcome: "ok" };
+    let mut record = RequestRecord { at: started, cart_ids: 0, asked: Vec::new(), outcome: "ok" };
     let response = answer(&state, &headers, &body, &mut record).await;
     lock(&state.request_log).push(record);
     state.stats.busy_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -112,6 +112,7 @@ async fn answer(state: &SimState, headers: &HeaderMap, body: &[u8], record: &mut
         return general_error(xml, 501, "Wrong request body. Check if all parameters are set correctly.");
     };
     record.cart_ids = cart_ids.len();
+    record.asked = cart_ids.iter().filter_map(|id| canonical_guid(id)).collect();
     let faults = lock(&state.faults).clone();
     if cart_ids.len() > faults.max_ids {
         record.outcome = "code102";

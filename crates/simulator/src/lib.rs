@@ -135,6 +135,8 @@ pub struct RequestRecord {
     pub at: std::time::Instant,
     /// How many cart ids it asked about (0 when the body was not read).
     pub cart_ids: usize,
+    /// The cart ids it asked about, in canonical form.
+    pub asked: Vec<String>,
     /// How it was answered: `ok`, `unauthorized`, `fault:<kind>`, `code102`, `code501`.
     pub outcome: &'static str,
 }

@@ -87,7 +87,7 @@ impl SqliteStore {
         let open = |flags: OpenFlags| -> Result<Connection, StoreError> {
             let connection = Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
                 target: path.display().to_string(),
-                message: source.to_string(),
+                message: format!("{source} (does the directory exist and is it writable?)"),
             })?;
             connection.busy_timeout(busy_timeout)?;
             rusqlite::vtab::array::load_module(&connection)?;

@@ -75,6 +75,7 @@ impl SweepStore for SqliteStore {
     fn start_upkeep(
         &self,
         interval: std::time::Duration,
+        _events: std::sync::Arc<tokio::sync::Notify>,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Result<Option<tokio::task::JoinHandle<()>>, StoreError> {
         self.start_background_checkpoints(interval, shutdown).map(Some)
