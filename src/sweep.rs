@@ -42,6 +42,9 @@ use crate::upstream::{Change, Gate, UpstreamHealth};
 /// leave the remaining carts due for the next one.
 const MAX_IN_SWEEP_WAIT: Duration = Duration::from_secs(5);
 
+/// How old the shared upstream health may be before a request reads it again.
+const SHARED_HEALTH_AGE: Duration = Duration::from_millis(200);
+
 /// Batch outcomes being written at once; the writer commits those that arrive together in
 /// one transaction.
 const WRITES_IN_FLIGHT: usize = 64;
@@ -153,6 +156,8 @@ pub struct Poller {
     clock: Clock,
     /// A reload asked for a probe at once; on a shared store, every daemon must see it.
     probe_requested: AtomicBool,
+    /// When the shared health was last read, on the poller's clock.
+    synced_at: Mutex<Option<DateTime<Utc>>>,
 }
 
 impl std::fmt::Debug for Poller {
@@ -221,6 +226,7 @@ impl Poller {
             metrics,
             clock,
             probe_requested: AtomicBool::new(false),
+            synced_at: Mutex::new(None),
         })
     }
 
@@ -379,11 +385,10 @@ impl Poller {
         if let Err(error) = self.store.record_sweep(record.clone()).await {
             warn!(error = %error, "cannot record the sweep's figures");
         }
-        // The health is written after every sweep, healthy included, so `status` always
-        // shows when the partner last answered; on a shared store, over the latest shared
-        // state, not a stale copy of it.
-        self.sync_health().await;
-        self.save_health(Vec::new()).await;
+        // When the partner last answered and failed is written after every sweep, so
+        // `status` always shows it; the health itself, when it changed. (On a shared store
+        // another daemon may have changed it since this one last read it.)
+        self.note_outcomes().await;
         let finished = self.clock.now();
         self.metrics.sweeps.inc();
         self.metrics.sweep_duration.observe((finished - started).to_std().unwrap_or_default().as_secs_f64());
@@ -593,6 +598,16 @@ impl Poller {
             self.save_health(Vec::new()).await;
             return;
         }
+        // Read at most every SHARED_HEALTH_AGE: a pause another daemon saw stops this one's
+        // requests within that time, without a query before every request.
+        {
+            let now = self.clock.now();
+            let mut synced_at = lock(&self.synced_at);
+            if synced_at.is_some_and(|at| (now - at).to_std().unwrap_or_default() < SHARED_HEALTH_AGE) {
+                return;
+            }
+            *synced_at = Some(now);
+        }
         match self.store.upstream_records().await {
             Ok(records) => {
                 if let Some(record) = records.into_iter().find(|record| record.provider == self.name) {
@@ -628,10 +643,12 @@ impl Poller {
                 Gate::Send => return Some(false),
                 Gate::Probe => {
                     let hold = self.tuning().settings.request_timeout * 2;
-                    match self.store.claim_probe(self.name, hold).await {
+                    match self.store.claim_probe(self.name, now, hold).await {
                         Ok(false) => {
-                            // Another daemon is sending the probe; its outcome is shared.
+                            // Another daemon is sending the probe, or has just sent it; its
+                            // outcome is shared, and read afresh.
                             lock(&self.health).release_probe();
+                            *lock(&self.synced_at) = None;
                             if waited_for_others > MAX_IN_SWEEP_WAIT {
                                 run.stop("another daemon is probing the paused upstream".into());
                                 return None;
@@ -803,20 +820,31 @@ impl Poller {
         }
     }
 
-    /// Persists the upstream's health and `events` in one transaction; returns whether it
-    /// was written.
-    async fn save_health(&self, events: Vec<NewEvent>) -> bool {
-        let snapshot = self.health();
-        self.metrics.set_paused(self.name, snapshot.mode);
+    /// Persists when the upstream last answered and failed.
+    async fn note_outcomes(&self) {
+        match self.store.note_upstream(self.upstream_record()).await {
+            Ok(()) => self.metrics.set_paused(self.name, self.health().mode),
+            Err(error) => warn!(error = %error, "cannot persist the upstream state"),
+        }
+    }
+
+    fn upstream_record(&self) -> UpstreamRecord {
         let last = lock(&self.last).clone();
-        let record = UpstreamRecord {
+        UpstreamRecord {
             provider: self.name.to_owned(),
-            snapshot,
+            snapshot: self.health(),
             last_success_at: last.success_at,
             last_error_at: last.error_at,
             last_error: last.error,
             updated_at: format_ts(self.clock.now()),
-        };
+        }
+    }
+
+    /// Persists the upstream's health and `events` in one transaction; returns whether it
+    /// was written.
+    async fn save_health(&self, events: Vec<NewEvent>) -> bool {
+        let record = self.upstream_record();
+        self.metrics.set_paused(self.name, record.snapshot.mode);
         match self.store.save_upstream(record, events).await {
             Ok(()) => true,
             Err(error) => {

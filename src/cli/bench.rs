@@ -12,6 +12,12 @@
 //!   cart order checked), and through the log sink to a file.
 //! - `transitions`: 100,000 carts all changing status in one sweep; every transition and event
 //!   committed; time per batch write.
+//! - `daemons`: 1, 2 and 3 daemon processes on one PostgreSQL database (a server named by
+//!   `CARTWATCH_BENCH_POSTGRES` or `CARTWATCH_TEST_POSTGRES`; each run gets a fresh
+//!   database) polling 20,000 carts at 20 ms partner latency and a concurrency of 2 each:
+//!   requests per second for each count and the ratio to one; the busiest second the
+//!   partner saw under a global limit; the time until a SIGKILLed daemon's carts are polled
+//!   by the others.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -54,6 +60,8 @@ pub enum Scenario {
     Deliver,
     /// Transition-heavy sweeps.
     Transitions,
+    /// Several daemons sharing PostgreSQL.
+    Daemons,
 }
 
 /// Reads a scenario name, or `all`.
@@ -65,8 +73,13 @@ pub fn scenarios(name: &str) -> Result<Vec<Scenario>, String> {
         "scale" => vec![Scenario::Scale],
         "deliver" => vec![Scenario::Deliver],
         "transitions" => vec![Scenario::Transitions],
+        "daemons" => vec![Scenario::Daemons],
         "all" => vec![Scenario::Sweep, Scenario::Scale, Scenario::Deliver, Scenario::Transitions],
-        other => return Err(format!("unknown scenario {other:?}; use sweep, scale, deliver, transitions or all")),
+        other => {
+            return Err(format!(
+                "unknown scenario {other:?}; use sweep, scale, deliver, transitions, daemons (needs PostgreSQL) or all"
+            ));
+        }
     })
 }
 
@@ -81,6 +94,7 @@ pub async fn run(scenarios: &[Scenario], scale: f64) -> anyhow::Result<()> {
             Scenario::Scale => scale_up(scaled(1_000_000.0), scaled(10_000.0)).await?,
             Scenario::Deliver => deliver(scaled(100_000.0)).await?,
             Scenario::Transitions => transitions(scaled(100_000.0)).await?,
+            Scenario::Daemons => daemons(scaled(20_000.0)).await?,
         };
         println!("{figures}");
     }
@@ -112,6 +126,8 @@ impl SimProcess {
             .await
             .context("the simulator did not start")??
             .context("the simulator exited")?;
+        // The rest of its output is read and dropped: a closed pipe would end it.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(SimProcess { child, base_url, http: reqwest::Client::new() })
     }
 
@@ -673,4 +689,231 @@ fn histogram_quantile(text: &str, bucket_prefix: &str, q: f64) -> f64 {
         .collect();
     let total = buckets.last().map_or(0.0, |(_, count)| *count);
     buckets.iter().find(|(_, count)| *count >= total * q).map_or(0.0, |(bound, _)| *bound)
+}
+
+/// A PostgreSQL server for the `daemons` scenario, and a fresh database on it.
+async fn fresh_postgres_database() -> anyhow::Result<String> {
+    let server = std::env::var("CARTWATCH_BENCH_POSTGRES")
+        .or_else(|_| std::env::var("CARTWATCH_TEST_POSTGRES"))
+        .context("the daemons scenario needs PostgreSQL: set CARTWATCH_BENCH_POSTGRES (or run `eval \"$(.ci/postgres start)\"`)")?;
+    let (client, connection) =
+        tokio_postgres::connect(&server, tokio_postgres::NoTls).await.context("while connecting to PostgreSQL")?;
+    tokio::spawn(connection);
+    let name = format!("cw_bench_{}", uuid::Uuid::new_v4().simple());
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+    Ok(format!("{server} dbname={name}"))
+}
+
+/// A daemon's config for the `daemons` scenario.
+fn daemon_config(
+    home: &Path,
+    base_url: &str,
+    url: &str,
+    concurrency: u32,
+    requests_per_second: f64,
+) -> anyhow::Result<std::path::PathBuf> {
+    std::fs::create_dir_all(home)?;
+    let path = home.join("cartwatch.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[database]\nurl = {url:?}\nlease = \"5s\"\n[sweep]\ncron = \"* * * * * *\"\n\
+             [imaterialise]\nbase_url = {base_url:?}\napi_code = {DEMO_API_CODE:?}\nconcurrency = {concurrency}\n\
+             requests_per_second = {requests_per_second}\nrequest_timeout = \"5s\"\n\
+             [cadence]\ntiers = [{{ younger_than = \"30d\", every = \"1h\" }}]\nolder_every = \"1h\"\n\
+             checked_out_every = \"1h\"\njitter = 0.0\n[sinks.log]\nenabled = false\n[logging]\nlevel = \"warn\"\n"
+        ),
+    )?;
+    Ok(path)
+}
+
+/// `cartwatch run` on `config`, as a child process, its diagnostics in `daemon.log` beside it.
+fn spawn_daemon(config: &Path) -> anyhow::Result<tokio::process::Child> {
+    let exe = std::env::current_exe().context("while finding the cartwatch binary")?;
+    let log = std::fs::File::create(config.with_file_name("daemon.log"))?;
+    Ok(tokio::process::Command::new(exe)
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+/// Request arrivals the simulator saw: seconds after the first, and carts asked about.
+async fn arrivals(simulator: &SimProcess) -> anyhow::Result<Vec<(f64, u64)>> {
+    let value = simulator.get("/_sim/arrivals").await?;
+    Ok(value["arrivals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|pair| (number(&pair[0]) / 1e6, number(&pair[1]) as u64))
+        .collect())
+}
+
+/// The most requests in any one-second window.
+fn busiest_second(times: &[f64]) -> usize {
+    let mut busiest = 0;
+    let mut start = 0;
+    for end in 0..times.len() {
+        while times[end] - times[start] >= 1.0 {
+            start += 1;
+        }
+        busiest = busiest.max(end + 1 - start);
+    }
+    busiest
+}
+
+/// One run: `count` daemons poll `carts` carts (all due a few seconds after they start) once
+/// each; returns the requests per second the partner saw, its busiest second, and the run's
+/// database and simulator for what follows.
+async fn shared_run(
+    carts: usize,
+    count: usize,
+    concurrency: u32,
+    requests_per_second: f64,
+    directory: &Path,
+) -> anyhow::Result<(f64, usize, Vec<tokio::process::Child>, SimProcess, String)> {
+    let arguments: Vec<String> =
+        ["--carts", &carts.to_string(), "--unknown", "0", "--latency", "20", "--uniform-status", "Pending"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let simulator = SimProcess::start(&arguments).await?;
+    let url = fresh_postgres_database().await?;
+    let mut config = Config::default();
+    config.database.url = Secret::new(url.clone());
+    let store = cartwatch::store::open(&config.database, true).await?;
+    let due_at = Utc::now() + chrono::Duration::seconds(4);
+    for chunk in simulator.carts().await?.chunks(5000) {
+        let requests = chunk
+            .iter()
+            .map(|id| TrackRequest {
+                provider: "imaterialise".into(),
+                cart_id: id.to_string(),
+                session_token: None,
+                account: String::new(),
+                reference: None,
+            })
+            .collect();
+        store.track(requests, Utc::now(), due_at).await?;
+    }
+    let mut daemons = Vec::new();
+    for index in 0..count {
+        let config = daemon_config(
+            &directory.join(format!("{count}-{index}")),
+            &simulator.base_url,
+            &url,
+            concurrency,
+            requests_per_second,
+        )?;
+        daemons.push(spawn_daemon(&config)?);
+    }
+    let expected = carts.div_ceil(10) as f64;
+    let started = Instant::now();
+    while number(&simulator.stats().await?["requests"]) < expected {
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!(
+                "{count} daemon(s) did not poll every cart within five minutes; see daemon.log in {}",
+                directory.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let times: Vec<f64> = arrivals(&simulator).await?.into_iter().map(|(at, _)| at).collect();
+    let span = times.last().copied().unwrap_or(0.0) - times.first().copied().unwrap_or(0.0);
+    let rate = (times.len().saturating_sub(1)) as f64 / span.max(1e-3);
+    Ok((rate, busiest_second(&times), daemons, simulator, url))
+}
+
+async fn daemons(carts: usize) -> anyhow::Result<Value> {
+    let directory = tempfile::tempdir()?;
+    let concurrency = 2;
+    // The highest rate the config allows: the shared bucket is asked, but does not bind.
+    let unlimited = 10_000.0;
+    let mut rates = Vec::new();
+    for count in 1..=3 {
+        let (rate, _, daemons, simulator, _) =
+            shared_run(carts, count, concurrency, unlimited, directory.path()).await?;
+        drop(daemons);
+        simulator.stop().await;
+        rates.push(rate);
+    }
+    // A binding global limit: three daemons together stay under it.
+    let limit = (rates[2] / 2.0).round().max(10.0);
+    let (limited_rate, busiest, daemons, simulator, _) =
+        shared_run(carts / 4, 3, concurrency, limit, directory.path()).await?;
+    drop(daemons);
+    simulator.stop().await;
+
+    // Takeover: three daemons with 5 s leases; one is killed mid-work; how long until the
+    // carts it held are polled by the others.
+    let takeover = takeover(carts, concurrency, directory.path()).await?;
+    Ok(json!({
+        "scenario": "daemons",
+        "carts": carts,
+        "partner_latency_ms": 20,
+        "concurrency_per_daemon": concurrency,
+        "requests_per_second": { "1": round(rates[0], 1), "2": round(rates[1], 1), "3": round(rates[2], 1) },
+        "ratio_to_one": { "2": round(rates[1] / rates[0], 3), "3": round(rates[2] / rates[0], 3) },
+        "target_ratio": { "2": 1.8, "3": 2.6 },
+        "global_limit_rps": limit,
+        "limited_rate_rps": round(limited_rate, 1),
+        "busiest_second_requests": busiest,
+        "limit_held": busiest as f64 <= limit + 1.0,
+        "lease_s": 5,
+        "takeover_s": round(takeover, 2),
+    }))
+}
+
+/// Seconds from SIGKILLing one of three daemons until every cart it held has been polled.
+async fn takeover(carts: usize, concurrency: u32, directory: &Path) -> anyhow::Result<f64> {
+    let (_, _, mut daemons, simulator, url) = shared_run(carts / 10, 3, concurrency, 10_000.0, directory).await?;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    // Make every cart due again, and kill a daemon while it holds some.
+    client.execute("UPDATE carts SET next_poll_at = now()", &[]).await?;
+    let victim = daemons.remove(0);
+    let pid = i32::try_from(victim.id().context("no pid")?)?;
+    let started = Instant::now();
+    let keys: Vec<i64> = loop {
+        let rows = client
+            .query(
+                "SELECT c.cart_key FROM carts c JOIN members m ON m.member_id = c.lease_owner \
+                 WHERE m.pid = $1 AND c.lease_until > now()",
+                &[&pid],
+            )
+            .await?;
+        if !rows.is_empty() {
+            break rows.iter().map(|row| row.get(0)).collect();
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the daemon never held a cart");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let mut victim = victim;
+    victim.start_kill()?;
+    let killed = Instant::now();
+    victim.wait().await?;
+    loop {
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM carts WHERE cart_key = ANY($1) AND (last_polled_at IS NULL OR next_poll_at <= now())",
+                &[&keys],
+            )
+            .await?;
+        if row.get::<_, i64>(0) == 0 {
+            break;
+        }
+        if killed.elapsed() > Duration::from_secs(120) {
+            bail!("the killed daemon's carts were not taken over within two minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = killed.elapsed().as_secs_f64();
+    drop(daemons);
+    simulator.stop().await;
+    Ok(elapsed)
 }

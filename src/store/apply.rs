@@ -17,6 +17,19 @@ use crate::store::{AppliedBatch, Outcome, StoreError};
 /// on the futures: SQLite's borrow a connection that stays on its writer thread; a networked
 /// backend's are `Send` by their own type.)
 pub trait CartTransaction {
+    /// Locks and reads, in one go, the carts about to be decided (a networked backend saves
+    /// a round trip per cart; SQLite needs nothing).
+    fn prefetch(&mut self, keys: &[i64]) -> impl Future<Output = Result<(), StoreError>> {
+        let _ = keys;
+        async { Ok(()) }
+    }
+
+    /// Writes what was put off until the end of the batch (a networked backend writes every
+    /// cart of the batch in one statement).
+    fn finish(&mut self) -> impl Future<Output = Result<(), StoreError>> {
+        async { Ok(()) }
+    }
+
     /// The cart with row key `key`, as it is now.
     fn cart(&mut self, key: i64) -> impl Future<Output = Result<Option<Cart>, StoreError>>;
 
@@ -47,6 +60,8 @@ pub async fn apply_outcomes<T: CartTransaction>(
     context: &Context,
 ) -> Result<AppliedBatch, StoreError> {
     let mut applied = AppliedBatch::default();
+    let keys: Vec<i64> = outcomes.iter().map(|(key, ..)| *key).collect();
+    transaction.prefetch(&keys).await?;
     for (key, outcome, unit) in outcomes {
         let Some(current) = transaction.cart(*key).await? else {
             applied.skipped += 1;
@@ -76,5 +91,6 @@ pub async fn apply_outcomes<T: CartTransaction>(
             applied.finished.push((cart.cart_id.clone(), cart.state.as_str().to_owned()));
         }
     }
+    transaction.finish().await?;
     Ok(applied)
 }

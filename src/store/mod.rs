@@ -513,6 +513,13 @@ pub trait SweepStore: Send + Sync + std::fmt::Debug {
     /// Every upstream's persisted health.
     async fn upstream_records(&self) -> Result<Vec<UpstreamRecord>, StoreError>;
 
+    /// Records when the upstream last answered and last failed, leaving its health as it
+    /// is: on a shared store, the daemons that saw a change write it, and a sweep's end
+    /// must not write back an older view.
+    async fn note_upstream(&self, record: UpstreamRecord) -> Result<(), StoreError> {
+        self.save_upstream(record, Vec::new()).await
+    }
+
     /// Starts what the store does in the background while a daemon runs, until `shutdown`:
     /// SQLite copies the WAL back into the database every `interval`; PostgreSQL keeps this
     /// daemon in the members table and wakes `events` when any member writes an event.
@@ -542,10 +549,11 @@ pub trait SweepStore: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
-    /// Claims the probe of `provider`'s paused upstream for `hold`: `false` when another
-    /// daemon is sending it.
-    async fn claim_probe(&self, provider: &str, hold: Duration) -> Result<bool, StoreError> {
-        let _ = (provider, hold);
+    /// Claims the probe of `provider`'s paused upstream, due at `now`, for `hold`: `false`
+    /// when another daemon is sending it, or has just sent it (the shared state no longer
+    /// has a probe due).
+    async fn claim_probe(&self, provider: &str, now: DateTime<Utc>, hold: Duration) -> Result<bool, StoreError> {
+        let _ = (provider, now, hold);
         Ok(true)
     }
 

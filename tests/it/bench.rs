@@ -58,5 +58,8 @@ fn transitions_commit_every_transition_and_event() {
 fn an_unknown_scenario_is_refused() {
     let output = Command::new(BINARY).args(["bench", "everything"]).output().unwrap();
     assert_eq!(output.status.code(), Some(5));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("use sweep, scale, deliver, transitions or all"));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("use sweep, scale, deliver, transitions, daemons (needs PostgreSQL) or all")
+    );
 }

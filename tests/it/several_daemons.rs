@@ -235,28 +235,35 @@ async fn thirty_sigkills_over_three_daemons_lose_nothing_and_are_taken_over_with
     let mut random = rand::rngs::StdRng::seed_from_u64(2026);
     let mut takeovers = Vec::new();
     let mut kills_per_daemon = [0; 3];
+    let holding = async |pid: i32| -> Vec<i64> {
+        client
+            .query(
+                "SELECT c.cart_key FROM carts c JOIN members m ON m.member_id = c.lease_owner \
+                 WHERE m.pid = $1 AND c.lease_until > now()",
+                &[&pid],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect()
+    };
     for kill in 0..30 {
         let victim = random.random_range(0..3);
         tokio::time::sleep(Duration::from_millis(random.random_range(150..700))).await;
         let pid = daemons[victim].id() as i32;
+        // Every fifth kill waits until the victim holds carts: they must be taken over once
+        // its leases run out (5 s), not later.
+        let measured = kill % 5 == 0;
+        if measured {
+            let _ = wait_until(Duration::from_secs(5), async || !holding(pid).await.is_empty()).await;
+        }
+        let held = holding(pid).await;
         daemons[victim].kill().unwrap(); // SIGKILL
         daemons[victim].wait().unwrap();
         kills_per_daemon[victim] += 1;
         let killed_at = Instant::now();
-        // Every fifth kill: the carts the dead daemon held must be taken over once its
-        // leases run out (5 s), not later.
-        if kill % 5 == 0 {
-            let held: Vec<i64> = client
-                .query(
-                    "SELECT c.cart_key FROM carts c JOIN members m ON m.member_id = c.lease_owner \
-                     WHERE m.pid = $1 AND c.lease_until > now()",
-                    &[&pid],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|row| row.get(0))
-                .collect();
+        if measured {
             daemons[victim] = spawn_daemon(&configs[victim]);
             if !held.is_empty() {
                 let taken = wait_until(Duration::from_secs(15), async || {
@@ -334,6 +341,7 @@ async fn storm(daemons: usize) -> usize {
     }
     assert!(simulator.request_log().iter().all(|record| record.outcome == "unauthorized"));
     let requests = simulator.requests() as usize;
+
     simulator.stop().await;
     requests
 }

@@ -21,6 +21,7 @@ pub(super) fn router(state: Arc<SimState>) -> Router {
         .route("/web-api/cartstatus/statuses", post(statuses))
         .route("/web-api/cart/{cart_id}/items", post(cart_items).delete(cart_items))
         .route("/_sim/stats", axum::routing::get(sim_stats))
+        .route("/_sim/arrivals", axum::routing::get(sim_arrivals))
         .route("/_sim/carts", axum::routing::get(sim_carts))
         .route("/_sim/truth", axum::routing::get(sim_truth))
         .with_state(state)
@@ -38,6 +39,21 @@ async fn sim_stats(State(state): State<Arc<SimState>>) -> Response {
         "firstRequestUnixMicros": stats.first_request_unix_micros.load(Ordering::SeqCst),
     }))
     .into_response()
+}
+
+/// When each status request arrived, in microseconds after the first, with how many cart
+/// ids it asked about: for a benchmark that measures request rates from outside.
+async fn sim_arrivals(State(state): State<Arc<SimState>>) -> Response {
+    let log = lock(&state.request_log);
+    let first = log.first().map(|record| record.at);
+    let arrivals: Vec<Value> = log
+        .iter()
+        .map(|record| {
+            let after = first.map_or(0, |first| record.at.duration_since(first).as_micros() as u64);
+            json!([after, record.cart_ids])
+        })
+        .collect();
+    axum::Json(json!({ "arrivals": arrivals })).into_response()
 }
 
 /// The cart ids and session tokens it knows.

@@ -1,6 +1,8 @@
 //! Carts on PostgreSQL: registration, claiming due carts for a lease, and applying outcomes
 //! in one transaction that checks the lease is still this member's.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -220,10 +222,9 @@ impl PgStore {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<DuePage, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
                 "WITH due AS (
                      SELECT cart_key FROM carts
                      WHERE state = 'tracking' AND provider = $1 AND next_poll_at <= $2
@@ -233,8 +234,10 @@ impl PgStore {
                  UPDATE carts c SET lease_owner = $4, lease_until = now() + make_interval(secs => $5)
                  FROM due WHERE c.cart_key = due.cart_key
                  RETURNING c.cart_key, c.cart_id, c.account, c.session_token, c.next_poll_at",
-                &[&provider, &now, &i64::from(limit), &self.member, &self.lease_seconds()],
             )
+            .await?;
+        let rows = client
+            .query(&statement, &[&provider, &now, &i64::from(limit), &self.member, &self.lease_seconds()])
             .await?;
         let mut claimed: Vec<(DateTime<Utc>, PollTarget)> = rows
             .iter()
@@ -302,7 +305,13 @@ impl PgStore {
         };
         let mut client = self.client().await?;
         let transaction = client.transaction().await?;
-        let mut pg = PgTransaction { transaction: &transaction, member: &self.member, claimed: &claimed };
+        let mut pg = PgTransaction {
+            transaction: &transaction,
+            member: &self.member,
+            claimed: &claimed,
+            locked: HashMap::new(),
+            writes: Vec::new(),
+        };
         let applied = apply_outcomes(&mut pg, &outcomes, &context).await?;
         transaction.commit().await?;
         let mut claims = self.claimed();
@@ -330,58 +339,128 @@ impl PgStore {
     }
 }
 
-/// An open PostgreSQL transaction as the apply step sees it.
+/// An open PostgreSQL transaction as the apply step sees it: the batch's carts are locked
+/// and read in one statement, and written back in one.
 struct PgTransaction<'a> {
     transaction: &'a deadpool_postgres::Transaction<'a>,
     member: &'a str,
     /// The carts of the batch this member claimed (the others nobody claimed).
     claimed: &'a [i64],
+    /// The carts locked by [`CartTransaction::prefetch`], with the member holding each.
+    locked: HashMap<i64, (Cart, Option<String>)>,
+    /// The carts to write when the batch is done.
+    writes: Vec<Cart>,
+}
+
+impl PgTransaction<'_> {
+    fn admit(&self, key: i64, cart: Cart, owner: Option<&str>) -> Option<Cart> {
+        if self.claimed.contains(&key) && owner.is_some_and(|owner| owner != self.member) {
+            tracing::info!(cart_key = key, "another daemon took this cart over; its outcome here is dropped");
+            return None;
+        }
+        Some(cart)
+    }
 }
 
 impl CartTransaction for PgTransaction<'_> {
-    async fn cart(&mut self, key: i64) -> Result<Option<Cart>, StoreError> {
-        let row = self
+    async fn prefetch(&mut self, keys: &[i64]) -> Result<(), StoreError> {
+        // Locked in key order, so that two transactions never wait for each other's rows.
+        let statement = self
             .transaction
-            .query_opt(
-                &format!("SELECT {CART_COLUMNS}, lease_owner FROM carts WHERE cart_key = $1 FOR UPDATE"),
-                &[&key],
-            )
+            .prepare_cached(&format!(
+                "SELECT {CART_COLUMNS}, lease_owner FROM carts WHERE cart_key = ANY($1) ORDER BY cart_key FOR UPDATE"
+            ))
             .await?;
-        let Some(row) = row else { return Ok(None) };
-        let owner: Option<String> = row.get(23);
-        if self.claimed.contains(&key) && owner.as_deref().is_some_and(|owner| owner != self.member) {
-            tracing::info!(cart_key = key, "another daemon took this cart over; its outcome here is dropped");
-            return Ok(None);
+        let keys = keys.to_vec();
+        for row in self.transaction.query(&statement, &[&keys]).await? {
+            let cart = read_cart(&row);
+            self.locked.insert(cart.key, (cart, row.get(23)));
         }
-        Ok(Some(read_cart(&row)))
+        Ok(())
+    }
+
+    async fn cart(&mut self, key: i64) -> Result<Option<Cart>, StoreError> {
+        if let Some((cart, owner)) = self.locked.get(&key) {
+            return Ok(self.admit(key, cart.clone(), owner.as_deref()));
+        }
+        let statement = self
+            .transaction
+            .prepare_cached(&format!("SELECT {CART_COLUMNS}, lease_owner FROM carts WHERE cart_key = $1 FOR UPDATE"))
+            .await?;
+        let Some(row) = self.transaction.query_opt(&statement, &[&key]).await? else { return Ok(None) };
+        let owner: Option<String> = row.get(23);
+        Ok(self.admit(key, read_cart(&row), owner.as_deref()))
     }
 
     async fn write_cart(&mut self, _before: &Cart, after: &Cart) -> Result<(), StoreError> {
+        self.writes.push(after.clone());
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<(), StoreError> {
+        if self.writes.is_empty() {
+            return Ok(());
+        }
+        let writes = std::mem::take(&mut self.writes);
+        let column = |get: &dyn Fn(&Cart) -> Option<String>| writes.iter().map(get).collect::<Vec<Option<String>>>();
+        let time = |get: &dyn Fn(&Cart) -> Option<DateTime<Utc>>| writes.iter().map(get).collect::<Vec<_>>();
+        let keys: Vec<i64> = writes.iter().map(|cart| cart.key).collect();
+        let status = column(&|cart| cart.status.clone());
+        let order_id = column(&|cart| cart.order_id.clone());
+        let created_at: Vec<Option<chrono::NaiveDateTime>> = writes.iter().map(|cart| cart.created_at).collect();
+        let created_at_raw = column(&|cart| cart.created_at_raw.clone());
+        let state: Vec<String> = writes.iter().map(|cart| cart.state.as_str().to_owned()).collect();
+        let next_poll_at = time(&|cart| cart.next_poll_at);
+        let last_polled_at = time(&|cart| cart.last_polled_at);
+        let status_changed_at = time(&|cart| cart.status_changed_at);
+        let errors: Vec<i32> = writes.iter().map(|cart| int(cart.consecutive_errors)).collect();
+        let not_found: Vec<i32> = writes.iter().map(|cart| int(cart.consecutive_not_found)).collect();
+        let last_error = column(&|cart| cart.last_error.clone());
+        let finished_at = time(&|cart| cart.finished_at);
+        let status_detail = column(&|cart| cart.status_detail.clone());
+        let order_status = column(&|cart| cart.order_status.clone());
+        let order_total = column(&|cart| cart.order_total.clone());
+        let previous_status = column(&|cart| cart.previous_status.clone());
+        let statement = self
+            .transaction
+            .prepare_cached(
+                "UPDATE carts c SET status = u.status, order_id = u.order_id, cart_created_at = u.created_at, \
+                   cart_created_at_raw = u.created_at_raw, state = u.state, next_poll_at = u.next_poll_at, \
+                   last_polled_at = u.last_polled_at, status_changed_at = u.status_changed_at, \
+                   consecutive_errors = u.errors, consecutive_not_found = u.not_found, last_error = u.last_error, \
+                   finished_at = u.finished_at, status_detail = u.status_detail, order_status = u.order_status, \
+                   order_total = u.order_total, previous_status = u.previous_status, \
+                   lease_owner = NULL, lease_until = NULL \
+                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::timestamp[], $5::text[], $6::text[], \
+                             $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::integer[], $11::integer[], \
+                             $12::text[], $13::timestamptz[], $14::text[], $15::text[], $16::text[], $17::text[]) \
+                   AS u(key, status, order_id, created_at, created_at_raw, state, next_poll_at, last_polled_at, \
+                        status_changed_at, errors, not_found, last_error, finished_at, status_detail, order_status, \
+                        order_total, previous_status) \
+                 WHERE c.cart_key = u.key",
+            )
+            .await?;
         self.transaction
             .execute(
-                "UPDATE carts SET status = $2, order_id = $3, cart_created_at = $4, cart_created_at_raw = $5, \
-                 state = $6, next_poll_at = $7, last_polled_at = $8, status_changed_at = $9, \
-                 consecutive_errors = $10, consecutive_not_found = $11, last_error = $12, finished_at = $13, \
-                 status_detail = $14, order_status = $15, order_total = $16, previous_status = $17, \
-                 lease_owner = NULL, lease_until = NULL WHERE cart_key = $1",
+                &statement,
                 &[
-                    &after.key,
-                    &after.status,
-                    &after.order_id,
-                    &after.created_at,
-                    &after.created_at_raw,
-                    &after.state.as_str(),
-                    &after.next_poll_at,
-                    &after.last_polled_at,
-                    &after.status_changed_at,
-                    &int(after.consecutive_errors),
-                    &int(after.consecutive_not_found),
-                    &after.last_error,
-                    &after.finished_at,
-                    &after.status_detail,
-                    &after.order_status,
-                    &after.order_total,
-                    &after.previous_status,
+                    &keys,
+                    &status,
+                    &order_id,
+                    &created_at,
+                    &created_at_raw,
+                    &state,
+                    &next_poll_at,
+                    &last_polled_at,
+                    &status_changed_at,
+                    &errors,
+                    &not_found,
+                    &last_error,
+                    &finished_at,
+                    &status_detail,
+                    &order_status,
+                    &order_total,
+                    &previous_status,
                 ],
             )
             .await?;
@@ -395,10 +474,16 @@ impl CartTransaction for PgTransaction<'_> {
         detected_at: DateTime<Utc>,
         event_id: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.transaction
-            .execute(
+        let statement = self
+            .transaction
+            .prepare_cached(
                 "INSERT INTO cart_transitions (cart_key, cart_id, from_status, to_status, order_id, detected_at, event_id) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .await?;
+        self.transaction
+            .execute(
+                &statement,
                 &[&cart.key, &cart.cart_id, &transition.from, &transition.to, &cart.order_id, &detected_at, &event_id],
             )
             .await?;

@@ -25,12 +25,12 @@ pub(super) async fn insert_event(
     let created_at = parse_ts(&event.created_at).unwrap_or_else(Utc::now);
     let cart_sequence: Option<i32> = match &event.cart_id {
         Some(cart_id) => {
-            let next = transaction
-                .query_opt(
+            let statement = transaction
+                .prepare_cached(
                     "UPDATE carts SET events_written = events_written + 1 WHERE cart_id = $1 RETURNING events_written",
-                    &[cart_id],
                 )
                 .await?;
+            let next = transaction.query_opt(&statement, &[cart_id]).await?;
             match next {
                 Some(row) => Some(row.get(0)),
                 None => {
@@ -47,10 +47,15 @@ pub(super) async fn insert_event(
         }
         None => None,
     };
-    let seq: i64 = transaction
-        .query_one(
+    let statement = transaction
+        .prepare_cached(
             "INSERT INTO events (event_id, event_type, cart_id, cart_sequence, created_at, payload) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
+        )
+        .await?;
+    let seq: i64 = transaction
+        .query_one(
+            &statement,
             &[
                 &event.event_id,
                 &event.event_type.as_str(),
@@ -62,15 +67,18 @@ pub(super) async fn insert_event(
         )
         .await?
         .get(0);
-    transaction
-        .execute(
+    let statement = transaction
+        .prepare_cached(
             "INSERT INTO deliveries (sink, event_seq, ordering_key, next_attempt_at) \
              SELECT sink, $1, CASE WHEN kind = 'log' THEN NULL ELSE $2 END, $3 FROM sinks \
              WHERE active AND (event_types IS NULL OR strpos(event_types, $4) > 0)",
-            &[&seq, &event.cart_id, &created_at, &format!(",{},", event.event_type.as_str())],
         )
         .await?;
-    transaction.execute("SELECT pg_notify($1, '')", &[&EVENTS_CHANNEL]).await?;
+    transaction
+        .execute(&statement, &[&seq, &event.cart_id, &created_at, &format!(",{},", event.event_type.as_str())])
+        .await?;
+    let statement = transaction.prepare_cached("SELECT pg_notify($1, '')").await?;
+    transaction.execute(&statement, &[&EVENTS_CHANNEL]).await?;
     Ok(seq)
 }
 
@@ -343,12 +351,10 @@ impl PgStore {
             "d.next_attempt_at <= $2 AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.sink = $1 \
                AND p.state IN ('pending', 'dead') AND p.ordering_key = d.ordering_key AND p.event_seq < d.event_seq)"
         };
-        let rows = self
-            .client()
-            .await?
-            .query(
-                &format!(
-                    "WITH next AS (
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "WITH next AS (
                          SELECT d.sink, d.event_seq FROM deliveries d
                          WHERE d.sink = $1 AND d.state = 'pending' AND (d.lease_until IS NULL OR d.lease_until < now())
                            AND {eligible}
@@ -360,10 +366,10 @@ impl PgStore {
                          RETURNING d.event_seq, d.attempts)
                      SELECT {EVENT_COLUMNS}, claimed.attempts FROM claimed JOIN events e ON e.seq = claimed.event_seq
                      ORDER BY e.seq"
-                ),
-                &[&sink, &now, &i64::from(limit), &self.member, &self.lease_seconds()],
-            )
+            ))
             .await?;
+        let rows =
+            client.query(&statement, &[&sink, &now, &i64::from(limit), &self.member, &self.lease_seconds()]).await?;
         Ok(rows
             .iter()
             .map(|row| PendingDelivery {
@@ -411,7 +417,7 @@ impl PgStore {
         let mut client = self.client().await?;
         let transaction = client.transaction().await?;
         let statement = transaction
-            .prepare(
+            .prepare_cached(
                 "UPDATE deliveries SET attempts = attempts + 1, last_attempt_at = $3::timestamptz, state = $4::text, \
                  next_attempt_at = coalesce($5, next_attempt_at), last_status = $6, last_error = $7, \
                  delivered_at = CASE WHEN $4::text = 'delivered' THEN $3::timestamptz END, \

@@ -219,17 +219,42 @@ impl PgStore {
         Ok(())
     }
 
-    /// Every upstream's persisted health.
-    pub(super) async fn upstream_records(&self) -> Result<Vec<UpstreamRecord>, StoreError> {
-        let rows = self
-            .client()
+    /// Records when the upstream last answered and failed, leaving its health as it is.
+    pub(super) async fn note_upstream(&self, record: UpstreamRecord) -> Result<(), StoreError> {
+        let updated_at = parse_ts(&record.updated_at).unwrap_or_else(Utc::now);
+        self.client()
             .await?
-            .query(
-                "SELECT provider, mode, since, next_probe_at, step, consecutive_failures, throttled_until, batch_size, \
-                 last_error, updated_at, last_success_at, last_error_at FROM upstream_state ORDER BY provider",
-                &[],
+            .execute(
+                "INSERT INTO upstream_state (provider, mode, batch_size, last_success_at, last_error_at, last_error, \
+                   updated_at) VALUES ($1, 'healthy', $2, $3, $4, $5, $6) \
+                 ON CONFLICT (provider) DO UPDATE SET \
+                   last_success_at = greatest(upstream_state.last_success_at, excluded.last_success_at), \
+                   last_error_at = greatest(upstream_state.last_error_at, excluded.last_error_at), \
+                   last_error = coalesce(excluded.last_error, upstream_state.last_error), \
+                   updated_at = greatest(upstream_state.updated_at, excluded.updated_at)",
+                &[
+                    &record.provider,
+                    &(record.snapshot.batch_size.clamp(1, 10) as i32),
+                    &record.last_success_at,
+                    &record.last_error_at,
+                    &record.last_error.as_deref().map(|error| crate::cart_id::shorten(error, 300)),
+                    &updated_at,
+                ],
             )
             .await?;
+        Ok(())
+    }
+
+    /// Every upstream's persisted health.
+    pub(super) async fn upstream_records(&self) -> Result<Vec<UpstreamRecord>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT provider, mode, since, next_probe_at, step, consecutive_failures, throttled_until, batch_size, \
+                 last_error, updated_at, last_success_at, last_error_at FROM upstream_state ORDER BY provider",
+            )
+            .await?;
+        let rows = client.query(&statement, &[]).await?;
         Ok(rows.iter().map(read_upstream).collect())
     }
 

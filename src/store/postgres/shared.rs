@@ -21,7 +21,12 @@ pub const MEMBER_HEARTBEAT: Duration = Duration::from_secs(5);
 impl PgStore {
     /// Claims the probe of `provider`'s paused upstream for `hold`; `false` when another
     /// member holds it.
-    pub(super) async fn claim_probe(&self, provider: &str, hold: Duration) -> Result<bool, StoreError> {
+    pub(super) async fn claim_probe(
+        &self,
+        provider: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        hold: Duration,
+    ) -> Result<bool, StoreError> {
         let row = self
             .client()
             .await?
@@ -30,10 +35,12 @@ impl PgStore {
                  VALUES ($1, 'healthy', 10, now(), $2, now() + make_interval(secs => $3)) \
                  ON CONFLICT (provider) DO UPDATE SET probe_owner = excluded.probe_owner, \
                    probe_until = excluded.probe_until \
-                 WHERE upstream_state.probe_owner IS NULL OR upstream_state.probe_until < now() \
-                   OR upstream_state.probe_owner = $2 \
+                 WHERE (upstream_state.probe_owner IS NULL OR upstream_state.probe_until < now() \
+                        OR upstream_state.probe_owner = $2) \
+                   AND upstream_state.mode <> 'healthy' \
+                   AND (upstream_state.next_probe_at IS NULL OR upstream_state.next_probe_at <= $4) \
                  RETURNING 1",
-                &[&provider, &self.member, &hold.as_secs_f64()],
+                &[&provider, &self.member, &hold.as_secs_f64(), &now],
             )
             .await?;
         Ok(row.is_some())
@@ -50,16 +57,14 @@ impl PgStore {
         let client = self.client().await?;
         let available = "least(1.0, rate_limits.tokens \
              + extract(epoch FROM clock_timestamp() - rate_limits.updated_at)::float8 * $2)";
-        let taken = client
-            .query_opt(
-                &format!(
-                    "INSERT INTO rate_limits (provider, tokens, updated_at) VALUES ($1, 0, clock_timestamp()) \
-                     ON CONFLICT (provider) DO UPDATE SET tokens = {available} - 1, updated_at = clock_timestamp() \
-                     WHERE {available} >= 1 RETURNING tokens"
-                ),
-                &[&provider, &requests_per_second],
-            )
+        let take = client
+            .prepare_cached(&format!(
+                "INSERT INTO rate_limits (provider, tokens, updated_at) VALUES ($1, 0, clock_timestamp()) \
+                 ON CONFLICT (provider) DO UPDATE SET tokens = {available} - 1, updated_at = clock_timestamp() \
+                 WHERE {available} >= 1 RETURNING tokens"
+            ))
             .await?;
+        let taken = client.query_opt(&take, &[&provider, &requests_per_second]).await?;
         if taken.is_some() {
             return Ok(None);
         }

@@ -96,8 +96,12 @@ impl SweepStore for PgStore {
         PgStore::release(self, keys).await
     }
 
-    async fn claim_probe(&self, provider: &str, hold: Duration) -> Result<bool, StoreError> {
-        PgStore::claim_probe(self, provider, hold).await
+    async fn note_upstream(&self, record: UpstreamRecord) -> Result<(), StoreError> {
+        PgStore::note_upstream(self, record).await
+    }
+
+    async fn claim_probe(&self, provider: &str, now: DateTime<Utc>, hold: Duration) -> Result<bool, StoreError> {
+        PgStore::claim_probe(self, provider, now, hold).await
     }
 
     async fn take_request_slot(
