@@ -17,6 +17,7 @@ pub use crate::events::EventsConfig;
 pub use crate::http_api::HttpConfig;
 pub use crate::items::ItemsConfig;
 pub use crate::logging::{LogFormat, LoggingConfig};
+pub use crate::plan::{PlanConfig, PlanMode};
 pub use crate::policy::{BackoffConfig, CadenceConfig, CadenceTier};
 use crate::provider::Registry;
 pub use crate::provider::imaterialise::{Imaterialise, ImaterialiseConfig, WireFormat};
@@ -50,6 +51,8 @@ pub struct Config {
     pub titelive: TiteliveConfig,
     /// How often carts are polled, by age and status.
     pub cadence: CadenceConfig,
+    /// How long until each cart is polled again: a budget, or the cadence tiers.
+    pub plan: PlanConfig,
     /// How the daemon backs off when the upstream misbehaves.
     pub backoff: BackoffConfig,
     /// Changing cart items.
@@ -292,6 +295,7 @@ impl Config {
             problems.add("imaterialise.enabled", "no provider is enabled: enable imaterialise or titelive");
         }
         self.cadence.check(&mut problems);
+        self.plan.check(&mut problems);
         self.backoff.check(&mut problems);
         self.items.check(&mut problems);
         self.delivery.check(&mut problems);
@@ -344,6 +348,7 @@ impl Config {
             providers: self.providers(),
             rules: Arc::new(self.rules()),
             backoff: self.backoff.clone(),
+            plan: self.plan.clone(),
             sweep: self.sweep.clone(),
             sinks: self.sink_settings(),
         }
@@ -364,6 +369,7 @@ impl Config {
         config.cadence.older_every = second;
         config.cadence.checked_out_every = second;
         config.cadence.jitter = 0.0;
+        config.plan.mode = PlanMode::Tiers;
         config.backoff.transient_initial = Duration::from_millis(500);
         config.backoff.transient_max = Duration::from_secs(4);
         config.backoff.auth_initial = Duration::from_secs(1);

@@ -24,6 +24,7 @@ use crate::clock::Clock;
 use crate::delivery::{Pass, SinkSlot, delivery_loop, drain_once};
 use crate::liveness::{DaemonHealth, Progress};
 use crate::metrics::Metrics;
+use crate::plan::PlanConfig;
 use crate::policy::BackoffConfig;
 use crate::provider::{Provider, Registry};
 use crate::reconcile::Rules;
@@ -61,6 +62,8 @@ pub struct Settings {
     pub rules: Arc<Rules>,
     /// Each upstream's backoff, circuit and authentication pause.
     pub backoff: BackoffConfig,
+    /// The polling plan.
+    pub plan: PlanConfig,
     /// When sweeps run, and their page size.
     pub sweep: SweepConfig,
     /// Where events go.
@@ -228,16 +231,24 @@ impl Daemon {
         let mut sweeping: Option<Sweeping> = None;
         // Sweep once at start, so a restart does not wait for the first tick.
         let mut sweep_wanted = true;
+        let mut next_replan: Option<chrono::DateTime<chrono::Utc>> = None;
         let mut stall_reported = false;
         let result = loop {
             if sweep_wanted && sweeping.is_none() {
                 schedule.set_busy(true);
                 progress.mark();
+                // The plan is sized anew at start, after a reload, and every `plan.refresh`.
+                let now = clock.now();
+                let replan = next_replan.is_none_or(|at| now >= at);
+                if replan {
+                    next_replan = Some(crate::time::add(now, settings.plan.refresh));
+                }
                 let round = Round {
-                    store: Arc::clone(&store) as Arc<dyn SweepStore>,
+                    store: Arc::clone(&store),
                     providers: settings.providers.clone(),
                     pollers: pollers.clone(),
                     clock: clock.clone(),
+                    replan: replan.then(|| settings.plan.clone()),
                 };
                 sweeping = Some(Box::pin(round.run(shutdown.clone())));
                 sweep_wanted = false;
@@ -312,6 +323,7 @@ impl Daemon {
                     }
                     info!("configuration reloaded and applied; probing a paused upstream at once");
                     settings = new_settings;
+                    next_replan = None;
                     (hooks.reloaded)();
                     sweep_wanted = true;
                 }
@@ -472,10 +484,12 @@ pub struct SweepOutcome {
 
 /// One round of sweeps: hand edits checked, then every provider swept at once.
 struct Round {
-    store: Arc<dyn SweepStore>,
+    store: Arc<dyn Store>,
     providers: Registry,
     pollers: Vec<Arc<Poller>>,
     clock: Clock,
+    /// Size the polling plan anew first, with these settings.
+    replan: Option<PlanConfig>,
 }
 
 impl Round {
@@ -483,6 +497,22 @@ impl Round {
     /// provider whose sweep fails is logged; the others are not held up.
     async fn run(self, shutdown: CancellationToken) -> SweepOutcome {
         let mut outcome = SweepOutcome::default();
+        if let Some(config) = &self.replan {
+            for poller in &self.pollers {
+                match poller.replan(self.store.as_ref(), config).await {
+                    Ok(planned) => info!(
+                        provider = poller.provider(),
+                        budget = planned.figures.budget_requests_per_day.round(),
+                        expected = planned.figures.expected_requests_per_day.round(),
+                        estimated_p95_s = planned.figures.estimated_p95_detection_seconds.round(),
+                        "polling plan sized (requests a day)"
+                    ),
+                    Err(error) => {
+                        warn!(provider = poller.provider(), error = %error, "cannot size the polling plan now; the current one stays")
+                    }
+                }
+            }
+        }
         // When the database is locked this waits for a later round rather than holding
         // this one up.
         match check_hand_edited(self.store.as_ref(), &self.providers, self.clock.now()).await {
@@ -538,10 +568,11 @@ pub async fn poll_once(settings: Settings, clock: Clock, shutdown: CancellationT
     let mut pollers = Vec::new();
     reconcile_pollers(&mut pollers, &store, &settings, &metrics, &Arc::default(), &clock).await?;
     let round = Round {
-        store: Arc::clone(&store) as Arc<dyn SweepStore>,
+        store: Arc::clone(&store),
         providers: settings.providers.clone(),
         pollers,
         clock: clock.clone(),
+        replan: Some(settings.plan.clone()),
     };
     let sweep = round.run(shutdown.clone()).await;
     let mut deliveries = Pass::default();

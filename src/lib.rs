@@ -41,6 +41,8 @@ pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod outbox;
+pub mod plan;
+pub mod planning;
 pub mod policy;
 pub mod provider;
 pub mod reconcile;

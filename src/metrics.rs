@@ -100,6 +100,33 @@ pub struct Metrics {
     pub deliveries_held: Family<SinkLabels, Gauge>,
     /// Daemons sharing the database (PostgreSQL; read at scrape time).
     pub members: Gauge,
+    /// Carts polled early to fill a request's free seats.
+    pub seats_filled: Family<ProviderLabels, Counter>,
+    /// The polling plan's figures, per provider and `figure`.
+    pub plan: Family<PlanLabels, Gauge<f64, AtomicU64>>,
+}
+
+/// `provider` and `figure` of the polling plan.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlanLabels {
+    /// Partner API.
+    pub provider: String,
+    /// `budget_requests_per_day`, `expected_requests_per_day`, `actual_requests_per_day`
+    /// or `estimated_p95_detection_seconds`.
+    pub figure: String,
+}
+
+/// What the daemon's plan expects and what it does, for `/metrics` and `status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PlanFigures {
+    /// The requests per day the plan may spend (the tiers have no budget: 0).
+    pub budget_requests_per_day: f64,
+    /// What the plan expects to send, on the carts tracked now.
+    pub expected_requests_per_day: f64,
+    /// What the sweeps of the last hour sent, per day.
+    pub actual_requests_per_day: f64,
+    /// The plan's estimate of the 95th percentile of detection delay, in seconds.
+    pub estimated_p95_detection_seconds: f64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -124,6 +151,8 @@ impl Default for Metrics {
         let outbox_backlog = Family::default();
         let deliveries_held = Family::default();
         let members = Gauge::default();
+        let seats_filled = Family::default();
+        let plan = Family::default();
         let mut registry = Registry::with_prefix("cartwatch");
         registry.register("sweeps", "Sweeps run", sweeps.clone());
         registry.register(
@@ -159,8 +188,20 @@ impl Default for Metrics {
             deliveries_held.clone(),
         );
         registry.register("members", "Daemons sharing the database, alive in the last minute", members.clone());
+        registry.register(
+            "seats_filled",
+            "Carts polled before they were due to fill the free seats of a sweep's last request",
+            seats_filled.clone(),
+        );
+        registry.register(
+            "plan",
+            "The polling plan per provider: budget, expected and actual requests per day, estimated p95 detection delay (s)",
+            plan.clone(),
+        );
         Metrics {
             registry,
+            seats_filled,
+            plan,
             sweeps,
             sweeps_skipped,
             sweep_duration,
@@ -185,6 +226,18 @@ impl Metrics {
         self.upstream_requests
             .get_or_create(&RequestLabels { provider: provider.into(), outcome: outcome.into() })
             .inc();
+    }
+
+    /// Publishes a provider's plan figures.
+    pub fn set_plan(&self, provider: &str, figures: &PlanFigures) {
+        for (figure, value) in [
+            ("budget_requests_per_day", figures.budget_requests_per_day),
+            ("expected_requests_per_day", figures.expected_requests_per_day),
+            ("actual_requests_per_day", figures.actual_requests_per_day),
+            ("estimated_p95_detection_seconds", figures.estimated_p95_detection_seconds),
+        ] {
+            self.plan.get_or_create(&PlanLabels { provider: provider.into(), figure: figure.into() }).set(value);
+        }
     }
 
     /// Sets the paused gauge from an upstream's mode.

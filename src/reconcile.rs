@@ -14,7 +14,8 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use crate::cart_id::shorten;
 use crate::events::{CartEventData, EventType};
 use crate::model::{Cart, CartReport, CartState, Ending, StatusModel};
-use crate::policy::{BackoffConfig, CadenceConfig, Exponential, poll_interval, spread};
+use crate::plan::{Plan, Situation};
+use crate::policy::{BackoffConfig, CadenceConfig, Exponential, spread};
 use crate::time::add;
 
 /// What happened to a cart in one poll, as the sweep saw it.
@@ -37,6 +38,9 @@ pub struct Rules {
     pub not_found_after: u32,
     /// Event types to write.
     pub emit: BTreeSet<EventType>,
+    /// How long until each cart is polled again: the `[cadence]` tiers until the daemon
+    /// replaces it with a plan sized from the recorded history.
+    pub plan: Plan,
 }
 
 impl Rules {
@@ -47,7 +51,13 @@ impl Rules {
             retry: crate::policy::transient_backoff(backoff),
             not_found_after: backoff.not_found_after,
             emit,
+            plan: Plan::Tiers(cadence.clone()),
         }
+    }
+
+    /// The same rules following `plan`.
+    pub fn with_plan(&self, plan: Plan) -> Rules {
+        Rules { plan, ..self.clone() }
     }
 }
 
@@ -286,10 +296,21 @@ fn schedule_or_expire(
         event_types.push(EventType::CartExpired);
         return;
     }
-    let cadence = &context.rules.cadence;
-    let order_is_near = cart.status.as_deref().is_some_and(|status| context.model.order_is_near(status));
-    let interval = poll_interval(cadence, cart_age(cart, context), order_is_near);
-    cart.next_poll_at = Some(add(context.now, spread(interval, cadence.jitter, unit)));
+    let interval = context.rules.plan.interval(&situation(cart, context));
+    cart.next_poll_at = Some(add(context.now, spread(interval, context.rules.cadence.jitter, unit)));
+}
+
+/// What the polling plan needs to know about a cart: its status, and its age, counted from
+/// the status change when an order is near (the order follows the checkout, whenever that
+/// was) and from its creation otherwise.
+pub fn situation<'a>(cart: &'a Cart, context: &Context) -> Situation<'a> {
+    let status = cart.status.as_deref();
+    let order_is_near = status.is_some_and(|status| context.model.order_is_near(status));
+    let age = match (order_is_near, cart.status_changed_at) {
+        (true, Some(changed)) => (context.now - changed).to_std().unwrap_or(Duration::ZERO),
+        _ => cart_age(cart, context),
+    };
+    Situation { status, age, order_is_near }
 }
 
 /// A cart the partner calls ordered but without its OrderID: polled as closely as a

@@ -29,11 +29,14 @@ use crate::events::{EventType, NewEvent, UpstreamEventData};
 use crate::liveness::Progress;
 use crate::metrics::{EventLabels, Metrics, TransitionLabels};
 use crate::model::{BatchReply, CartReport, PollTarget, StatusModel, UpstreamError};
+use crate::plan::{FILL_HORIZON, Plan, PlanConfig};
+use crate::planning::Planned;
 use crate::policy::{BackoffConfig, FailureKind, classify};
 use crate::provider::{BatchClient, ClientSettings, Provider, Registry};
 use crate::reconcile::{Context, PollOutcome, Rules};
 use crate::store::{
-    AppliedBatch, DueCursor, Outcome, RETRY_BUDGET, StoreError, SweepRecord, SweepStore, UpstreamRecord, retrying,
+    AppliedBatch, DueCursor, Outcome, RETRY_BUDGET, ReportStore, StoreError, SweepRecord, SweepStore, UpstreamRecord,
+    retrying,
 };
 use crate::time::format_ts;
 use crate::upstream::{Change, Gate, UpstreamHealth};
@@ -114,7 +117,7 @@ struct Tuning {
     provider: Arc<dyn Provider>,
     client: Arc<dyn BatchClient>,
     settings: ClientSettings,
-    limiter: Option<DefaultDirectRateLimiter>,
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
     rules: Arc<Rules>,
     page_size: u32,
 }
@@ -125,12 +128,24 @@ impl Tuning {
         settings.batch_size = settings.batch_size.clamp(1, config.provider.max_batch());
         Ok(Tuning {
             client: config.provider.client()?,
-            limiter: rate_limiter(settings.requests_per_second),
+            limiter: rate_limiter(settings.requests_per_second).map(Arc::new),
             settings,
             provider: Arc::clone(&config.provider),
             rules: Arc::clone(&config.rules),
             page_size: config.page_size,
         })
+    }
+
+    /// The same tuning, the same client and rate limiter, following `plan`.
+    fn with_plan(&self, plan: Plan) -> Tuning {
+        Tuning {
+            provider: Arc::clone(&self.provider),
+            client: Arc::clone(&self.client),
+            settings: self.settings.clone(),
+            limiter: self.limiter.clone(),
+            rules: Arc::new(self.rules.with_plan(plan)),
+            page_size: self.page_size,
+        }
     }
 }
 
@@ -249,6 +264,23 @@ impl Poller {
         Ok(())
     }
 
+    /// Sizes the polling plan anew from the store's history (see [`crate::planning`]) and
+    /// follows it from the next poll on; publishes its figures.
+    ///
+    /// Fails when the store cannot be read; the current plan then stays.
+    pub async fn replan(&self, store: &dyn ReportStore, config: &PlanConfig) -> Result<Planned, StoreError> {
+        let tuning = self.tuning();
+        let model: Arc<dyn StatusModel> = Arc::clone(&tuning.provider) as Arc<dyn StatusModel>;
+        let seats = tuning.settings.batch_size;
+        let rps = tuning.settings.requests_per_second;
+        let planned = crate::planning::build(store, config, &tuning.rules, model, seats, rps, self.clock.now()).await?;
+        let mut current = self.tuning.write().unwrap_or_else(PoisonError::into_inner);
+        *current = Arc::new(current.with_plan(planned.plan.clone()));
+        drop(current);
+        self.metrics.set_plan(self.name, &planned.figures);
+        Ok(planned)
+    }
+
     fn tuning(&self) -> Arc<Tuning> {
         Arc::clone(&self.tuning.read().unwrap_or_else(PoisonError::into_inner))
     }
@@ -313,7 +345,11 @@ impl Poller {
                         Ok(page) => {
                             cursor = page.next.map(Some);
                             lock(&run.unsettled).extend(page.carts.iter().map(|cart| cart.key));
-                            queue.extend(self.batches_of(page.carts).await);
+                            let mut batches = self.batches_of(page.carts).await;
+                            if cursor.is_none() {
+                                self.fill_seats(&mut batches, run, started).await;
+                            }
+                            queue.extend(batches);
                         }
                         Err(error) => {
                             error!(error = %error, "cannot read due carts; the sweep ends here");
@@ -410,6 +446,36 @@ impl Poller {
             debug!("sweep finished; nothing was due");
         }
         Ok(record)
+    }
+
+    /// Fills the free seats of the sweep's last request with the carts due soonest after it
+    /// (within [`FILL_HORIZON`]): the request is sent anyway, and each cart it carries now is
+    /// one request fewer later. Never more carts than the batch size, never a cart twice in a
+    /// sweep (the store skips carts polled since it started), no request more.
+    async fn fill_seats(&self, batches: &mut [Vec<PollTarget>], run: &SweepRun, started: DateTime<Utc>) {
+        let batch_size = lock(&self.health).batch_size().clamp(1, self.tuning().provider.max_batch());
+        let Some(last) = batches.last_mut().filter(|last| last.len() < batch_size) else { return };
+        let free = (batch_size - last.len()) as u32;
+        let until = crate::time::add(started, FILL_HORIZON);
+        match self.store.claim_early(self.name, started, until, free).await {
+            Ok(early) if !early.is_empty() => {
+                lock(&run.unsettled).extend(early.iter().map(|cart| cart.key));
+                let count = early.len();
+                for batch in self.batches_of(early).await {
+                    last.extend(batch);
+                }
+                last.truncate(batch_size);
+                self.metrics
+                    .seats_filled
+                    .get_or_create(&crate::metrics::ProviderLabels { provider: self.name.into() })
+                    .inc_by(count as u64);
+                debug!(carts = count, "filled the free seats of the last request with carts due soon");
+            }
+            Ok(_) => {}
+            Err(error) => {
+                debug!(error = %error, "cannot read carts due soon; the last request goes out with free seats")
+            }
+        }
     }
 
     /// Validates the ids of a page (repairing or flagging hand-edited rows) and cuts it into

@@ -62,6 +62,8 @@ pub enum Scenario {
     Transitions,
     /// Several daemons sharing PostgreSQL.
     Daemons,
+    /// The polling plans in simulated time.
+    Plan,
 }
 
 /// Reads a scenario name, or `all`.
@@ -74,10 +76,11 @@ pub fn scenarios(name: &str) -> Result<Vec<Scenario>, String> {
         "deliver" => vec![Scenario::Deliver],
         "transitions" => vec![Scenario::Transitions],
         "daemons" => vec![Scenario::Daemons],
+        "plan" => vec![Scenario::Plan],
         "all" => vec![Scenario::Sweep, Scenario::Scale, Scenario::Deliver, Scenario::Transitions],
         other => {
             return Err(format!(
-                "unknown scenario {other:?}; use sweep, scale, deliver, transitions, daemons (needs PostgreSQL) or all"
+                "unknown scenario {other:?}; use sweep, scale, deliver, transitions, plan, daemons (needs PostgreSQL) or all"
             ));
         }
     })
@@ -95,6 +98,7 @@ pub async fn run(scenarios: &[Scenario], scale: f64) -> anyhow::Result<()> {
             Scenario::Deliver => deliver(scaled(100_000.0)).await?,
             Scenario::Transitions => transitions(scaled(100_000.0)).await?,
             Scenario::Daemons => daemons(scaled(20_000.0)).await?,
+            Scenario::Plan => plans(scale).await?,
         };
         println!("{figures}");
     }
@@ -721,7 +725,7 @@ fn daemon_config(
              [imaterialise]\nbase_url = {base_url:?}\napi_code = {DEMO_API_CODE:?}\nconcurrency = {concurrency}\n\
              requests_per_second = {requests_per_second}\nrequest_timeout = \"5s\"\n\
              [cadence]\ntiers = [{{ younger_than = \"30d\", every = \"1h\" }}]\nolder_every = \"1h\"\n\
-             checked_out_every = \"1h\"\njitter = 0.0\n[sinks.log]\nenabled = false\n[logging]\nlevel = \"warn\"\n"
+             checked_out_every = \"1h\"\njitter = 0.0\n[plan]\nmode = \"tiers\"\n[sinks.log]\nenabled = false\n[logging]\nlevel = \"warn\"\n"
         ),
     )?;
     Ok(path)
@@ -916,4 +920,168 @@ async fn takeover(carts: usize, concurrency: u32, directory: &Path) -> anyhow::R
     drop(daemons);
     simulator.stop().await;
     Ok(elapsed)
+}
+
+/// The polling plans on one seeded workload: fixed polling, today's tiers, and the budget
+/// plan at a range of budgets; then the comparisons at equal detection latency and at equal
+/// requests, and the curve of requests against p95 detection latency as an SVG beside the
+/// working directory's `plan-curve.svg`.
+async fn plans(scale: f64) -> anyhow::Result<Value> {
+    use cartwatch::plan::evaluate::{Planner, Report, Settings, evaluate};
+    use cartwatch::plan::workload::Model;
+    let settings = Settings::default();
+    let model = Model { carts_per_day: 20_000.0 * scale, ..Model::default() };
+    let started = Instant::now();
+    let timelines = model.generate(settings.days, 2026);
+    let generated = started.elapsed();
+    let cadence = Config::default().cadence;
+    // Fixed polling, and the tiers scaled for the curve, cost much to replay poll by poll and
+    // scale exactly with the number of carts: they run on a sample of the same workload, their
+    // requests multiplied back.
+    let sampled = |every: usize| timelines.iter().step_by(every).cloned().collect::<Vec<_>>();
+    let (twentieth, fifth) = (sampled(20), sampled(5));
+    let mut lines: Vec<(String, Vec<Value>)> = Vec::new();
+    let mut timings = Vec::new();
+    let mut run = |planner: &Planner, timelines: &[cartwatch::plan::workload::Timeline], every: f64| -> Report {
+        let started = Instant::now();
+        let mut report = evaluate(timelines, planner, &settings);
+        timings.push(round(started.elapsed().as_secs_f64(), 2));
+        report.requests_per_day *= every;
+        report.peak_requests_per_tick = (report.peak_requests_per_tick as f64 * every) as usize;
+        println!("{}", plan_json(&report, 1.0 / every, settings.tick));
+        report
+    };
+    let mut fixed = Vec::new();
+    for seconds in [30, 60, 120, 300, 600] {
+        fixed.push(run(&Planner::Fixed(Duration::from_secs(seconds)), &twentieth, 20.0));
+    }
+    let scaled_tiers = |factor: f64| {
+        let mut scaled = cadence.clone();
+        let by = |interval: Duration| Duration::from_secs_f64(interval.as_secs_f64() * factor);
+        for tier in &mut scaled.tiers {
+            tier.every = by(tier.every);
+        }
+        scaled.older_every = by(scaled.older_every);
+        scaled.checked_out_every = by(scaled.checked_out_every);
+        scaled
+    };
+    let mut tiers_line = vec![run(&Planner::Tiers(scaled_tiers(0.5)), &fifth, 5.0)];
+    let tiers = run(&Planner::Tiers(cadence.clone()), &timelines, 1.0);
+    tiers_line.push(tiers.clone());
+    tiers_line.push(run(&Planner::Tiers(scaled_tiers(2.0)), &fifth, 5.0));
+    let mut budget = Vec::new();
+    for fraction in [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.5, 1.0] {
+        let planner = Planner::Budget {
+            requests_per_day: (tiers.requests_per_day * fraction).round(),
+            bounds: (settings.tick, Duration::from_secs(6 * 3600)),
+            near_order_every: cadence.checked_out_every,
+        };
+        budget.push(run(&planner, &timelines, 1.0));
+    }
+    // The cheapest budget whose p95 is no worse than a reference's, for both changes.
+    let cheapest_as_good_as = |reference: &Report| {
+        budget
+            .iter()
+            .filter(|plan| {
+                plan.checked_out.p95 <= reference.checked_out.p95 && plan.ordered.p95 <= reference.ordered.p95
+            })
+            .min_by(|a, b| a.requests_per_day.total_cmp(&b.requests_per_day))
+    };
+    let as_good_as_tiers = cheapest_as_good_as(&tiers);
+    let at_tiers_requests = budget.last().context("no budget plan")?;
+    let fixed_1m = &fixed[1];
+    let as_good_as_fixed = cheapest_as_good_as(fixed_1m);
+    let point = |report: &Report| json!([report.requests_per_day, report.checked_out.p95, report.ordered.p95]);
+    lines.push(("fixed interval (30 s to 10 min)".into(), fixed.iter().map(point).collect()));
+    lines.push(("tiers (intervals ×0.5, ×1, ×2)".into(), tiers_line.iter().map(point).collect()));
+    lines.push(("budget plan (square-root rule)".into(), budget.iter().map(point).collect()));
+    let svg = std::path::PathBuf::from("plan-curve.svg");
+    draw_plan_curve(&svg, &lines)?;
+    Ok(json!({
+        "scenario": "plan",
+        "summary": true,
+        "carts": timelines.len(),
+        "days": settings.days,
+        "measured_days": settings.days - settings.measured_from_day,
+        "requests_ratio_vs_tiers_at_equal_p95": as_good_as_tiers.map(|plan| round(tiers.requests_per_day / plan.requests_per_day, 2)),
+        "budget_at_equal_p95": as_good_as_tiers.map(|plan| plan.label.clone()),
+        "p95_ratio_vs_tiers_at_equal_requests": round(tiers.ordered.p95 / at_tiers_requests.ordered.p95, 2),
+        "requests_ratio_vs_fixed_1m_at_equal_p95": as_good_as_fixed.map(|plan| round(fixed_1m.requests_per_day / plan.requests_per_day, 1)),
+        "targets": { "requests_ratio_vs_tiers": 3, "p95_ratio_vs_tiers": 2, "requests_ratio_vs_fixed_1m": 20, "evaluate_s": 30 },
+        "generate_s": round(generated.as_secs_f64(), 2),
+        "evaluate_s": timings,
+        "svg": svg.display().to_string(),
+    }))
+}
+
+/// Requests per day (x, logarithmic) against the 95th percentile of detection latency, for
+/// checkouts and for orders, one line per plan.
+fn draw_plan_curve(path: &Path, lines: &[(String, Vec<Value>)]) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (1100, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(550);
+    let colors = [RGBColor(120, 120, 120), RGBColor(31, 119, 180), RGBColor(214, 39, 40)];
+    let points = |line: &[Value], index: usize| -> Vec<(f64, f64)> {
+        line.iter().map(|point| (number(&point[0]), number(&point[index]).max(1.0))).collect()
+    };
+    let all: Vec<(f64, f64)> =
+        lines.iter().flat_map(|(_, line)| points(line, 1).into_iter().chain(points(line, 2))).collect();
+    let x_range = all.iter().map(|(x, _)| *x).fold(f64::MAX, f64::min) * 0.7
+        ..all.iter().map(|(x, _)| *x).fold(0.0, f64::max) * 1.4;
+    let y_range = 5.0..all.iter().map(|(_, y)| *y).fold(0.0, f64::max) * 1.5;
+    for (area, index, title) in
+        [(&left, 1, "checkouts found: p95 delay (s)"), (&right, 2, "orders found: p95 delay (s)")]
+    {
+        let mut chart = ChartBuilder::on(area)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(x_range.clone().log_scale(), y_range.clone().log_scale())?;
+        let count = |value: &f64| match *value {
+            value if value >= 1e6 => format!("{}M", value / 1e6),
+            value if value >= 1e3 => format!("{}k", value / 1e3),
+            value => format!("{value}"),
+        };
+        chart
+            .configure_mesh()
+            .x_desc("requests per day")
+            .y_desc("seconds")
+            .x_label_formatter(&count)
+            .y_label_formatter(&|value| format!("{value:.0}"))
+            .draw()?;
+        for ((label, line), color) in lines.iter().zip(colors) {
+            let series = points(line, index);
+            chart
+                .draw_series(LineSeries::new(series.clone(), color.stroke_width(2)))?
+                .label(label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            chart.draw_series(series.into_iter().map(|point| Circle::new(point, 4, color.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.9))
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn plan_json(report: &cartwatch::plan::evaluate::Report, sampled: f64, tick: Duration) -> Value {
+    let latency = |latency: &cartwatch::plan::evaluate::Latency| json!({ "count": latency.count, "p50_s": round(latency.p50, 1), "p95_s": round(latency.p95, 1), "p99_s": round(latency.p99, 1) });
+    json!({
+        "plan": report.label,
+        "requests_per_day": round(report.requests_per_day, 0),
+        "polls_per_request": round(report.polls_per_request, 2),
+        "requests_per_detected_order": round(report.requests_per_detected_order, 1),
+        "peak_requests_per_tick": report.peak_requests_per_tick,
+        "peak_requests_per_second": round(report.peak_requests_per_tick as f64 / tick.as_secs_f64(), 1),
+        "checked_out": latency(&report.checked_out),
+        "ordered": latency(&report.ordered),
+        "carts_replayed": report.carts,
+        "sampled": sampled,
+    })
 }

@@ -12,6 +12,7 @@ mod demo;
 mod events;
 mod items;
 pub mod output;
+mod plan;
 mod run;
 mod simulate;
 mod status;
@@ -112,6 +113,14 @@ pub enum Command {
         #[arg(value_name = "CART_ID")]
         cart_id: Option<String>,
     },
+    /// Show the polling plan: its budget, the requests a day it expects and sends, its
+    /// estimated p95 detection delay, and each status and age's chance of moving towards an
+    /// order with the interval it gets.
+    Plan {
+        /// One JSON object per provider.
+        #[arg(long)]
+        json: bool,
+    },
     /// List events from the outbox, oldest first, with each sink's delivery state; or
     /// manage dead letters.
     Events {
@@ -184,7 +193,8 @@ pub enum Command {
         max_dwell: u32,
     },
     /// Run a benchmark and print its figures as one JSON object per scenario: sweep, scale,
-    /// deliver, transitions, or all.
+    /// deliver, transitions, all (those four), plan (the polling plans in simulated time,
+    /// with plan-curve.svg) or daemons (needs PostgreSQL).
     Bench {
         /// The scenario.
         #[arg(value_name = "SCENARIO", default_value = "all")]
@@ -380,6 +390,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Confirm { token, domain } => confirm::confirm(config_path, token, domain).await,
         Command::Untrack { cart_ids } => track::untrack(config_path, cart_ids).await,
         Command::Status { cart_id } => status::status(config_path, cart_id).await,
+        Command::Plan { json } => plan::plan(config_path, json).await,
         Command::Events { action: None, after, limit, follow, json } => {
             events::events(config_path, after, limit, follow, json).await
         }

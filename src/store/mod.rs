@@ -308,6 +308,16 @@ pub struct CartDetail {
     pub transitions: Vec<StoredTransition>,
 }
 
+/// A cart as the polling plan learns from it: the row, and each status seen with when it was
+/// first seen, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanHistory {
+    /// The cart.
+    pub cart: Cart,
+    /// `(to_status, detected_at)` of its transitions, oldest first.
+    pub seen: Vec<(String, DateTime<Utc>)>,
+}
+
 /// The persisted health of one upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamRecord {
@@ -499,6 +509,17 @@ pub trait SweepStore: Send + Sync + std::fmt::Debug {
         limit: u32,
     ) -> Result<DuePage, StoreError>;
 
+    /// Claims up to `limit` of `provider`'s carts due after `started` and by `until`, soonest
+    /// first, to fill the free seats of a sweep's last request: only carts not polled since
+    /// `started` (so none twice in a sweep) and not failing (their backoff stands).
+    async fn claim_early(
+        &self,
+        provider: &str,
+        started: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PollTarget>, StoreError>;
+
     /// Applies a batch's poll outcomes in one transaction: each cart's new record, its
     /// transition and its events (with their deliveries), together or not at all.
     async fn apply(&self, outcomes: Vec<Outcome>, context: Context) -> Result<AppliedBatch, StoreError>;
@@ -677,6 +698,14 @@ pub trait ReportStore: Send + Sync + std::fmt::Debug {
 
     /// One cart and its transitions.
     async fn cart_detail(&self, cart_id: String) -> Result<Option<CartDetail>, StoreError>;
+
+    /// The carts of `provider` tracked now or since `since`, with their transitions: what
+    /// the polling plan estimates its hazards and sizes its budget from.
+    async fn plan_history(&self, provider: String, since: DateTime<Utc>) -> Result<Vec<PlanHistory>, StoreError>;
+
+    /// Requests sent to `provider`'s partner by sweeps started since `since` (the store keeps
+    /// the last thousand sweeps).
+    async fn requests_since(&self, provider: String, since: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Events after the cursor `after` (a `seq`), oldest first, at most `limit`.
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError>;

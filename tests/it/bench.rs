@@ -60,6 +60,6 @@ fn an_unknown_scenario_is_refused() {
     assert_eq!(output.status.code(), Some(5));
     assert!(
         String::from_utf8_lossy(&output.stderr)
-            .contains("use sweep, scale, deliver, transitions, daemons (needs PostgreSQL) or all")
+            .contains("use sweep, scale, deliver, transitions, plan, daemons (needs PostgreSQL) or all")
     );
 }

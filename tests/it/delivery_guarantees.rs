@@ -42,6 +42,8 @@ tiers = [{{ younger_than = "30d", every = "1s" }}]
 older_every = "1s"
 checked_out_every = "1s"
 jitter = 0.0
+[plan]
+mode = "tiers"
 [backoff]
 transient_initial = "500ms"
 transient_max = "2s"

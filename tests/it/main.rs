@@ -12,6 +12,7 @@ mod http_api;
 mod items;
 mod operations;
 mod parsers;
+mod plan;
 mod providers;
 mod resilience;
 mod service;

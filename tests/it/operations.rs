@@ -29,7 +29,7 @@ fn write_config(directory: &Path, base_url: &str, extra: &str) -> PathBuf {
         "[database]\npath = {:?}\nbusy_timeout = \"500ms\"\n[sweep]\ncron = \"* * * * * *\"\n\
          [imaterialise]\nbase_url = {base_url:?}\nrequests_per_second = 0\nrequest_timeout = \"5s\"\n\
          [cadence]\ntiers = [{{ younger_than = \"30d\", every = \"1s\" }}]\nolder_every = \"1s\"\n\
-         checked_out_every = \"1s\"\njitter = 0.0\n[sinks.log]\npath = {:?}\n{extra}",
+         checked_out_every = \"1s\"\njitter = 0.0\n[plan]\nmode = \"tiers\"\n[sinks.log]\npath = {:?}\n{extra}",
         directory.join("cartwatch.db").display().to_string(),
         events_file(directory).display().to_string()
     );

@@ -315,6 +315,33 @@ impl SweepStore for MemoryStore {
             .flatten();
         Ok(DuePage { carts, next })
     }
+    async fn claim_early(
+        &self,
+        provider: &str,
+        started: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PollTarget>, StoreError> {
+        let memory = self.memory();
+        let mut early: Vec<&Cart> = memory
+            .carts
+            .values()
+            .filter(|cart| cart.state == CartState::Tracking && cart.provider == provider)
+            .filter(|cart| cart.next_poll_at.is_some_and(|at| at > started && at <= until))
+            .filter(|cart| cart.last_polled_at.is_none_or(|at| at < started) && cart.consecutive_errors == 0)
+            .collect();
+        early.sort_by_key(|cart| due_position(cart));
+        Ok(early
+            .iter()
+            .take(limit as usize)
+            .map(|cart| PollTarget {
+                key: cart.key,
+                cart_id: cart.cart_id.clone(),
+                account: cart.account.clone(),
+                session_token: None,
+            })
+            .collect())
+    }
     async fn apply(&self, outcomes: Vec<Outcome>, context: Context) -> Result<AppliedBatch, StoreError> {
         let mut memory = self.memory();
         let mut working = memory.clone();

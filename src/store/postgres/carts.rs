@@ -254,6 +254,47 @@ impl PgStore {
         Ok(DuePage { carts, next: full.then(|| DueCursor::from_token(String::new())) })
     }
 
+    /// Claims up to `limit` carts due after `started` and by `until`, not polled since
+    /// `started` and not failing, soonest first.
+    pub(super) async fn claim_early(
+        &self,
+        provider: &str,
+        started: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PollTarget>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "WITH early AS (
+                     SELECT cart_key FROM carts
+                     WHERE state = 'tracking' AND provider = $1 AND next_poll_at > $2 AND next_poll_at <= $3
+                       AND (last_polled_at IS NULL OR last_polled_at < $2) AND consecutive_errors = 0
+                       AND (lease_until IS NULL OR lease_until < now())
+                     ORDER BY next_poll_at, cart_key LIMIT $4
+                     FOR UPDATE SKIP LOCKED)
+                 UPDATE carts c SET lease_owner = $5, lease_until = now() + make_interval(secs => $6)
+                 FROM early WHERE c.cart_key = early.cart_key
+                 RETURNING c.cart_key, c.cart_id, c.account, c.session_token, c.next_poll_at",
+            )
+            .await?;
+        let rows = client
+            .query(&statement, &[&provider, &started, &until, &i64::from(limit), &self.member, &self.lease_seconds()])
+            .await?;
+        let mut claimed: Vec<(DateTime<Utc>, PollTarget)> = rows
+            .iter()
+            .map(|row| {
+                let target =
+                    PollTarget { key: row.get(0), cart_id: row.get(1), account: row.get(2), session_token: row.get(3) };
+                (row.get::<_, Option<DateTime<Utc>>>(4).unwrap_or(until), target)
+            })
+            .collect();
+        claimed.sort_by_key(|(due, target)| (*due, target.key));
+        let carts: Vec<PollTarget> = claimed.into_iter().map(|(_, target)| target).collect();
+        self.claimed().extend(carts.iter().map(|cart| cart.key));
+        Ok(carts)
+    }
+
     /// Gives back this member's claims on carts it will not poll after all.
     pub(super) async fn release(&self, keys: Vec<i64>) -> Result<(), StoreError> {
         if keys.is_empty() {

@@ -8,8 +8,8 @@ use super::carts::{CART_COLUMNS, read_cart};
 use super::outbox::insert_event;
 use crate::events::NewEvent;
 use crate::store::{
-    CartDetail, ItemChange, ItemRecord, Member, SinkSummary, StoreError, StoredTransition, Summary, SweepRecord,
-    UpstreamRecord,
+    CartDetail, ItemChange, ItemRecord, Member, PlanHistory, SinkSummary, StoreError, StoredTransition, Summary,
+    SweepRecord, UpstreamRecord,
 };
 use crate::time::{format_ts, parse_ts};
 use crate::upstream::{Mode, Snapshot};
@@ -81,6 +81,53 @@ impl PgStore {
             })
             .collect();
         Ok(Some(CartDetail { cart, transitions }))
+    }
+
+    /// The carts of `provider` tracked now or since `since`, with their transitions.
+    pub(super) async fn plan_history(
+        &self,
+        provider: String,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<PlanHistory>, StoreError> {
+        let client = self.client().await?;
+        let chosen = "provider = $1 AND (state = 'tracking' OR tracked_since >= $2)";
+        let carts = client
+            .query(&format!("SELECT {CART_COLUMNS} FROM carts WHERE {chosen} ORDER BY cart_key"), &[&provider, &since])
+            .await?;
+        let mut histories: Vec<PlanHistory> =
+            carts.iter().map(|row| PlanHistory { cart: read_cart(row), seen: Vec::new() }).collect();
+        let transitions = client
+            .query(
+                &format!(
+                    "SELECT cart_key, to_status, detected_at FROM cart_transitions \
+                     WHERE cart_key IN (SELECT cart_key FROM carts WHERE {chosen}) ORDER BY cart_key, transition_id"
+                ),
+                &[&provider, &since],
+            )
+            .await?;
+        let mut index = 0;
+        for row in &transitions {
+            let key: i64 = row.get(0);
+            while index < histories.len() && histories[index].cart.key < key {
+                index += 1;
+            }
+            if let Some(history) = histories.get_mut(index).filter(|history| history.cart.key == key) {
+                history.seen.push((row.get(1), row.get(2)));
+            }
+        }
+        Ok(histories)
+    }
+
+    /// Requests sent to `provider`'s partner by sweeps started since `since`.
+    pub(super) async fn requests_since(&self, provider: String, since: DateTime<Utc>) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT coalesce(sum(requests), 0)::bigint FROM sweeps WHERE coalesce(provider, 'imaterialise') = $1 AND started_at >= $2",
+                &[&provider, &since],
+            )
+            .await?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
     }
 
     /// The counts behind `cartwatch status`.

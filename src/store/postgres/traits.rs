@@ -8,13 +8,13 @@ use chrono::{DateTime, Utc};
 
 use super::PgStore;
 use crate::events::NewEvent;
-use crate::model::{Cart, TrackRequest};
+use crate::model::{Cart, PollTarget, TrackRequest};
 use crate::outbox::{DeadLetter, DeliveryResult, DeliveryState, PendingDelivery, SinkSpec, StoredEvent};
 use crate::reconcile::Context;
 use crate::store::{
     AppliedBatch, CartDetail, CartStore, DueCursor, DuePage, ItemChange, ItemRecord, Member, OutboxStore, Outcome,
-    ReportStore, StoreError, Summary, SweepRecord, SweepStore, TrackOutcome, UncheckedCart, UntrackOutcome,
-    UpstreamRecord,
+    PlanHistory, ReportStore, StoreError, Summary, SweepRecord, SweepStore, TrackOutcome, UncheckedCart,
+    UntrackOutcome, UpstreamRecord,
 };
 
 #[async_trait]
@@ -61,6 +61,16 @@ impl SweepStore for PgStore {
     ) -> Result<DuePage, StoreError> {
         let _ = after;
         PgStore::claim_due(self, provider, now, limit).await
+    }
+
+    async fn claim_early(
+        &self,
+        provider: &str,
+        started: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PollTarget>, StoreError> {
+        PgStore::claim_early(self, provider, started, until, limit).await
     }
 
     async fn apply(&self, outcomes: Vec<Outcome>, context: Context) -> Result<AppliedBatch, StoreError> {
@@ -231,6 +241,14 @@ impl ReportStore for PgStore {
 
     async fn cart_detail(&self, cart_id: String) -> Result<Option<CartDetail>, StoreError> {
         PgStore::cart_detail(self, cart_id).await
+    }
+
+    async fn plan_history(&self, provider: String, since: DateTime<Utc>) -> Result<Vec<PlanHistory>, StoreError> {
+        PgStore::plan_history(self, provider, since).await
+    }
+
+    async fn requests_since(&self, provider: String, since: DateTime<Utc>) -> Result<u64, StoreError> {
+        PgStore::requests_since(self, provider, since).await
     }
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {

@@ -216,6 +216,36 @@ impl SqliteStore {
         .await
     }
 
+    /// Up to `limit` carts due after `started` and by `until`, not polled since `started` and
+    /// not failing, soonest first.
+    pub async fn claim_early(
+        &self,
+        provider: &str,
+        started: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PollTarget>, StoreError> {
+        let provider = provider.to_owned();
+        self.read(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT cart_key, cart_id, account, session_token FROM carts INDEXED BY carts_due \
+                 WHERE state = 'tracking' AND provider = ?1 AND next_poll_at > ?2 AND next_poll_at <= ?3 \
+                   AND (last_polled_at IS NULL OR last_polled_at < ?2) AND consecutive_errors = 0 \
+                 ORDER BY next_poll_at, cart_key LIMIT ?4",
+            )?;
+            let rows = statement.query_map(params![provider, format_ts(started), format_ts(until), limit], |row| {
+                Ok(PollTarget {
+                    key: row.get(0)?,
+                    cart_id: lenient_text(row, 1)?.unwrap_or_default(),
+                    account: lenient_text(row, 2)?.unwrap_or_default(),
+                    session_token: lenient_text(row, 3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
     /// The query plan of the due-cart query, for benchmarks and operators.
     pub async fn explain_due_page(&self) -> Result<Vec<String>, StoreError> {
         self.read(|connection| {

@@ -8,7 +8,9 @@ use super::SqliteStore;
 use super::outbox::insert_event;
 use super::rows::{CART_COLUMNS, lenient_text, read_cart};
 use crate::events::NewEvent;
-use crate::store::{CartDetail, SinkSummary, StoreError, StoredTransition, Summary, SweepRecord, UpstreamRecord};
+use crate::store::{
+    CartDetail, PlanHistory, SinkSummary, StoreError, StoredTransition, Summary, SweepRecord, UpstreamRecord,
+};
 use crate::time::{format_ts, parse_ts};
 use crate::upstream::{Mode, Snapshot};
 
@@ -38,6 +40,54 @@ impl SqliteStore {
                 })?
                 .collect::<Result<_, _>>()?;
             Ok(Some(CartDetail { cart, transitions }))
+        })
+        .await
+    }
+
+    /// The carts of `provider` tracked now or since `since`, with their transitions.
+    pub async fn plan_history(&self, provider: String, since: DateTime<Utc>) -> Result<Vec<PlanHistory>, StoreError> {
+        self.read(move |connection| {
+            let since = format_ts(since);
+            let chosen = "provider = ?1 AND (state = 'tracking' OR tracked_since >= ?2)";
+            let mut statement =
+                connection.prepare(&format!("SELECT {CART_COLUMNS} FROM carts WHERE {chosen} ORDER BY cart_key"))?;
+            let mut histories: Vec<PlanHistory> = statement
+                .query_map(params![provider, since], read_cart)?
+                .map(|cart| cart.map(|cart| PlanHistory { cart, seen: Vec::new() }))
+                .collect::<Result<_, _>>()?;
+            let mut statement = connection.prepare(&format!(
+                "SELECT cart_key, to_status, detected_at FROM cart_transitions \
+                 WHERE cart_key IN (SELECT cart_key FROM carts WHERE {chosen}) ORDER BY cart_key, transition_id"
+            ))?;
+            let mut rows = statement.query(params![provider, since])?;
+            let mut index = 0;
+            while let Some(row) = rows.next()? {
+                let key: i64 = row.get(0)?;
+                let (Some(status), Some(at)) =
+                    (lenient_text(row, 1)?, lenient_text(row, 2)?.as_deref().and_then(parse_ts))
+                else {
+                    continue;
+                };
+                while index < histories.len() && histories[index].cart.key < key {
+                    index += 1;
+                }
+                if let Some(history) = histories.get_mut(index).filter(|history| history.cart.key == key) {
+                    history.seen.push((status, at));
+                }
+            }
+            Ok(histories)
+        })
+        .await
+    }
+
+    /// Requests sent to `provider`'s partner by sweeps started since `since`.
+    pub async fn requests_since(&self, provider: String, since: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.read(move |connection| {
+            Ok(connection.query_row(
+                "SELECT coalesce(sum(requests), 0) FROM sweeps WHERE coalesce(provider, 'imaterialise') = ?1 AND started_at >= ?2",
+                params![provider, format_ts(since)],
+                |row| row.get::<_, i64>(0),
+            )? as u64)
         })
         .await
     }

@@ -5,12 +5,13 @@ use chrono::{DateTime, Utc};
 
 use super::SqliteStore;
 use crate::events::NewEvent;
-use crate::model::{Cart, TrackRequest};
+use crate::model::{Cart, PollTarget, TrackRequest};
 use crate::outbox::{DeadLetter, DeliveryResult, DeliveryState, PendingDelivery, SinkSpec, StoredEvent};
 use crate::reconcile::Context;
 use crate::store::{
-    AppliedBatch, CartDetail, CartStore, DueCursor, DuePage, ItemChange, ItemRecord, OutboxStore, Outcome, ReportStore,
-    StoreError, Summary, SweepRecord, SweepStore, TrackOutcome, UncheckedCart, UntrackOutcome, UpstreamRecord,
+    AppliedBatch, CartDetail, CartStore, DueCursor, DuePage, ItemChange, ItemRecord, OutboxStore, Outcome, PlanHistory,
+    ReportStore, StoreError, Summary, SweepRecord, SweepStore, TrackOutcome, UncheckedCart, UntrackOutcome,
+    UpstreamRecord,
 };
 
 #[async_trait]
@@ -54,6 +55,16 @@ impl SweepStore for SqliteStore {
         limit: u32,
     ) -> Result<DuePage, StoreError> {
         SqliteStore::claim_due(self, provider, now, after, limit).await
+    }
+
+    async fn claim_early(
+        &self,
+        provider: &str,
+        started: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PollTarget>, StoreError> {
+        SqliteStore::claim_early(self, provider, started, until, limit).await
     }
 
     async fn apply(&self, outcomes: Vec<Outcome>, context: Context) -> Result<AppliedBatch, StoreError> {
@@ -199,6 +210,14 @@ impl ReportStore for SqliteStore {
 
     async fn cart_detail(&self, cart_id: String) -> Result<Option<CartDetail>, StoreError> {
         SqliteStore::cart_detail(self, cart_id).await
+    }
+
+    async fn plan_history(&self, provider: String, since: DateTime<Utc>) -> Result<Vec<PlanHistory>, StoreError> {
+        SqliteStore::plan_history(self, provider, since).await
+    }
+
+    async fn requests_since(&self, provider: String, since: DateTime<Utc>) -> Result<u64, StoreError> {
+        SqliteStore::requests_since(self, provider, since).await
     }
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
