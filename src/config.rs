@@ -269,11 +269,13 @@ pub(crate) fn read_secret_file(
     if path.as_os_str().is_empty() {
         return None;
     }
-    if inline_is_set {
-        problems.push(Problem { key: key.into(), message: "set either the value or the file, not both".into() });
-        return None;
-    }
     match std::fs::read_to_string(path) {
+        // An empty file gives nothing (the unit's empty fallback credential, say).
+        Ok(text) if text.trim().is_empty() => None,
+        Ok(_) if inline_is_set => {
+            problems.push(Problem { key: key.into(), message: "set either the value or the file, not both".into() });
+            None
+        }
         Ok(text) => Some(Secret::new(text.trim())),
         Err(error) => {
             problems.push(Problem { key: key.into(), message: format!("cannot read {}: {error}", path.display()) });

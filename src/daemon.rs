@@ -218,6 +218,8 @@ impl Daemon {
         let mut schedule =
             Schedule::start(&settings.sweep.cron, &settings.sweep.timezone, metrics.sweeps_skipped.clone(), &clock)
                 .await?;
+        let providers: Vec<&str> = pollers.iter().map(|poller| poller.provider()).collect();
+        metrics.prepare(&providers, &deliveries.names());
         info!(
             database = %settings.database.target(),
             cron = %settings.sweep.cron,
@@ -321,6 +323,8 @@ impl Daemon {
                             Err(error) => error!(error = %error, "cannot start the new schedule; the old one goes on"),
                         }
                     }
+                    let providers: Vec<&str> = pollers.iter().map(|poller| poller.provider()).collect();
+                    metrics.prepare(&providers, &deliveries.names());
                     info!("configuration reloaded and applied; probing a paused upstream at once");
                     settings = new_settings;
                     next_replan = None;

@@ -5,15 +5,17 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::clock::Clock;
-use crate::metrics::{DeliveryLabels, Metrics};
+use crate::metrics::Metrics;
 use crate::outbox::DeliveryResult;
 use crate::sinks::Sink;
 use crate::store::{OutboxStore, RETRY_BUDGET, StoreError, retrying};
+use crate::time::parse_ts;
 
 /// The longest the loop sleeps without looking for work, so events written by another
 /// process (the CLI, `sqlite3`) and an endpoint enabled again by a command are picked up
@@ -67,18 +69,26 @@ pub async fn deliver_pass(
         return Ok(None);
     }
     let attempted = pending.len();
+    let written: std::collections::HashMap<i64, Option<DateTime<Utc>>> =
+        pending.iter().map(|delivery| (delivery.event.seq, parse_ts(&delivery.event.created_at))).collect();
+    let started = std::time::Instant::now();
     let outcome = abort.run_until_cancelled(sink.deliver(pending, now)).await.ok_or(PassError::Aborted)?;
+    metrics.delivery_pass(&name, started.elapsed());
+    let delivered_at = clock.now();
     let mut delivered = 0;
     for result in &outcome.results {
         let label = match result {
-            DeliveryResult::Delivered { .. } => {
+            DeliveryResult::Delivered { event_seq, .. } => {
                 delivered += 1;
+                if let Some(Some(written)) = written.get(event_seq) {
+                    metrics.delivered_after(&name, (delivered_at - *written).to_std().unwrap_or_default());
+                }
                 "delivered"
             }
             DeliveryResult::Retry { .. } => "retry",
             DeliveryResult::Dead { .. } => "dead",
         };
-        metrics.deliveries.get_or_create(&DeliveryLabels { sink: name.clone(), outcome: label.into() }).inc();
+        metrics.delivery(&name, label);
     }
     let results = outcome.results;
     // Not recorded means attempted again later: a duplicate, never a loss.

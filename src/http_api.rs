@@ -269,7 +269,7 @@ async fn readyz(State(state): State<ApiState>) -> Response {
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let summary = state.store.summary(state.clock.now()).await?;
     let text = state.metrics.render(&summary);
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 /// Reads a JSON body, turning every kind of bad body into a 4xx with a JSON error.

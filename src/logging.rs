@@ -6,11 +6,24 @@ use std::io::IsTerminal;
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
+/// The filter for `level`: cartwatch's own lines at that level (every target starting with
+/// `cartwatch`, the simulator's included), the libraries it uses at `warn` (their INFO lines
+/// are about their own machinery, not about carts).
+fn filter_for(level: tracing::level_filters::LevelFilter) -> String {
+    let ours = level.to_string().to_ascii_lowercase();
+    let theirs = level.min(tracing::level_filters::LevelFilter::WARN).to_string().to_ascii_lowercase();
+    format!("{theirs},cartwatch={ours}")
+}
+
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides the configured level with
-/// full filter syntax. Does nothing if a subscriber is already installed (as in tests).
+/// full filter syntax. Colours only on a terminal. Does nothing if a subscriber is already
+/// installed (as in tests).
 pub fn init(config: &LoggingConfig) {
     let level = LoggingConfig::parse_level(&config.level).unwrap_or(tracing::level_filters::LevelFilter::INFO);
-    let filter = EnvFilter::builder().with_default_directive(level.into()).from_env_lossy();
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder().parse_lossy(directives),
+        _ => EnvFilter::builder().parse_lossy(filter_for(level)),
+    };
     let json = match config.format {
         LogFormat::Json => true,
         LogFormat::Text => false,
@@ -20,7 +33,7 @@ pub fn init(config: &LoggingConfig) {
     let _ = if json {
         builder.json().flatten_event(true).with_current_span(false).with_span_list(false).try_init()
     } else {
-        builder.with_target(false).try_init()
+        builder.with_target(false).with_ansi(std::io::stderr().is_terminal()).try_init()
     };
 }
 
@@ -65,5 +78,18 @@ impl LoggingConfig {
             "off" => Some(tracing::level_filters::LevelFilter::OFF),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::level_filters::LevelFilter;
+
+    #[test]
+    fn libraries_stay_at_warn_unless_cartwatch_is_quieter() {
+        assert_eq!(filter_for(LevelFilter::INFO), "warn,cartwatch=info");
+        assert_eq!(filter_for(LevelFilter::DEBUG), "warn,cartwatch=debug");
+        assert_eq!(filter_for(LevelFilter::ERROR), "error,cartwatch=error");
     }
 }

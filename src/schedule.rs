@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use prometheus_client::metrics::counter::Counter;
+use prometheus::IntCounter as Counter;
 
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
@@ -75,7 +75,8 @@ fn tick(sender: &mpsc::Sender<()>, busy: &AtomicBool, skipped: &Counter) {
     let running = busy.load(Ordering::SeqCst);
     let queued = !running && sender.try_send(()).is_ok();
     if !queued {
-        let total = skipped.inc() + 1;
+        skipped.inc();
+        let total = skipped.get();
         tracing::info!(skipped_ticks = total, "a sweep is still running; this tick is skipped");
     }
 }
@@ -162,7 +163,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ticks_arrive_and_are_skipped_while_busy() {
-        let mut schedule = Schedule::start("* * * * * *", "UTC", Counter::default(), &Clock::system()).await.unwrap();
+        let mut schedule =
+            Schedule::start("* * * * * *", "UTC", Counter::new("skipped", "skipped").unwrap(), &Clock::system())
+                .await
+                .unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(3), schedule.next_tick()).await.unwrap().unwrap();
         schedule.set_busy(true);
         tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
@@ -174,7 +178,10 @@ mod tests {
     async fn on_a_manual_clock_ticks_follow_the_clock() {
         let start = chrono::DateTime::parse_from_rfc3339("2026-11-25T08:00:00.5Z").unwrap().to_utc();
         let clock = Clock::manual(start);
-        let mut schedule = Schedule::start("*/10 * * * * *", "UTC", Counter::default(), &clock).await.unwrap();
+        let mut schedule =
+            Schedule::start("*/10 * * * * *", "UTC", Counter::new("skipped", "skipped").unwrap(), &clock)
+                .await
+                .unwrap();
         tokio::task::yield_now().await;
         clock.advance(std::time::Duration::from_secs(9));
         let early = tokio::time::timeout(std::time::Duration::from_millis(50), schedule.next_tick()).await;

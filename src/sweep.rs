@@ -27,7 +27,7 @@ use crate::checks::Problems;
 use crate::clock::Clock;
 use crate::events::{EventType, NewEvent, UpstreamEventData};
 use crate::liveness::Progress;
-use crate::metrics::{EventLabels, Metrics, TransitionLabels};
+use crate::metrics::Metrics;
 use crate::model::{BatchReply, CartReport, PollTarget, StatusModel, UpstreamError};
 use crate::plan::{FILL_HORIZON, Plan, PlanConfig};
 use crate::planning::Planned;
@@ -354,6 +354,7 @@ impl Poller {
                         Err(error) => {
                             error!(error = %error, "cannot read due carts; the sweep ends here");
                             run.counters.write_failures.fetch_add(1, Ordering::Relaxed);
+                            self.metrics.store_errors.inc();
                             run.stop(format!("cannot read due carts: {error}"));
                         }
                     }
@@ -465,10 +466,7 @@ impl Poller {
                     last.extend(batch);
                 }
                 last.truncate(batch_size);
-                self.metrics
-                    .seats_filled
-                    .get_or_create(&crate::metrics::ProviderLabels { provider: self.name.into() })
-                    .inc_by(count as u64);
+                self.metrics.seats_filled(self.name, count as u64);
                 debug!(carts = count, "filled the free seats of the last request with carts due soon");
             }
             Ok(_) => {}
@@ -556,6 +554,7 @@ impl Poller {
             self.progress.mark();
             // A shutdown drops the request in flight: nothing of this batch is written, and
             // the next run fetches the same statuses again.
+            let sent = std::time::Instant::now();
             let Some(result) = shutdown.run_until_cancelled(tuning.client.fetch(&part)).await else {
                 self.abandon_probe(probe);
                 return settled;
@@ -563,7 +562,7 @@ impl Poller {
             self.progress.mark();
             match result {
                 Ok(reply) => {
-                    self.metrics.request(self.name, "ok");
+                    self.metrics.request(self.name, "ok", sent.elapsed());
                     lock(&self.last).success_at = Some(self.clock.now());
                     let change = lock(&self.health).on_success();
                     self.after_probe(probe);
@@ -574,7 +573,7 @@ impl Poller {
                     settled.push(reply_outcomes(&part, reply));
                 }
                 Err(upstream_error) => {
-                    self.metrics.request(self.name, upstream_error.label());
+                    self.metrics.request(self.name, upstream_error.label(), sent.elapsed());
                     run.counters.failures.fetch_add(1, Ordering::Relaxed);
                     {
                         let mut last = lock(&self.last);
@@ -646,6 +645,7 @@ impl Poller {
                 Err(error) => {
                     warn!(error = %error, "cannot take a slot of the shared rate limit; the sweep ends here");
                     run.counters.write_failures.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.store_errors.inc();
                     run.stop(format!("cannot reach the shared rate limit: {error}"));
                     return false;
                 }
@@ -785,6 +785,7 @@ impl Poller {
             Err(error) => {
                 error!(error = %error, carts = count, "cannot record a batch's outcome; its carts stay due and will be polled again");
                 run.counters.write_failures.fetch_add(1, Ordering::Relaxed);
+                self.metrics.store_errors.inc();
                 return;
             }
         };
@@ -797,11 +798,11 @@ impl Poller {
     fn log_applied(&self, applied: &AppliedBatch) {
         for (cart_id, from, to) in &applied.transitions {
             info!(cart_id = %cart_id, from = ?from.as_deref().unwrap_or("unknown"), to = ?to, "status changed");
-            self.metrics.transitions.get_or_create(&TransitionLabels { to: to.clone() }).inc();
+            self.metrics.transition(to);
         }
         for (event_type, cart_id, event_id) in &applied.events {
             debug!(cart_id = %cart_id, event_type = %event_type, event_id = %event_id, "event written");
-            self.metrics.events_written.get_or_create(&EventLabels { r#type: event_type.as_str().into() }).inc();
+            self.metrics.event_written(*event_type);
         }
         for (cart_id, state) in &applied.finished {
             info!(cart_id = %cart_id, state = %state, "polling ended");
@@ -881,7 +882,7 @@ impl Poller {
         let written: Vec<EventType> = events.iter().map(|event| event.event_type).collect();
         if self.save_health(events).await {
             for event_type in written {
-                self.metrics.events_written.get_or_create(&EventLabels { r#type: event_type.as_str().into() }).inc();
+                self.metrics.event_written(event_type);
             }
         }
     }

@@ -11,7 +11,7 @@ use cartwatch::provider::Registry;
 use cartwatch::store::{TrackOutcome, UntrackOutcome};
 use chrono::Utc;
 
-use super::{EXIT_DATABASE, EXIT_REJECTED, Failure, loaded, open_existing_store, open_store};
+use super::{EXIT_DATABASE, EXIT_REJECTED, EXIT_USAGE, Failure, loaded, open_existing_store, open_store};
 
 /// Reads cart ids (and optional references) from arguments and an optional file; every
 /// malformed id is reported, with its line for files.
@@ -83,9 +83,10 @@ pub async fn track(
     let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
     let providers = loaded.config.providers();
     let rejected = |message: String| Failure::new(EXIT_REJECTED, anyhow::anyhow!(message));
-    let found = providers
-        .get(&provider)
-        .ok_or_else(|| rejected(format!("unknown provider {provider:?}; known providers: {}", providers.names())))?;
+    let found = providers.get(&provider).ok_or_else(|| {
+        let message = format!("unknown provider {provider:?}; known providers: {}", providers.names());
+        Failure::new(EXIT_USAGE, anyhow::anyhow!(message))
+    })?;
     let account = found.account(domain.as_deref()).map_err(rejected)?;
     let lines = file.as_deref().map(read_lines).transpose()?;
     let requests = collect_track_requests(&providers, found.name(), &account, &cart_ids, reference.as_deref(), lines)

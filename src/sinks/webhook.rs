@@ -28,6 +28,24 @@ const MAX_ERROR_CHARS: usize = 300;
 /// Most of a failed response's body read for the error text.
 const MAX_ERROR_BODY: usize = 512;
 
+/// The fewest random bytes a signing secret may hold (Standard Webhooks asks for 24 to 64).
+pub const MIN_SECRET_BYTES: usize = 24;
+
+/// A fresh signing secret: `whsec_` and 32 random bytes in base64.
+pub fn new_secret() -> Secret {
+    use base64::Engine as _;
+    let bytes: [u8; 32] = rand::random();
+    Secret::new(format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(bytes)))
+}
+
+/// How many bytes a `whsec_...` secret decodes to; `None` when it is not base64.
+fn secret_bytes(secret: &Secret) -> Option<usize> {
+    use base64::Engine as _;
+    let text = secret.expose().trim();
+    let encoded = text.strip_prefix("whsec_").unwrap_or(text);
+    base64::engine::general_purpose::STANDARD.decode(encoded).ok().map(|bytes| bytes.len())
+}
+
 /// A signer for a `whsec_...` secret; `None` when the secret is not valid base64.
 pub fn signer(secret: &Secret) -> Option<Webhook> {
     let text = secret.expose().trim();
@@ -358,8 +376,19 @@ impl WebhookConfig {
             );
         }
         for (field, secret) in [("secret", &self.secret), ("previous_secret", &self.previous_secret)] {
-            if !secret.is_empty() && crate::sinks::webhook::signer(secret).is_none() {
-                problems.add(&key(field), "must be whsec_ followed by base64 (the value is not shown)");
+            if secret.is_empty() {
+                continue;
+            }
+            match (signer(secret), secret_bytes(secret)) {
+                (Some(_), Some(bytes)) if bytes >= MIN_SECRET_BYTES => {}
+                (Some(_), Some(bytes)) => problems.add(
+                    &key(field),
+                    format!(
+                        "holds {bytes} bytes; a signing secret needs at least {MIN_SECRET_BYTES} random bytes \
+                         (`cartwatch webhooks new-secret` makes one; the value is not shown)"
+                    ),
+                ),
+                _ => problems.add(&key(field), "must be whsec_ followed by base64 (the value is not shown)"),
             }
         }
         for event_type in &self.event_types {
@@ -382,5 +411,27 @@ mod tests {
         assert!(signer(&Secret::new("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")).is_some());
         assert!(signer(&Secret::new("whsec_not base64!")).is_none());
         assert!(signer(&Secret::new("whsec_")).is_none());
+    }
+
+    #[test]
+    fn short_secrets_are_refused_and_new_ones_are_long_enough() {
+        let check = |secret: &str| {
+            let config = WebhookConfig {
+                url: "https://erp.example/hook".into(),
+                secret: Secret::new(secret),
+                ..WebhookConfig::default()
+            };
+            let mut problems = Problems::default();
+            config.check("erp", Purpose::Upstream, &mut problems);
+            format!("{problems:?}")
+        };
+        let short = check("whsec_MTIz");
+        assert!(short.contains("holds 3 bytes") && short.contains("new-secret"), "{short}");
+        assert!(!short.contains("MTIz"), "the value is never shown: {short}");
+        let fresh = new_secret();
+        assert!(fresh.expose().starts_with("whsec_"));
+        assert_eq!(secret_bytes(&fresh), Some(32));
+        assert_ne!(fresh.expose(), new_secret().expose());
+        assert!(!check(fresh.expose()).contains("webhooks.erp.secret"), "{}", check(fresh.expose()));
     }
 }

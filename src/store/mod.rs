@@ -384,6 +384,10 @@ impl SweepRecord {
     }
 }
 
+fn as_seconds<S: serde::Serializer>(duration: &std::time::Duration, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(duration.as_secs_f64())
+}
+
 /// One sink's deliveries, for `cartwatch status` and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SinkSummary {
@@ -397,6 +401,9 @@ pub struct SinkSummary {
     pub dead: u64,
     /// Pending deliveries held behind a dead letter of the same cart.
     pub held: u64,
+    /// How long the oldest event waiting for this sink has waited (zero when none waits).
+    #[serde(serialize_with = "as_seconds")]
+    pub oldest_pending_age: std::time::Duration,
     /// Why the sink is disabled, if it is.
     pub disabled: Option<String>,
 }

@@ -57,7 +57,7 @@ fn transitions_commit_every_transition_and_event() {
 #[test]
 fn an_unknown_scenario_is_refused() {
     let output = Command::new(BINARY).args(["bench", "everything"]).output().unwrap();
-    assert_eq!(output.status.code(), Some(5));
+    assert_eq!(output.status.code(), Some(2), "a bad command line");
     assert!(
         String::from_utf8_lossy(&output.stderr)
             .contains("use sweep, scale, deliver, transitions, plan, daemons (needs PostgreSQL) or all")

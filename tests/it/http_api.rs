@@ -244,3 +244,132 @@ fn a_non_loopback_address_needs_a_token() {
     config.http.listen = "localhost".into();
     assert!(config.problems(cartwatch::config::Purpose::Database).iter().any(|p| p.key == "http.listen"));
 }
+
+/// The series `/metrics` documents, each with a label set it has from start.
+const SERIES_AT_START: [&str; 17] = [
+    "cartwatch_build_info{version=VERSION}",
+    "cartwatch_sweeps_total",
+    "cartwatch_sweeps_skipped_total",
+    "cartwatch_upstream_requests_total{outcome=ok,provider=imaterialise}",
+    "cartwatch_upstream_paused{provider=imaterialise}",
+    "cartwatch_seats_filled_total{provider=imaterialise}",
+    "cartwatch_plan{figure=expected_requests_per_day,provider=imaterialise}",
+    "cartwatch_events_written_total{type=cart.ordered}",
+    "cartwatch_events_written_total{type=upstream.auth_failed}",
+    "cartwatch_deliveries_total{outcome=dead,sink=log}",
+    "cartwatch_outbox_backlog{sink=log}",
+    "cartwatch_oldest_undelivered_event_age_seconds{sink=log}",
+    "cartwatch_last_successful_sweep_timestamp_seconds",
+    "cartwatch_store_errors_total",
+    "process_resident_memory_bytes",
+    "process_open_fds",
+    "process_start_time_seconds",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_series_exists_from_start_and_the_scrape_is_promtool_clean() {
+    let directory = tempfile::tempdir().unwrap();
+    // A partner that never answers: nothing moves, and every series must still be there.
+    let mut config = cartwatch::config::Config::polling_every_second(
+        "http://127.0.0.1:9",
+        cartwatch_simulator::DEMO_API_CODE,
+        &directory.path().join("cartwatch.db"),
+    );
+    config.sinks.log.path = events_file(directory.path());
+    let port = free_port();
+    config.http.listen = format!("127.0.0.1:{port}");
+    config.http.token = Secret::new(TOKEN);
+    // One cart, which the partner never answers for.
+    let store = store_for(&config).await;
+    track(&store, vec![imaterialise_cart("921a2046-66a5-4c5f-b9a6-4bc646fa5e5a", None)]).await;
+    drop(store);
+    let daemon = RunningDaemon::start(config.clone());
+    let api = Api { base: format!("http://127.0.0.1:{port}"), client: reqwest::Client::new() };
+    let up = wait_until(Duration::from_secs(5), async || {
+        api.client.get(format!("{}/healthz", api.base)).send().await.is_ok()
+    })
+    .await;
+    assert!(up);
+
+    let response = api.client.get(format!("{}/metrics", api.base)).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8",
+        "the classic text format, under its own content type"
+    );
+    let body = response.text().await.unwrap();
+    let values = api.metrics().await;
+    for series in SERIES_AT_START {
+        let series = series.replace("VERSION", env!("CARGO_PKG_VERSION"));
+        assert!(values.contains_key(&series), "{series} is missing at start:\n{body}");
+    }
+    assert_eq!(values["cartwatch_upstream_paused{provider=imaterialise}"], 0.0);
+    assert!(values["process_resident_memory_bytes"] > 1e6);
+    // Every family has its HELP and TYPE, as promtool checks.
+    for line in body.lines().filter(|line| !line.starts_with('#') && !line.is_empty()) {
+        let name = line.split(['{', ' ']).next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix).filter(|base| body.contains(&format!("# TYPE {base} histogram")))
+            })
+            .unwrap_or(name);
+        assert!(body.contains(&format!("# HELP {family} ")), "no HELP for {family}");
+        assert!(body.contains(&format!("# TYPE {family} ")), "no TYPE for {family}");
+    }
+    match std::process::Command::new("promtool").arg("--version").output() {
+        Ok(_) => {
+            use std::io::Write;
+            let mut child = std::process::Command::new("promtool")
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+            let output = child.wait_with_output().unwrap();
+            let said =
+                format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            assert!(output.status.success(), "promtool check metrics: {said}");
+        }
+        Err(_) => eprintln!("promtool is not installed; the scrape was checked by the parser only"),
+    }
+
+    // The shipped alert rules and dashboard ask only for series the scrape has.
+    let monitoring = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/monitoring");
+    let rules = monitoring.join("cartwatch-alerts.yml");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(monitoring.join("cartwatch-dashboard.json")).unwrap()).unwrap();
+    let mut expressions: Vec<String> = std::fs::read_to_string(&rules)
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("expr:").map(|expr| expr.trim().to_owned()))
+        .collect();
+    assert_eq!(
+        expressions.len(),
+        5,
+        "upstream paused, no successful sweep, backlog age, dead letters, database errors"
+    );
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            expressions.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    let mut families: Vec<&str> =
+        body.lines().filter_map(|line| line.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    // Its labels (the statuses) are the partner's: it appears with the first change.
+    families.push("cartwatch_transitions_total");
+    for expression in &expressions {
+        for word in expression.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("cartwatch_") || word.starts_with("process_") {
+                let family = word.strip_suffix("_bucket").unwrap_or(word);
+                assert!(families.contains(&family), "{word} in {expression:?} is not exported");
+            }
+        }
+    }
+    if let Ok(output) = std::process::Command::new("promtool").arg("check").arg("rules").arg(&rules).output() {
+        assert!(output.status.success(), "promtool check rules: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    daemon.stop().await;
+}

@@ -157,7 +157,9 @@ impl PgStore {
                       AND d.ordering_key IS NOT NULL AND EXISTS (SELECT 1 FROM deliveries b
                         WHERE b.sink = d.sink AND b.ordering_key = d.ordering_key AND b.state = 'dead'
                           AND b.event_seq < d.event_seq)),
-                   CASE WHEN s.disabled_at IS NOT NULL THEN coalesce(s.disabled_reason, 'disabled') END
+                   CASE WHEN s.disabled_at IS NOT NULL THEN coalesce(s.disabled_reason, 'disabled') END,
+                   (SELECT min(e.created_at) FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                      WHERE d.sink = s.sink AND d.state = 'pending')
                  FROM sinks s WHERE s.active ORDER BY s.sink",
                 &[],
             )
@@ -170,6 +172,10 @@ impl PgStore {
                 dead: count(row, 3),
                 held: count(row, 4),
                 disabled: row.get(5),
+                oldest_pending_age: row
+                    .get::<_, Option<DateTime<Utc>>>(6)
+                    .and_then(|oldest| (now - oldest).to_std().ok())
+                    .unwrap_or_default(),
             })
             .collect();
         let events = count(&client.query_one("SELECT coalesce(max(seq), 0) FROM events", &[]).await?, 0);

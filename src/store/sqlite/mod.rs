@@ -84,10 +84,23 @@ impl SqliteStore {
         if !create && !path.exists() {
             return Err(StoreError::Missing { path: path.to_owned() });
         }
+        // A fresh install without systemd's StateDirectory=: the directory is made here,
+        // readable by this user only, as the unit would.
+        if let Some(parent) =
+            path.parent().filter(|parent| create && !parent.as_os_str().is_empty() && !parent.exists())
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(|error| {
+                StoreError::Open {
+                    target: path.display().to_string(),
+                    message: format!("cannot create its directory {} (database.path): {error}", parent.display()),
+                }
+            })?;
+        }
         let open = |flags: OpenFlags| -> Result<Connection, StoreError> {
             let connection = Connection::open_with_flags(path, flags).map_err(|source| StoreError::Open {
                 target: path.display().to_string(),
-                message: format!("{source} (does the directory exist and is it writable?)"),
+                message: format!("{source} (database.path: does the directory exist and is it writable?)"),
             })?;
             connection.busy_timeout(busy_timeout)?;
             rusqlite::vtab::array::load_module(&connection)?;
@@ -262,8 +275,15 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_directory_is_a_clear_error() {
-        let error = SqliteStore::open(Path::new("/nonexistent/dir/cartwatch.db"), Duration::from_secs(1)).unwrap_err();
-        assert!(error.to_string().contains("/nonexistent/dir/cartwatch.db"), "{error}");
+    fn a_missing_directory_is_made_and_an_impossible_one_is_a_clear_error() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("var/lib/cartwatch/cartwatch.db");
+        SqliteStore::open(&path, Duration::from_secs(1)).unwrap();
+        assert!(path.exists());
+        let file = directory.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let beneath_a_file = file.join("dir/cartwatch.db");
+        let error = SqliteStore::open(&beneath_a_file, Duration::from_secs(1)).unwrap_err().to_string();
+        assert!(error.contains(&beneath_a_file.display().to_string()) && error.contains("database.path"), "{error}");
     }
 }

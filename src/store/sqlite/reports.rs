@@ -116,7 +116,9 @@ impl SqliteStore {
                       AND d.ordering_key IS NOT NULL AND EXISTS (SELECT 1 FROM deliveries b \
                         WHERE b.sink = d.sink AND b.ordering_key = d.ordering_key AND b.state = 'dead' \
                           AND b.event_seq < d.event_seq)), \
-                   CASE WHEN s.disabled_at IS NOT NULL THEN coalesce(s.disabled_reason, 'disabled') END \
+                   CASE WHEN s.disabled_at IS NOT NULL THEN coalesce(s.disabled_reason, 'disabled') END, \
+                   (SELECT min(e.created_at) FROM deliveries d JOIN events e ON e.seq = d.event_seq \
+                      WHERE d.sink = s.sink AND d.state = 'pending') \
                  FROM sinks s WHERE s.active = 1 ORDER BY s.sink",
             )?;
             summary.sinks = statement
@@ -128,6 +130,11 @@ impl SqliteStore {
                         dead: row.get(3)?,
                         held: row.get(4)?,
                         disabled: lenient_text(row, 5)?,
+                        oldest_pending_age: lenient_text(row, 6)?
+                            .as_deref()
+                            .and_then(parse_ts)
+                            .and_then(|oldest| (now - oldest).to_std().ok())
+                            .unwrap_or_default(),
                     })
                 })?
                 .collect::<Result<_, _>>()?;
