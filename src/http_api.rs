@@ -347,13 +347,13 @@ async fn register_carts(
     let carts: Vec<Value> = outcomes
         .into_iter()
         .map(|(cart_id, outcome)| {
-            let (outcome, state) = match outcome {
-                TrackOutcome::Added => ("added", None),
-                TrackOutcome::AlreadyTracked => ("already_tracked", None),
-                TrackOutcome::Resumed(state) => ("resumed", Some(state)),
-                TrackOutcome::Finished(state) => ("finished", Some(state)),
+            let (outcome, state, replaced) = match outcome {
+                TrackOutcome::Added => ("added", None, None),
+                TrackOutcome::AlreadyTracked { replaced } => ("already_tracked", None, replaced),
+                TrackOutcome::Resumed(state) => ("resumed", Some(state), None),
+                TrackOutcome::Finished(state) => ("finished", Some(state), None),
             };
-            json!({ "cartId": cart_id.as_str(), "outcome": outcome, "state": state })
+            json!({ "cartId": cart_id.as_str(), "outcome": outcome, "state": state, "replacedReference": replaced })
         })
         .collect();
     Ok(axum::Json(json!({ "carts": carts })).into_response())

@@ -35,8 +35,10 @@ pub fn collect_track_requests(
         }
     }
     for (number, line) in lines.unwrap_or_default() {
-        let line = line.split('#').next().unwrap_or_default().trim();
-        if line.is_empty() {
+        // A comment is a line that starts with `#`; anywhere else `#` is text (a reference
+        // "order #12" stays whole, and an id followed by a note is refused, never cut).
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
             continue;
         }
         let (id, own_reference) = match line.split_once([',', '\t']) {
@@ -98,7 +100,11 @@ pub async fn track(
     for (cart_id, outcome) in &outcomes {
         match outcome {
             TrackOutcome::Added => added += 1,
-            TrackOutcome::AlreadyTracked => crate::say!("{cart_id}: already tracked"),
+            TrackOutcome::AlreadyTracked { replaced: None } => crate::say!("{cart_id}: already tracked"),
+            TrackOutcome::AlreadyTracked { replaced: Some(previous) } => crate::say!(
+                "{cart_id}: already tracked; its reference {:?} is replaced by the one given",
+                cartwatch::render::printable(previous)
+            ),
             TrackOutcome::Resumed(state) => {
                 crate::say!("{cart_id}: tracking resumed (it was {state}); it is polled again from now")
             }
@@ -152,15 +158,26 @@ mod tests {
             (1, "# carts from the shop".to_owned()),
             (2, "BEE2C269-1DBD-4F67-B9F1-2EA2D3B4917B,order-9".to_owned()),
             (3, "   ".to_owned()),
-            (4, "59dcca18-05e7-4f5c-8b4e-89e987ea1e51  # trailing comment".to_owned()),
+            (4, "  # an indented comment".to_owned()),
+            (5, "59dcca18-05e7-4f5c-8b4e-89e987ea1e51,order #12".to_owned()),
+            (6, "6b8a1c2e-0f3d-4e5a-9b7c-1d2e3f4a5b6c".to_owned()),
         ];
         let arguments = ["921A2046-66A5-4C5F-B9A6-4BC646FA5E5A".to_owned()];
         let requests =
             collect_track_requests(&providers(), "imaterialise", "", &arguments, Some("batch-1"), Some(lines)).unwrap();
-        assert_eq!(requests.len(), 3);
+        assert_eq!(requests.len(), 4);
         assert_eq!(requests[0].cart_id.as_str(), "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a");
         assert_eq!(requests[1].reference.as_deref(), Some("order-9"));
-        assert_eq!(requests[2].reference.as_deref(), Some("batch-1"));
+        assert_eq!(requests[2].reference.as_deref(), Some("order #12"), "a # inside a reference is kept");
+        assert_eq!(requests[3].reference.as_deref(), Some("batch-1"));
+    }
+
+    #[test]
+    fn a_note_after_an_id_is_refused_rather_than_cut() {
+        let lines = Some(vec![(3, "59dcca18-05e7-4f5c-8b4e-89e987ea1e51  # from the shop".to_owned())]);
+        let problems = collect_track_requests(&providers(), "imaterialise", "", &[], None, lines).unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].starts_with("line 3:"), "{problems:?}");
     }
 
     #[test]

@@ -249,13 +249,22 @@ pub struct ItemRecord {
 pub enum TrackOutcome {
     /// Newly tracked.
     Added,
-    /// Already tracked; the reference was updated if one was given.
-    AlreadyTracked,
+    /// Already tracked; the reference was updated if one was given. `replaced` is the
+    /// reference it had when a different one replaced it.
+    AlreadyTracked {
+        /// The reference replaced, if a different one was given.
+        replaced: Option<String>,
+    },
     /// Its tracking had ended (the state it was in is given): it is polled again from now,
     /// with its age and maximum age counted afresh.
     Resumed(String),
     /// Already ordered, or flagged invalid; left as it is (the state is given).
     Finished(String),
+}
+
+/// The reference a re-registration replaces: the stored one, when a different one is given.
+pub fn replaced_reference(stored: Option<String>, given: Option<&str>) -> Option<String> {
+    stored.filter(|stored| given.is_some_and(|given| given != stored))
 }
 
 /// What untracking a cart did.

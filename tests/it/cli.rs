@@ -115,6 +115,13 @@ async fn track_normalises_and_status_shows_the_cart(backend: Backend) {
     let output = cartwatch(&config, &["status"]);
     assert!(text(&output.stdout).contains("due now: 2"), "{}", text(&output.stdout));
 
+    // Registering again with another reference says what it replaces (on both stores).
+    let output = cartwatch(&config, &["track", "--reference", "order-19", "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a"]);
+    assert!(output.status.success());
+    assert!(text(&output.stdout).contains("its reference \"order-17\" is replaced"), "{}", text(&output.stdout));
+    let output = cartwatch(&config, &["track", "--reference", "order-19", "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a"]);
+    assert!(!text(&output.stdout).contains("replaced"), "the same reference replaces nothing");
+
     let output = cartwatch(
         &config,
         &["untrack", "bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b", "59dcca18-05e7-4f5c-8b4e-89e987ea1e51"],

@@ -109,7 +109,10 @@ async fn the_http_api_end_to_end() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["carts"][0], json!({ "cartId": ids[0], "outcome": "added", "state": null }));
+    assert_eq!(
+        body["carts"][0],
+        json!({ "cartId": ids[0], "outcome": "added", "state": null, "replacedReference": null })
+    );
     // Many, one of them already known.
     let (status, body) = api.call(reqwest::Method::POST, "/v1/carts", Some(json!({ "carts": ids })), Some(TOKEN)).await;
     assert_eq!(status, 200);
@@ -117,6 +120,25 @@ async fn the_http_api_end_to_end() {
         body["carts"].as_array().unwrap().iter().map(|c| c["outcome"].as_str().unwrap()).collect();
     assert_eq!(outcomes.iter().filter(|o| **o == "added").count(), 11);
     assert_eq!(outcomes[0], "already_tracked");
+    assert_eq!(body["carts"][0]["replacedReference"], Value::Null, "no reference given, none replaced");
+    let (_, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/carts",
+            Some(json!({ "cartId": ids[0], "reference": "order-2" })),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(body["carts"][0]["replacedReference"], "order-1");
+    let (_, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/carts",
+            Some(json!({ "cartId": ids[0], "reference": "order-1" })),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(body["carts"][0]["replacedReference"], "order-2");
 
     // Malformed requests: 400 with the problem named, nothing registered.
     let (status, body) = api

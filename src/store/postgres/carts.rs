@@ -89,10 +89,10 @@ impl PgStore {
             let outcome = if transaction.execute(&insert, &parameters).await? > 0 {
                 TrackOutcome::Added
             } else {
-                let state: String = transaction
-                    .query_one("SELECT state FROM carts WHERE cart_id = $1 FOR UPDATE", &[&request.cart_id])
-                    .await?
-                    .get(0);
+                let row = transaction
+                    .query_one("SELECT state, reference FROM carts WHERE cart_id = $1 FOR UPDATE", &[&request.cart_id])
+                    .await?;
+                let (state, reference): (String, Option<String>) = (row.get(0), row.get(1));
                 match CartState::parse(&state) {
                     Some(CartState::Tracking) => {
                         transaction
@@ -102,7 +102,8 @@ impl PgStore {
                                 &[&request.cart_id, &request.reference, &request.session_token],
                             )
                             .await?;
-                        TrackOutcome::AlreadyTracked
+                        let replaced = crate::store::replaced_reference(reference, request.reference.as_deref());
+                        TrackOutcome::AlreadyTracked { replaced }
                     }
                     Some(CartState::Untracked | CartState::Expired | CartState::NotFound) => {
                         transaction

@@ -338,10 +338,11 @@ fn track_one(
     if inserted > 0 {
         return Ok(TrackOutcome::Added);
     }
-    let state: String =
-        transaction.query_row("SELECT state FROM carts WHERE cart_id = ?1", [request.cart_id.as_str()], |row| {
-            Ok(lenient_text(row, 0)?.unwrap_or_default())
-        })?;
+    let (state, reference): (String, Option<String>) = transaction.query_row(
+        "SELECT state, reference FROM carts WHERE cart_id = ?1",
+        [request.cart_id.as_str()],
+        |row| Ok((lenient_text(row, 0)?.unwrap_or_default(), lenient_text(row, 1)?)),
+    )?;
     match CartState::parse(&state) {
         Some(CartState::Tracking) => {
             transaction.execute(
@@ -349,7 +350,9 @@ fn track_one(
                  WHERE cart_id = ?1",
                 params![request.cart_id, request.reference, request.session_token],
             )?;
-            Ok(TrackOutcome::AlreadyTracked)
+            Ok(TrackOutcome::AlreadyTracked {
+                replaced: crate::store::replaced_reference(reference, request.reference.as_deref()),
+            })
         }
         // Registering again is how an operator says "keep watching this one": a cart that was
         // untracked, expired or not found is polled again, its age counted from now.
