@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use cartwatch::config::Purpose;
 use cartwatch::store::Store;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use super::{EXIT_DATABASE, EXIT_REJECTED, Failure, loaded, open_existing_store};
 
@@ -76,18 +76,46 @@ pub async fn check_endpoint(store: &dyn Store, endpoint: Option<&str>) -> Result
     ))
 }
 
+/// The events `redeliver --since` replays.
+pub struct Range {
+    /// Written at or after this.
+    pub since: DateTime<Utc>,
+    /// Written before this (default: now).
+    pub until: Option<DateTime<Utc>>,
+    /// Of this type only.
+    pub event_type: Option<String>,
+}
+
 pub async fn redeliver(
     config_path: Option<PathBuf>,
-    event_ids: Vec<String>,
+    mut event_ids: Vec<String>,
     dead: bool,
     endpoint: Option<String>,
+    range: Option<Range>,
 ) -> Result<(), Failure> {
-    if event_ids.is_empty() && !dead {
-        return Err(Failure::new(EXIT_REJECTED, anyhow::anyhow!("give event ids, or --dead for every dead letter")));
+    if event_ids.is_empty() && !dead && range.is_none() {
+        return Err(Failure::new(
+            EXIT_REJECTED,
+            anyhow::anyhow!("give event ids, --dead for every dead letter, or --since for a time range"),
+        ));
     }
     let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
     let store = open_existing_store(&loaded.config).await?;
     check_endpoint(store.as_ref(), endpoint.as_deref()).await?;
+    if let Some(range) = range {
+        let until = range.until.unwrap_or_else(|| Utc::now() + chrono::Duration::seconds(1));
+        let found = store
+            .event_ids_between(range.since, until, range.event_type)
+            .await
+            .map_err(|error| Failure::new(EXIT_DATABASE, error))?;
+        crate::say!(
+            "{} event(s) written from {} until {}",
+            found.len(),
+            cartwatch::time::format_ts(range.since),
+            cartwatch::time::format_ts(until)
+        );
+        event_ids.extend(found);
+    }
     let (queued, unknown) = store
         .redeliver(event_ids, dead, endpoint, Utc::now())
         .await

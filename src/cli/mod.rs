@@ -293,6 +293,16 @@ pub enum EventsAction {
         /// Only on this endpoint (for an event id: even if it had no delivery there).
         #[arg(long, value_name = "NAME")]
         endpoint: Option<String>,
+        /// Every event written since WHEN, delivered or not: an RFC 3339 time,
+        /// "2026-11-26 08:00:00" (UTC), or a duration ago such as "2h".
+        #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// With --since: only events written before WHEN.
+        #[arg(long, value_name = "WHEN", value_parser = parse_when, requires = "since")]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// With --since: only events of this type (cart.ordered, ...).
+        #[arg(long = "type", value_name = "TYPE", value_parser = parse_event_type, requires = "since")]
+        event_type: Option<String>,
     },
     /// Give up dead letters for good, so the later events of their carts, held behind them
     /// to keep each cart's events in order, are delivered: by event id, or every dead letter
@@ -416,8 +426,12 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Events { action: Some(EventsAction::Dead { endpoint, limit }), .. } => {
             events::dead_letters(config_path, endpoint, limit).await
         }
-        Command::Events { action: Some(EventsAction::Redeliver { event_ids, dead, endpoint }), .. } => {
-            events::redeliver(config_path, event_ids, dead, endpoint).await
+        Command::Events {
+            action: Some(EventsAction::Redeliver { event_ids, dead, endpoint, since, until, event_type }),
+            ..
+        } => {
+            let range = since.map(|since| events::Range { since, until, event_type });
+            events::redeliver(config_path, event_ids, dead, endpoint, range).await
         }
         Command::Events { action: Some(EventsAction::Skip { event_ids, dead, endpoint }), .. } => {
             events::skip(config_path, event_ids, dead, endpoint).await
@@ -501,6 +515,25 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             demo::run(provider, carts, seed).await.map_err(Failure::from)
         }
     }
+}
+
+/// A time given on the command line: RFC 3339, a UTC date and time, or a duration ago.
+fn parse_when(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Some(instant) = cartwatch::time::parse_ts(text) {
+        return Ok(instant);
+    }
+    let ago = humantime::parse_duration(text.trim()).map_err(|_| {
+        format!("{text:?} is neither a time (2026-11-26T08:00:00Z, \"2026-11-26 08:00:00\") nor a duration ago (2h)")
+    })?;
+    Ok(chrono::Utc::now() - cartwatch::time::to_chrono(ago))
+}
+
+/// An event type's name, checked.
+fn parse_event_type(text: &str) -> Result<String, String> {
+    cartwatch::events::EventType::parse(text).map(|event_type| event_type.as_str().to_owned()).ok_or_else(|| {
+        let known: Vec<&str> = cartwatch::events::EventType::ALL.iter().map(|event_type| event_type.as_str()).collect();
+        format!("unknown event type {text:?}; known: {}", known.join(", "))
+    })
 }
 
 /// Loads the config the way every command does: embedded defaults, the file, then

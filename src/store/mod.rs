@@ -723,6 +723,15 @@ pub trait ReportStore: Send + Sync + std::fmt::Debug {
     /// the last thousand sweeps).
     async fn requests_since(&self, provider: String, since: DateTime<Utc>) -> Result<u64, StoreError>;
 
+    /// The ids of the events written from `since` until before `until`, of `event_type` if
+    /// given, oldest first: what `events redeliver --since` replays.
+    async fn event_ids_between(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        event_type: Option<String>,
+    ) -> Result<Vec<String>, StoreError>;
+
     /// Events after the cursor `after` (a `seq`), oldest first, at most `limit`.
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError>;
 

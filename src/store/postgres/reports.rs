@@ -118,6 +118,25 @@ impl PgStore {
         Ok(histories)
     }
 
+    /// The ids of the events written in `[since, until)`, of `event_type` if given.
+    pub(super) async fn event_ids_between(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        event_type: Option<String>,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT event_id FROM events WHERE created_at >= $1 AND created_at < $2 \
+                 AND ($3::text IS NULL OR event_type = $3) ORDER BY seq",
+                &[&since, &until, &event_type],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+
     /// Requests sent to `provider`'s partner by sweeps started since `since`.
     pub(super) async fn requests_since(&self, provider: String, since: DateTime<Utc>) -> Result<u64, StoreError> {
         let client = self.client().await?;

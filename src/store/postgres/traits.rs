@@ -247,6 +247,15 @@ impl ReportStore for PgStore {
         PgStore::plan_history(self, provider, since).await
     }
 
+    async fn event_ids_between(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        event_type: Option<String>,
+    ) -> Result<Vec<String>, StoreError> {
+        PgStore::event_ids_between(self, since, until, event_type).await
+    }
+
     async fn requests_since(&self, provider: String, since: DateTime<Utc>) -> Result<u64, StoreError> {
         PgStore::requests_since(self, provider, since).await
     }

@@ -80,6 +80,26 @@ impl SqliteStore {
         .await
     }
 
+    /// The ids of the events written in `[since, until)`, of `event_type` if given.
+    pub async fn event_ids_between(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        event_type: Option<String>,
+    ) -> Result<Vec<String>, StoreError> {
+        self.read(move |connection| {
+            let mut statement = connection.prepare(
+                "SELECT event_id FROM events WHERE created_at >= ?1 AND created_at < ?2 \
+                 AND (?3 IS NULL OR event_type = ?3) ORDER BY seq",
+            )?;
+            let ids = statement
+                .query_map(params![format_ts(since), format_ts(until), event_type], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+
     /// Requests sent to `provider`'s partner by sweeps started since `since`.
     pub async fn requests_since(&self, provider: String, since: DateTime<Utc>) -> Result<u64, StoreError> {
         self.read(move |connection| {

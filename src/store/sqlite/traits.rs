@@ -216,6 +216,15 @@ impl ReportStore for SqliteStore {
         SqliteStore::plan_history(self, provider, since).await
     }
 
+    async fn event_ids_between(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        event_type: Option<String>,
+    ) -> Result<Vec<String>, StoreError> {
+        SqliteStore::event_ids_between(self, since, until, event_type).await
+    }
+
     async fn requests_since(&self, provider: String, since: DateTime<Utc>) -> Result<u64, StoreError> {
         SqliteStore::requests_since(self, provider, since).await
     }
