@@ -1,10 +1,35 @@
 //! Diagnostics: human-readable text on a terminal, JSON lines otherwise, on standard error
-//! (standard output belongs to the log sink's events).
+//! (standard output belongs to the log sink's events); under systemd, straight to the
+//! journal, each line with its priority and its fields (`CART_ID`, `PROVIDER`...).
 
 use std::io::IsTerminal;
 
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// The journal's identifier for diagnostics. The unit gives standard output, where the log
+/// sink writes events, another one (`cartwatch-events`), so each can be followed alone.
+pub const JOURNAL_IDENTIFIER: &str = "cartwatch";
+
+/// Whether standard error is the journal: systemd sets `JOURNAL_STREAM` to the `DEV:INODE`
+/// of the stream it connected, which a redirect elsewhere no longer matches.
+fn is_journal(journal_stream: Option<&str>, stderr: Option<(u64, u64)>) -> bool {
+    let Some((device, inode)) = journal_stream.and_then(|value| value.trim().split_once(':')) else {
+        return false;
+    };
+    stderr.is_some_and(|(dev, ino)| device.parse() == Ok(dev) && inode.parse() == Ok(ino))
+}
+
+/// The device and inode of standard error.
+fn stderr_identity() -> Option<(u64, u64)> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::File::from(std::io::stderr().as_fd().try_clone_to_owned().ok()?);
+    let metadata = file.metadata().ok()?;
+    Some((metadata.dev(), metadata.ino()))
+}
 
 /// The filter for `level`: cartwatch's own lines at that level (every target starting with
 /// `cartwatch`, the simulator's included), the libraries it uses at `warn` (their INFO lines
@@ -24,6 +49,22 @@ pub fn init(config: &LoggingConfig) {
         Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder().parse_lossy(directives),
         _ => EnvFilter::builder().parse_lossy(filter_for(level)),
     };
+    let journal = std::env::var("JOURNAL_STREAM").ok();
+    if is_journal(journal.as_deref(), stderr_identity()) {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                let layer = layer.with_syslog_identifier(JOURNAL_IDENTIFIER.to_owned()).with_field_prefix(None);
+                let _ = tracing_subscriber::registry().with(filter).with(layer).try_init();
+                return;
+            }
+            Err(error) => eprintln!("cannot write to the journal ({error}); diagnostics go to standard error"),
+        }
+    }
+    init_stream(config, filter);
+}
+
+/// Diagnostics as text or JSON lines on standard error.
+fn init_stream(config: &LoggingConfig, filter: EnvFilter) {
     let json = match config.format {
         LogFormat::Json => true,
         LogFormat::Text => false,
@@ -91,5 +132,16 @@ mod tests {
         assert_eq!(filter_for(LevelFilter::INFO), "warn,cartwatch=info");
         assert_eq!(filter_for(LevelFilter::DEBUG), "warn,cartwatch=debug");
         assert_eq!(filter_for(LevelFilter::ERROR), "error,cartwatch=error");
+    }
+
+    #[test]
+    fn the_journal_is_used_only_when_standard_error_is_the_stream_systemd_named() {
+        assert!(is_journal(Some("8:12345"), Some((8, 12345))));
+        assert!(!is_journal(Some("8:12345"), Some((8, 99))), "redirected elsewhere");
+        assert!(!is_journal(None, Some((8, 12345))), "not under systemd");
+        assert!(!is_journal(Some("garbage"), Some((8, 12345))));
+        assert!(!is_journal(Some("8:12345"), None));
+        let (device, inode) = stderr_identity().expect("standard error has an identity");
+        assert!(is_journal(Some(&format!("{device}:{inode}")), stderr_identity()));
     }
 }

@@ -665,3 +665,34 @@ fn completions_and_the_manual_page_are_generated_and_help_lists_the_exit_codes()
     let help = text(&Command::new(BINARY).arg("--help").output().unwrap().stdout);
     assert!(help.contains("Exit codes: 0 success") && help.contains("8 refused by the partner"), "{help}");
 }
+
+#[test]
+fn under_systemd_diagnostics_go_to_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let directory = tempfile::tempdir().unwrap();
+    let config = write_config(directory.path(), "http://127.0.0.1:9", "");
+    track(&config, &["921a2046-66a5-4c5f-b9a6-4bc646fa5e5a".to_owned()]);
+    // Standard error is the stream JOURNAL_STREAM names, as systemd sets it up.
+    let stderr_path = directory.path().join("stderr");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let identity = stderr.metadata().unwrap();
+    let output = Command::new(BINARY)
+        .arg("--config")
+        .arg(&config)
+        .arg("poll-once")
+        .env("CARTWATCH__IMATERIALISE__API_CODE", DEMO_API_CODE)
+        .env("JOURNAL_STREAM", format!("{}:{}", identity.dev(), identity.ino()))
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::from(stderr))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(6), "the partner cannot be reached");
+    let written = std::fs::read_to_string(&stderr_path).unwrap();
+    if Path::new("/run/systemd/journal/socket").exists() {
+        assert!(!written.contains("batch request failed"), "diagnostics went to the journal: {written}");
+    } else {
+        // No journald here: said once, then the usual lines.
+        assert!(written.contains("cannot write to the journal"), "{written}");
+        assert!(written.contains("batch request failed"), "{written}");
+    }
+}
