@@ -174,8 +174,12 @@ pub enum Command {
     Man,
     /// Run the built-in partner simulator as its own process, until SIGTERM or Ctrl-C: the
     /// Cart Status and Add/Remove Cart Item APIs, the Titelive cart API, and `/_sim/stats`,
-    /// `/_sim/carts`, `/_sim/truth` to see what it did.
+    /// `/_sim/carts`, `/_sim/truth` to see what it did, `/_sim/items` its cart item
+    /// catalogue (`POST /_sim/items` adds one).
     Simulate {
+        /// Cart items in its catalogue at start, for `cartwatch items add`.
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        items: usize,
         /// Address to listen on.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8900")]
         listen: std::net::SocketAddr,
@@ -467,6 +471,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Simulate {
+            items,
             listen,
             latency,
             carts,
@@ -499,6 +504,7 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
                 uniform_status,
                 min_dwell,
                 max_dwell,
+                items,
                 ..SimulatorSettings::default()
             };
             simulate::simulate(settings, listen).await

@@ -16,6 +16,14 @@ pub async fn simulate(settings: SimulatorSettings, listen: std::net::SocketAddr)
     // The first line is for programs that start the simulator and need its address.
     crate::say!("{}", simulator.base_url());
     crate::say!("apiCode {DEMO_API_CODE}; Titelive domain 00000; see {}/_sim/stats", simulator.base_url());
+    let items = simulator.items();
+    if !items.is_empty() {
+        crate::say!(
+            "cart items for `cartwatch items add CART ITEM`: {} (more: POST {}/_sim/items)",
+            items.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(" "),
+            simulator.base_url()
+        );
+    }
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).context("while installing signal handlers")?;
     tokio::select! {

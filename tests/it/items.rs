@@ -452,3 +452,65 @@ async fn end_to_end_against_the_simulator_through_the_binary_and_the_http_api(ba
     simulator.stop().await;
 }
 }
+
+/// `cartwatch simulate` as its own process, as a newcomer runs it: its catalogue is listed at
+/// start and at `/_sim/items`, more items can be made, and `cartwatch items add` succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_add_works_against_cartwatch_simulate_as_its_own_process() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let directory = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut simulate = Command::new(BINARY)
+        .args(["simulate", "--listen", &format!("127.0.0.1:{port}"), "--carts", "3", "--items", "2"])
+        .args(["--uniform-status", "Pending"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(simulate.stdout.take().unwrap()).lines();
+    let base_url = lines.next().unwrap().unwrap();
+    let _ = lines.next();
+    let listed = lines.next().unwrap().unwrap();
+    assert!(listed.starts_with("cart items for `cartwatch items add CART ITEM`:"), "{listed}");
+
+    let client = reqwest::Client::new();
+    let json = |text: String| serde_json::from_str::<serde_json::Value>(&text).unwrap();
+    let catalogue = json(client.get(format!("{base_url}/_sim/items")).send().await.unwrap().text().await.unwrap());
+    let items: Vec<String> = catalogue["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["cartItemId"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(items.len(), 2);
+    assert!(items.iter().all(|item| listed.contains(item.as_str())), "{listed}");
+    let made = json(client.post(format!("{base_url}/_sim/items")).send().await.unwrap().text().await.unwrap());
+    let made = made["cartItemId"].as_str().unwrap().to_owned();
+    let carts = json(client.get(format!("{base_url}/_sim/carts")).send().await.unwrap().text().await.unwrap());
+    let cart = carts["carts"][0].as_str().unwrap().to_owned();
+
+    let config = directory.path().join("cartwatch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[database]\npath = {:?}\n[imaterialise]\nbase_url = {base_url:?}\napi_code = {:?}\n[sinks.log]\npath = {:?}\n",
+            directory.path().join("cartwatch.db").display().to_string(),
+            cartwatch_simulator::DEMO_API_CODE,
+            events_file(directory.path()).display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = |arguments: &[&str]| Command::new(BINARY).arg("--config").arg(&config).args(arguments).output().unwrap();
+    assert!(run(&["track", &cart]).status.success());
+    let added = run(&["items", "add", &cart, &items[0], &made]);
+    let said = String::from_utf8_lossy(&added.stdout).into_owned() + &String::from_utf8_lossy(&added.stderr);
+    assert!(added.status.success(), "{said}");
+    assert!(said.contains(&items[0]) && said.contains(&made), "{said}");
+    let listed = run(&["items", "list", &cart]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&made));
+    let events = String::from_utf8_lossy(&run(&["events", "--json"]).stdout).into_owned();
+    assert!(events.contains("cart.items_changed"), "{events}");
+    let _ = Command::new("kill").arg(simulate.id().to_string()).status();
+    let _ = simulate.wait();
+}

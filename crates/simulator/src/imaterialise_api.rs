@@ -24,6 +24,7 @@ pub(super) fn router(state: Arc<SimState>) -> Router {
         .route("/_sim/arrivals", axum::routing::get(sim_arrivals))
         .route("/_sim/carts", axum::routing::get(sim_carts))
         .route("/_sim/truth", axum::routing::get(sim_truth))
+        .route("/_sim/items", axum::routing::get(sim_items).post(sim_new_item))
         .with_state(state)
 }
 
@@ -63,6 +64,21 @@ async fn sim_carts(State(state): State<Arc<SimState>>) -> Response {
     let mut sessions: Vec<String> = lock(&state.sessions).keys().cloned().collect();
     sessions.sort();
     axum::Json(json!({ "carts": carts, "unknown": state.unknown, "sessions": sessions })).into_response()
+}
+
+/// The cart item catalogue.
+async fn sim_items(State(state): State<Arc<SimState>>) -> Response {
+    let items: Vec<Value> =
+        state.items().into_iter().map(|(id, expired)| json!({ "cartItemId": id, "expired": expired })).collect();
+    axum::Json(json!({ "items": items })).into_response()
+}
+
+/// Adds a cart item to the catalogue: `{"expired": true}` for one the API refuses with 107.
+async fn sim_new_item(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
+    let expired =
+        serde_json::from_slice::<Value>(&body).ok().and_then(|value| value["expired"].as_bool()).unwrap_or(false);
+    let id = state.new_item(expired);
+    (axum::http::StatusCode::CREATED, axum::Json(json!({ "cartItemId": id, "expired": expired }))).into_response()
 }
 
 /// Every status every cart entered.

@@ -56,6 +56,9 @@ pub struct SimulatorSettings {
     pub titelive_domain: String,
     /// Every cart shows this status for good, instead of following a script.
     pub uniform_status: Option<Status>,
+    /// Cart items in the catalogue at start (the Add/Remove Cart Item API accepts them);
+    /// `POST /_sim/items` makes more.
+    pub items: usize,
 }
 
 impl Default for SimulatorSettings {
@@ -73,6 +76,7 @@ impl Default for SimulatorSettings {
             titelive_sessions: 0,
             titelive_domain: "00000".into(),
             uniform_status: None,
+            items: 5,
         }
     }
 }
@@ -240,6 +244,10 @@ impl SimState {
             });
             sessions.insert(token, session);
         }
+        // The catalogue has a random source of its own, so that it leaves the carts, the
+        // sessions and the faults of a seed as they were.
+        let mut catalog_rng = ChaCha8Rng::seed_from_u64(settings.seed ^ 0x17e5_ca7a_1065);
+        let catalog = (0..settings.items).map(|_| (random_guid(&mut catalog_rng), false)).collect();
         SimState {
             api_code: Mutex::new(settings.api_code.clone()),
             faults: Mutex::new(settings.faults.clone()),
@@ -249,12 +257,25 @@ impl SimState {
             truth: Mutex::new(truth),
             rng: Mutex::new(rng),
             request_log: Mutex::new(Vec::new()),
-            catalog: Mutex::new(HashMap::new()),
+            catalog: Mutex::new(catalog),
             item_requests: AtomicU64::new(0),
             sessions: Mutex::new(sessions),
             stats: Stats::default(),
             shutdown,
         }
+    }
+
+    fn items(&self) -> Vec<(String, bool)> {
+        let mut items: Vec<(String, bool)> =
+            lock(&self.catalog).iter().map(|(id, expired)| (id.clone(), *expired)).collect();
+        items.sort();
+        items
+    }
+
+    fn new_item(&self, expired: bool) -> String {
+        let id = random_guid(&mut lock(&self.rng));
+        lock(&self.catalog).insert(id.clone(), expired);
+        id
     }
 
     /// Serves one cart: its current status, then moves it on if its dwell is over. Also
@@ -434,9 +455,12 @@ impl Simulator {
     /// Creates a cart item the Add/Remove Cart Item API accepts (or refuses with 107 when
     /// `expired`), and returns its id.
     pub fn new_item(&self, expired: bool) -> String {
-        let id = random_guid(&mut lock(&self.state.rng));
-        lock(&self.state.catalog).insert(id.clone(), expired);
-        id
+        self.state.new_item(expired)
+    }
+
+    /// The catalogue: every cart item id, with whether its validity has expired, sorted.
+    pub fn items(&self) -> Vec<(String, bool)> {
+        self.state.items()
     }
 
     /// Moves a cart to `status` for good.
