@@ -35,7 +35,6 @@ use crate::provider::Registry;
 use crate::provider::imaterialise::items::{ItemAction, ItemsError};
 use crate::secret::Secret;
 use crate::store::{Store, TrackOutcome, UntrackOutcome};
-use crate::time::format_ts;
 use crate::upstream::Mode;
 
 /// Most carts one `POST /v1/carts` may register.
@@ -386,23 +385,7 @@ async fn show_cart(State(state): State<ApiState>, Path(cart_id): Path<String>) -
     let detail = state.store.cart_detail(cart_id.clone()).await?;
     let detail =
         detail.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("cart {cart_id} is not registered")))?;
-    let cart = &detail.cart;
-    Ok(axum::Json(json!({
-        "cartId": cart.cart_id,
-        "provider": cart.provider,
-        "reference": cart.reference,
-        "state": cart.state.as_str(),
-        "status": cart.status,
-        "orderId": cart.order_id,
-        "cartCreatedAt": cart.created_at_raw,
-        "registeredAt": format_ts(cart.registered_at),
-        "lastPolledAt": cart.last_polled_at.map(format_ts),
-        "nextPollAt": cart.next_poll_at.map(format_ts),
-        "consecutiveErrors": cart.consecutive_errors,
-        "lastError": cart.last_error,
-        "transitions": detail.transitions,
-    }))
-    .into_response())
+    Ok(axum::Json(crate::render::cart_detail_json(&detail)).into_response())
 }
 
 async fn add_items(

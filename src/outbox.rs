@@ -77,6 +77,7 @@ pub enum DeliveryResult {
 
 /// One sink's delivery state for one event.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DeliveryState {
     /// The sink.
     pub sink: String,

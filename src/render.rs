@@ -140,6 +140,27 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     )
 }
 
+/// One cart with its transitions as JSON, camelCase like the webhook payloads: the HTTP
+/// API's `GET /v1/carts/{id}` and `cartwatch status ID --json`.
+pub fn cart_detail_json(detail: &CartDetail) -> serde_json::Value {
+    let cart = &detail.cart;
+    serde_json::json!({
+        "cartId": cart.cart_id,
+        "provider": cart.provider,
+        "reference": cart.reference,
+        "state": cart.state.as_str(),
+        "status": cart.status,
+        "orderId": cart.order_id,
+        "cartCreatedAt": cart.created_at_raw,
+        "registeredAt": format_ts(cart.registered_at),
+        "lastPolledAt": cart.last_polled_at.map(format_ts),
+        "nextPollAt": cart.next_poll_at.map(format_ts),
+        "consecutiveErrors": cart.consecutive_errors,
+        "lastError": cart.last_error,
+        "transitions": detail.transitions,
+    })
+}
+
 /// One cart in detail, with its transitions.
 pub fn render_cart_detail(detail: &CartDetail) -> String {
     let cart = &detail.cart;
@@ -178,7 +199,17 @@ pub fn render_cart_detail(detail: &CartDetail) -> String {
     out
 }
 
-/// A demo line for an event: a symbol, the type in words, the cart and what matters.
+/// The first eight characters of an id and an ellipsis, to keep a line within 80 columns.
+fn short(id: &str) -> String {
+    let printable = printable(id);
+    match printable.char_indices().nth(8) {
+        Some((end, _)) => format!("{}…", &printable[..end]),
+        None => printable.into_owned(),
+    }
+}
+
+/// A demo line for an event, within 80 columns: a symbol, the type in words, the cart (its
+/// id shortened) and what matters.
 pub fn render_event_line(event: &StoredEvent, elapsed: std::time::Duration) -> String {
     let payload: serde_json::Value = serde_json::from_str(&event.payload).unwrap_or_default();
     let data = &payload["data"];
@@ -199,13 +230,13 @@ pub fn render_event_line(event: &StoredEvent, elapsed: std::time::Duration) -> S
     };
     let mut line = format!("  {:>6.1}s  {symbol} {words:<12}", elapsed.as_secs_f64());
     if let Some(cart_id) = event.cart_id.as_deref() {
-        let _ = write!(line, " {}", printable(cart_id));
+        let _ = write!(line, " {}", short(cart_id));
     }
     if let Some(reference) = text("reference") {
         let _ = write!(line, "  ref {}", printable(&reference));
     }
     if let Some(order_id) = text("orderId") {
-        let _ = write!(line, "  order {}", printable(&order_id));
+        let _ = write!(line, "  order {}", short(&order_id));
     }
     if let Some(message) = text("message") {
         let _ = write!(line, "  {}", printable(&message));

@@ -4,14 +4,18 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cartwatch::config::Purpose;
+use cartwatch::config::{ConfigError, Purpose};
+use serde_json::json;
 
-use super::{EXIT_DATABASE, Failure, loaded};
+use super::{EXIT_CONFIG, EXIT_DATABASE, Failure, loaded};
 
 /// How long `check-config` waits for a PostgreSQL server.
 const REACH_TIMEOUT: Duration = Duration::from_secs(15);
 
-pub async fn check_config(config_path: Option<PathBuf>) -> Result<(), Failure> {
+pub async fn check_config(config_path: Option<PathBuf>, json: bool) -> Result<(), Failure> {
+    if json {
+        return check_config_json(config_path).await;
+    }
     let loaded = loaded(config_path.as_deref(), Purpose::Upstream)?;
     match &loaded.file {
         Some(file) => crate::say!("# config file: {}", file.display()),
@@ -38,4 +42,45 @@ pub async fn check_config(config_path: Option<PathBuf>) -> Result<(), Failure> {
     crate::say!("# the config is valid\n");
     crate::say_raw!("{}", loaded.config.to_redacted_toml());
     Ok(())
+}
+
+/// `check-config --json`: one object, `valid` with the file, warnings and the effective
+/// config (its keys as in the file, secrets redacted), or the problems, each with its key.
+async fn check_config_json(config_path: Option<PathBuf>) -> Result<(), Failure> {
+    let loaded = match super::load_config(config_path.as_deref(), Purpose::Upstream) {
+        Ok(loaded) => loaded,
+        Err(ConfigError::Invalid(problems)) => {
+            let problems: Vec<_> =
+                problems.iter().map(|problem| json!({ "key": problem.key, "message": problem.message })).collect();
+            crate::say!("{}", json!({ "valid": false, "problems": problems }));
+            return Err(Failure::quiet(EXIT_CONFIG));
+        }
+        Err(error) => return Err(Failure::new(EXIT_CONFIG, error)),
+    };
+    let database = &loaded.config.database;
+    let database_answers = match database.is_postgres() {
+        true => Some(matches!(
+            tokio::time::timeout(REACH_TIMEOUT, cartwatch::store::open(database, false)).await,
+            Ok(Ok(_))
+        )),
+        false => None,
+    };
+    let config: serde_json::Value = toml::from_str::<toml::Value>(&loaded.config.to_redacted_toml())
+        .ok()
+        .and_then(|value| serde_json::to_value(value).ok())
+        .unwrap_or_default();
+    crate::say!(
+        "{}",
+        json!({
+            "valid": true,
+            "file": loaded.file.as_ref().map(|file| file.display().to_string()),
+            "warnings": loaded.warnings,
+            "databaseAnswers": database_answers,
+            "config": config,
+        })
+    );
+    match database_answers {
+        Some(false) => Err(Failure::quiet(EXIT_DATABASE)),
+        _ => Ok(()),
+    }
 }

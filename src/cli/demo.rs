@@ -77,10 +77,8 @@ pub async fn run(provider: Partner, carts: usize, seed: u64) -> anyhow::Result<(
     config.sinks.log.path = events_file.clone();
     cartwatch::logging::init(&config.logging);
 
-    crate::say!(
-        "cartwatch demo: a simulated partner on {}, a temporary database, polling every second.",
-        simulator.base_url()
-    );
+    crate::say!("cartwatch demo: a simulated partner on {},", simulator.base_url());
+    crate::say!("a temporary database, polling every second.");
     let store = cartwatch::store::open(&config.database, true).await?;
     let providers = config.providers();
     let ids = match provider {
@@ -100,11 +98,11 @@ pub async fn run(provider: Partner, carts: usize, seed: u64) -> anyhow::Result<(
     store.track(requests, now, now).await?;
     match provider {
         Partner::Imaterialise => crate::say!(
-            "Tracking {tracked} i.materialise carts ({} of them unknown to the partner). Events as they happen:\n",
+            "Tracking {tracked} i.materialise carts ({} unknown to the partner).\nEvents as they happen:\n",
             simulator.unknown_cart_ids().len()
         ),
         Partner::Titelive => {
-            crate::say!("Tracking {tracked} Titelive sessions (shop domain 00000). Events as they happen:\n")
+            crate::say!("Tracking {tracked} Titelive sessions (shop domain 00000).\nEvents as they happen:\n")
         }
     }
 
@@ -114,13 +112,19 @@ pub async fn run(provider: Partner, carts: usize, seed: u64) -> anyhow::Result<(
 
     let mut cursor = 0;
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    let mut checked_out = std::collections::HashSet::<String>::new();
     let mut quiet_since_settled: Option<Instant> = None;
     while started.elapsed() < TIME_LIMIT {
         tokio::time::sleep(Duration::from_millis(200)).await;
         for event in store.events_after(cursor, 1000).await? {
             cursor = event.seq;
             *counts.entry(event.event_type.clone()).or_default() += 1;
+            let again = event.event_type == "cart.checked_out"
+                && !checked_out.insert(event.cart_id.clone().unwrap_or_default());
             crate::say!("{}", render_event_line(&event, started.elapsed()));
+            if again {
+                crate::say!("           (checked out again: the customer went back to Pending first)");
+            }
         }
         if daemon_task.is_finished() {
             break;
@@ -179,7 +183,29 @@ pub async fn run(provider: Partner, carts: usize, seed: u64) -> anyhow::Result<(
             crate::say!("  requests sent          {} (one session each)", simulator.requests());
         }
     }
-    crate::say!("  events written to      {} (deleted with the demo's temporary directory)", events_file.display());
+    // Where every cart ended, from the database.
+    let summary = store.summary(Utc::now()).await?;
+    let mut states = std::collections::BTreeMap::<String, u64>::new();
+    for (state, status, carts) in &summary.carts {
+        let key = match (state.as_str(), status) {
+            ("tracking", Some(status)) => format!("still tracked, {status}"),
+            ("tracking", None) => "still tracked, not seen yet".to_owned(),
+            (state, _) => state.replace('_', " "),
+        };
+        *states.entry(key).or_default() += carts;
+    }
+    crate::say!("  where the {} carts are:", states.values().sum::<u64>());
+    for (state, carts) in &states {
+        crate::say!("    {carts:>4}  {state}");
+    }
+    crate::say!("  (the events also went to a log file, deleted with the demo)");
+    crate::say!("\nNext, try it on your own, in two terminals:");
+    crate::say!("  cartwatch simulate       # a partner with carts and items, on 127.0.0.1:8900");
+    crate::say!("  export CARTWATCH__IMATERIALISE__BASE_URL=http://127.0.0.1:8900 \\");
+    crate::say!("    CARTWATCH__IMATERIALISE__API_CODE={DEMO_API_CODE} \\");
+    crate::say!("    CARTWATCH__DATABASE__PATH=$PWD/cartwatch.db");
+    crate::say!("  cartwatch track ID       # an id from http://127.0.0.1:8900/_sim/carts");
+    crate::say!("  cartwatch run            # then: cartwatch status, cartwatch items add ...");
     simulator.stop().await;
     Ok(())
 }

@@ -50,16 +50,26 @@ pub async fn events(
     }
 }
 
-pub async fn dead_letters(config_path: Option<PathBuf>, endpoint: Option<String>, limit: u32) -> Result<(), Failure> {
+pub async fn dead_letters(
+    config_path: Option<PathBuf>,
+    endpoint: Option<String>,
+    limit: u32,
+    json: bool,
+) -> Result<(), Failure> {
     let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
     let store = open_existing_store(&loaded.config).await?;
     check_endpoint(store.as_ref(), endpoint.as_deref()).await?;
     let letters = store.dead_letters(endpoint, limit).await.map_err(|error| Failure::new(EXIT_DATABASE, error))?;
-    if letters.is_empty() {
+    if letters.is_empty() && !json {
         crate::say!("no dead letters");
     }
     for letter in &letters {
-        crate::say!("{}", cartwatch::render::render_dead_letter(letter));
+        match json {
+            true => {
+                crate::say!("{}", cartwatch::render::event_json_with_deliveries(&letter.event, &[&letter.delivery]))
+            }
+            false => crate::say!("{}", cartwatch::render::render_dead_letter(letter)),
+        }
     }
     Ok(())
 }

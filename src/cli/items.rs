@@ -63,16 +63,19 @@ pub async fn change_items(
     Ok(())
 }
 
-pub async fn list_items(config_path: Option<PathBuf>, cart_id: String) -> Result<(), Failure> {
+pub async fn list_items(config_path: Option<PathBuf>, cart_id: String, json: bool) -> Result<(), Failure> {
     let cart_id = CartId::parse(&cart_id).map_err(|error| Failure::new(EXIT_REJECTED, error))?;
     let loaded = loaded(config_path.as_deref(), Purpose::Database)?;
     let store = open_existing_store(&loaded.config).await?;
     let changes = store.item_history(cart_id.to_string()).await.map_err(|error| Failure::new(EXIT_DATABASE, error))?;
-    if changes.is_empty() {
+    if changes.is_empty() && !json {
         crate::say!("no item changes recorded for cart {cart_id}");
     }
     for change in &changes {
-        crate::say!("{}", cartwatch::render::render_item_change(change));
+        match json {
+            true => crate::say!("{}", serde_json::to_string(change).unwrap_or_default()),
+            false => crate::say!("{}", cartwatch::render::render_item_change(change)),
+        }
     }
     Ok(())
 }

@@ -120,6 +120,9 @@ pub enum Command {
         /// A cart id to show in detail.
         #[arg(value_name = "CART_ID")]
         cart_id: Option<String>,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Show the polling plan: its budget, the requests a day it expects and sends, its
     /// estimated p95 detection delay, and each status and age's chance of moving towards an
@@ -163,7 +166,11 @@ pub enum Command {
         action: WebhooksCommand,
     },
     /// Validate the config and print the effective values, secrets redacted.
-    CheckConfig,
+    CheckConfig {
+        /// One JSON object: the file, warnings, problems, and the effective config.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script: `cartwatch completions bash > /etc/bash_completion.d/cartwatch`.
     Completions {
         /// The shell: bash, zsh, fish, elvish or powershell.
@@ -270,6 +277,9 @@ pub enum ItemsCommand {
         /// The cart.
         #[arg(value_name = "CART_ID")]
         cart_id: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -284,6 +294,9 @@ pub enum EventsAction {
         /// At most this many, 1 to 10000.
         #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
+        /// One JSON object per line, the event with its delivery.
+        #[arg(long)]
+        json: bool,
     },
     /// Queue events for delivery again, attempts starting afresh: by event id, or every dead
     /// letter with --dead.
@@ -356,6 +369,11 @@ impl Failure {
     pub fn new(code: u8, error: impl Into<anyhow::Error>) -> Failure {
         Failure { code, error: error.into(), quiet: false }
     }
+
+    /// A failure already reported on standard output (as JSON): only the exit code is left.
+    pub fn quiet(code: u8) -> Failure {
+        Failure { code, error: anyhow::anyhow!("reported on standard output"), quiet: true }
+    }
 }
 
 impl From<anyhow::Error> for Failure {
@@ -422,13 +440,13 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         }
         Command::Confirm { token, domain } => confirm::confirm(config_path, token, domain).await,
         Command::Untrack { cart_ids } => track::untrack(config_path, cart_ids).await,
-        Command::Status { cart_id } => status::status(config_path, cart_id).await,
+        Command::Status { cart_id, json } => status::status(config_path, cart_id, json).await,
         Command::Plan { json } => plan::plan(config_path, json).await,
         Command::Events { action: None, after, limit, follow, json } => {
             events::events(config_path, after, limit, follow, json).await
         }
-        Command::Events { action: Some(EventsAction::Dead { endpoint, limit }), .. } => {
-            events::dead_letters(config_path, endpoint, limit).await
+        Command::Events { action: Some(EventsAction::Dead { endpoint, limit, json }), .. } => {
+            events::dead_letters(config_path, endpoint, limit, json).await
         }
         Command::Events {
             action: Some(EventsAction::Redeliver { event_ids, dead, endpoint, since, until, event_type }),
@@ -454,8 +472,10 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
         Command::Items { action: ItemsCommand::Remove { cart_id, item_ids, force } } => {
             items::change_items(config_path, ItemAction::Remove, cart_id, item_ids, force).await
         }
-        Command::Items { action: ItemsCommand::List { cart_id } } => items::list_items(config_path, cart_id).await,
-        Command::CheckConfig => check_config::check_config(config_path).await,
+        Command::Items { action: ItemsCommand::List { cart_id, json } } => {
+            items::list_items(config_path, cart_id, json).await
+        }
+        Command::CheckConfig { json } => check_config::check_config(config_path, json).await,
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "cartwatch", &mut script);

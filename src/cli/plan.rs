@@ -41,7 +41,7 @@ pub async fn plan(config_path: Option<PathBuf>, json: bool) -> Result<(), Failur
     for provider in loaded.config.providers().enabled() {
         let planned = planned(store.as_ref(), &loaded.config, &provider).await?;
         if json {
-            crate::say_raw!("{}\n", plan_json(provider.as_ref(), &planned));
+            crate::say_raw!("{}\n", plan_json(provider.as_ref(), &planned, true));
         } else {
             crate::say_raw!("{}", render_plan(provider.as_ref(), &planned));
         }
@@ -143,10 +143,11 @@ fn render_plan(provider: &dyn Provider, planned: &Planned) -> String {
     out
 }
 
-fn plan_json(provider: &dyn Provider, planned: &Planned) -> serde_json::Value {
+/// The plan as JSON: its figures, and with `hazards` the hazard table.
+pub fn plan_json(provider: &dyn Provider, planned: &Planned, with_hazards: bool) -> serde_json::Value {
     let figures = &planned.figures;
     let mut hazards = Vec::new();
-    for status in statuses(planned) {
+    for status in statuses(planned).into_iter().filter(|_| with_hazards) {
         for bucket in 0..BUCKETS {
             let name = status.as_deref();
             let situation = situation_at(provider, name, bucket);
@@ -169,6 +170,6 @@ fn plan_json(provider: &dyn Provider, planned: &Planned) -> serde_json::Value {
         "estimatedP95DetectionSeconds": figures.estimated_p95_detection_seconds.round(),
         "cartsTracked": planned.population.total(),
         "changesSeen": planned.changes_seen,
-        "hazards": hazards,
+        "hazards": with_hazards.then_some(hazards),
     })
 }

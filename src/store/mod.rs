@@ -295,6 +295,7 @@ pub struct AppliedBatch {
 
 /// A recorded status change.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct StoredTransition {
     /// Status before; `None` for the first sighting.
     pub from_status: Option<String>,
@@ -346,6 +347,7 @@ pub struct UpstreamRecord {
 
 /// One sweep's figures.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SweepRecord {
     /// The provider swept (empty for the sum of several).
     pub provider: String,
@@ -399,6 +401,7 @@ fn as_seconds<S: serde::Serializer>(duration: &std::time::Duration, serializer: 
 
 /// One sink's deliveries, for `cartwatch status` and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SinkSummary {
     /// The sink's name (`log`, or the webhook's).
     pub sink: String,
@@ -440,6 +443,7 @@ pub struct Summary {
 
 /// A daemon sharing the store, as it announces itself.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Member {
     /// Its name: host and a unique suffix; what its leases are held under.
     pub member_id: String,
@@ -459,6 +463,7 @@ pub struct Member {
 
 /// One recorded item change.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ItemChange {
     /// The cart.
     pub cart_id: String,

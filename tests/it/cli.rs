@@ -422,3 +422,107 @@ async fn events_are_redelivered_by_time_range_and_type(backend: Backend) {
     simulator.stop().await;
 }
 }
+
+/// Every key of `value` (nested) that is not camelCase.
+fn snake_keys(value: &serde_json::Value) -> Vec<String> {
+    match value {
+        serde_json::Value::Object(map) => map
+            .iter()
+            .flat_map(|(key, inner)| {
+                let mut found = snake_keys(inner);
+                if key.contains('_') {
+                    found.push(key.clone());
+                }
+                found
+            })
+            .collect(),
+        serde_json::Value::Array(items) => items.iter().flat_map(snake_keys).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_inspection_command_speaks_camel_case_json() {
+    let directory = tempfile::tempdir().unwrap();
+    let simulator = simulator(SimulatorSettings {
+        seed: 41,
+        carts: 4,
+        unknown_carts: 0,
+        uniform_status: Some(cartwatch_simulator::Status::Pending),
+        ..SimulatorSettings::default()
+    })
+    .await;
+    let secret = cartwatch::sinks::webhook::new_secret();
+    let file = directory.path().join("cartwatch.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[database]\npath = {:?}\n[sweep]\ncron = \"* * * * * *\"\n[imaterialise]\nbase_url = {:?}\napi_code = {:?}\n\
+             requests_per_second = 0\n[delivery]\nschedule = [\"0s\"]\n[webhooks.erp]\nurl = \"http://127.0.0.1:9/hook\"\n\
+             secret = {:?}\n[sinks.log]\npath = {:?}\n",
+            directory.path().join("cartwatch.db").display().to_string(),
+            simulator.base_url(),
+            DEMO_API_CODE,
+            secret.expose(),
+            events_file(directory.path()).display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = |arguments: &[&str]| {
+        let output = cartwatch(&file, arguments);
+        assert!(output.status.success(), "{arguments:?}: {}", text(&output.stderr));
+        text(&output.stdout)
+    };
+    let carts: Vec<String> = simulator.cart_ids().iter().map(ToString::to_string).collect();
+    run(&["track", &carts[0], &carts[1]]);
+    // A sweep sees the carts Pending (and records the sinks); an item change then makes an
+    // event, which the webhook nobody answers dead-letters at the next delivery pass.
+    let _ = cartwatch(&file, &["poll-once"]);
+    let item = simulator.items()[0].0.clone();
+    run(&["items", "add", &carts[0], &item]);
+    let _ = cartwatch(&file, &["poll-once"]);
+
+    let status: serde_json::Value = serde_json::from_str(run(&["status", "--json"]).trim()).unwrap();
+    assert_eq!(status["carts"].as_array().unwrap().iter().map(|c| c["carts"].as_u64().unwrap()).sum::<u64>(), 2);
+    assert_eq!(status["upstreams"][0]["mode"], "healthy");
+    assert!(
+        status["sinks"].as_array().unwrap().iter().any(|sink| sink["sink"] == "erp" && sink["dead"].as_u64() > Some(0)),
+        "{status}"
+    );
+    assert!(status["lastSweep"]["cartsPolled"].as_u64() >= Some(2), "{status}");
+    assert_eq!(status["plans"][0]["provider"], "imaterialise");
+    assert_eq!(snake_keys(&status), Vec::<String>::new(), "{status}");
+
+    let cart: serde_json::Value = serde_json::from_str(run(&["status", &carts[0], "--json"]).trim()).unwrap();
+    assert_eq!(cart["cartId"], carts[0].as_str());
+    assert_eq!(cart["transitions"][0]["toStatus"], "Pending");
+    assert!(cart["nextPoll"]["why"].as_str().unwrap().contains("every"), "{cart}");
+    assert_eq!(snake_keys(&cart), Vec::<String>::new(), "{cart}");
+
+    let dead = run(&["events", "dead", "--json"]);
+    let letters: Vec<serde_json::Value> = dead.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert!(!letters.is_empty());
+    for letter in &letters {
+        assert_eq!(letter["deliveries"][0]["state"], "dead", "{letter}");
+        assert!(letter["deliveries"][0]["lastError"].is_string(), "{letter}");
+        assert_eq!(snake_keys(letter), Vec::<String>::new(), "{letter}");
+    }
+
+    let items = run(&["items", "list", &carts[0], "--json"]);
+    let change: serde_json::Value = serde_json::from_str(items.lines().next().unwrap()).unwrap();
+    assert_eq!((change["cartItemId"].as_str(), change["action"].as_str()), (Some(item.as_str()), Some("add")));
+    assert_eq!(snake_keys(&change), Vec::<String>::new(), "{change}");
+
+    let checked: serde_json::Value = serde_json::from_str(run(&["check-config", "--json"]).trim()).unwrap();
+    assert_eq!(checked["valid"], true);
+    assert_eq!(checked["config"]["imaterialise"]["batch_size"], 10, "config keys as in the file");
+    assert!(!checked.to_string().contains(secret.expose()), "secrets redacted");
+    let bad = directory.path().join("bad.toml");
+    std::fs::write(&bad, "[imaterialise]\nbatch_size = 12\n").unwrap();
+    let output = cartwatch(&bad, &["check-config", "--json"]);
+    assert_eq!(output.status.code(), Some(3));
+    let refused: serde_json::Value = serde_json::from_str(text(&output.stdout).trim()).unwrap();
+    assert_eq!(refused["valid"], false);
+    assert!(refused["problems"].as_array().unwrap().iter().any(|problem| problem["key"] == "imaterialise.batch_size"));
+    simulator.stop().await;
+}

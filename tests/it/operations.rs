@@ -696,3 +696,29 @@ fn under_systemd_diagnostics_go_to_the_journal() {
         assert!(written.contains("batch request failed"), "{written}");
     }
 }
+
+#[test]
+fn the_demo_fits_80_columns_accounts_for_every_cart_and_says_what_to_try_next() {
+    let output = Command::new(BINARY).args(["demo", "--carts", "6", "--seed", "3"]).output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let shown = text(&output.stdout);
+    for line in shown.lines() {
+        assert!(line.chars().count() <= 80, "{} columns: {line}", line.chars().count());
+    }
+    let tracked: u64 = shown
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("carts tracked"))
+        .and_then(|rest| rest.trim().parse().ok())
+        .expect("the summary says how many carts were tracked");
+    let accounted: u64 = shown
+        .lines()
+        .skip_while(|line| !line.contains("where the"))
+        .skip(1)
+        .take_while(|line| line.starts_with("    "))
+        .map(|line| line.split_whitespace().next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(accounted, tracked, "{shown}");
+    let last: Vec<&str> = shown.lines().rev().take(6).collect();
+    assert!(last[0].contains("cartwatch run") && last[1].contains("cartwatch track"), "{shown}");
+    assert!(shown.contains("cartwatch simulate"), "{shown}");
+}
