@@ -492,7 +492,7 @@ struct Round {
     providers: Registry,
     pollers: Vec<Arc<Poller>>,
     clock: Clock,
-    /// Size the polling plan anew first, with these settings.
+    /// Size the polling plan anew after the sweeps, with these settings.
     replan: Option<PlanConfig>,
 }
 
@@ -501,22 +501,6 @@ impl Round {
     /// provider whose sweep fails is logged; the others are not held up.
     async fn run(self, shutdown: CancellationToken) -> SweepOutcome {
         let mut outcome = SweepOutcome::default();
-        if let Some(config) = &self.replan {
-            for poller in &self.pollers {
-                match poller.replan(self.store.as_ref(), config).await {
-                    Ok(planned) => info!(
-                        provider = poller.provider(),
-                        budget = planned.figures.budget_requests_per_day.round(),
-                        expected = planned.figures.expected_requests_per_day.round(),
-                        estimated_p95_s = planned.figures.estimated_p95_detection_seconds.round(),
-                        "polling plan sized (requests a day)"
-                    ),
-                    Err(error) => {
-                        warn!(provider = poller.provider(), error = %error, "cannot size the polling plan now; the current one stays")
-                    }
-                }
-            }
-        }
         // When the database is locked this waits for a later round rather than holding
         // this one up.
         match check_hand_edited(self.store.as_ref(), &self.providers, self.clock.now()).await {
@@ -548,7 +532,30 @@ impl Round {
                 }
             }
         }
+        // Sized after the sweeps, so reading the history never delays a due cart: the first
+        // sweep after a start follows the tiers.
+        if let Some(config) = &self.replan {
+            replan(self.store.as_ref(), &self.pollers, config).await;
+        }
         outcome
+    }
+}
+
+/// Sizes every poller's plan anew from the store's history; a failure keeps the current one.
+async fn replan(store: &dyn Store, pollers: &[Arc<Poller>], config: &PlanConfig) {
+    for poller in pollers {
+        match poller.replan(store, config).await {
+            Ok(planned) => info!(
+                provider = poller.provider(),
+                budget = planned.figures.budget_requests_per_day.round(),
+                expected = planned.figures.expected_requests_per_day.round(),
+                estimated_p95_s = planned.figures.estimated_p95_detection_seconds.round(),
+                "polling plan sized (requests a day)"
+            ),
+            Err(error) => {
+                warn!(provider = poller.provider(), error = %error, "cannot size the polling plan now; the current one stays")
+            }
+        }
     }
 }
 
@@ -571,12 +578,14 @@ pub async fn poll_once(settings: Settings, clock: Clock, shutdown: CancellationT
     let sinks = sync_sinks(store.as_ref(), &settings.sinks, &clock, &shutdown).await?;
     let mut pollers = Vec::new();
     reconcile_pollers(&mut pollers, &store, &settings, &metrics, &Arc::default(), &clock).await?;
+    // One sweep follows the plan the daemon would follow.
+    replan(store.as_ref(), &pollers, &settings.plan).await;
     let round = Round {
         store: Arc::clone(&store),
         providers: settings.providers.clone(),
         pollers,
         clock: clock.clone(),
-        replan: Some(settings.plan.clone()),
+        replan: None,
     };
     let sweep = round.run(shutdown.clone()).await;
     let mut deliveries = Pass::default();

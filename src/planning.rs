@@ -15,7 +15,7 @@ use crate::plan::{
     BudgetPlan, HazardCounts, Hazards, PRIOR_STRENGTH, Plan, PlanConfig, PlanMode, Population, stretches,
 };
 use crate::reconcile::{Context, Rules, cart_age, situation};
-use crate::store::{ReportStore, StoreError};
+use crate::store::{PlanHistory, ReportStore, StoreError};
 use crate::time::to_chrono;
 
 /// A plan and what it was built from.
@@ -51,14 +51,16 @@ pub async fn build(
 ) -> Result<Planned, StoreError> {
     let provider = model.name();
     let since = now - to_chrono(config.history);
-    let histories = store.plan_history(provider.to_owned(), since).await?;
     let context = Context { now, rules: Arc::new(rules.clone()), model: Arc::clone(&model) };
-    let near = |status: &str| model.order_is_near(status);
-    let progress = |status: &str| model.order_is_near(status) || model.ending(status) == Ending::Ordered;
-    let seconds = |instant: DateTime<Utc>| instant.timestamp_millis() as f64 / 1000.0;
-    let mut counts = HazardCounts::default();
-    let mut population = Population::default();
-    for history in &histories {
+    // What the carts say, gathered one cart at a time as the store hands them over.
+    let evidence = Arc::new(std::sync::Mutex::new((HazardCounts::default(), Population::default())));
+    let gathered = Arc::clone(&evidence);
+    let visit = move |history: PlanHistory| {
+        let near = |status: &str| context.model.order_is_near(status);
+        let progress =
+            |status: &str| context.model.order_is_near(status) || context.model.ending(status) == Ending::Ordered;
+        let seconds = |instant: DateTime<Utc>| instant.timestamp_millis() as f64 / 1000.0;
+        let mut evidence = gathered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let cart = &history.cart;
         if cart.tracked_since >= since && !history.seen.is_empty() {
             let created = seconds(now) - cart_age(cart, &context).as_secs_f64();
@@ -69,13 +71,15 @@ pub async fn build(
                 _ => cart.finished_at.or(cart.last_polled_at).unwrap_or(now).min(now),
             };
             for stretch in stretches(created, &seen, seconds(until), near, progress) {
-                counts.add(&stretch);
+                evidence.0.add(&stretch);
             }
         }
         if cart.state == CartState::Tracking {
-            population.add(&situation(cart, &context));
+            evidence.1.add(&situation(cart, &context));
         }
-    }
+    };
+    store.plan_history(provider.to_owned(), since, Box::new(visit)).await?;
+    let (counts, population) = std::mem::take(&mut *evidence.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     let hazards = counts.estimate(&Hazards::prior(), PRIOR_STRENGTH);
     let tiers = Plan::Tiers(rules.cadence.clone());
     let tiers_would_send = tiers.expectation(&population, seats).requests_per_day;

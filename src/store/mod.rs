@@ -720,9 +720,15 @@ pub trait ReportStore: Send + Sync + std::fmt::Debug {
     /// One cart and its transitions.
     async fn cart_detail(&self, cart_id: String) -> Result<Option<CartDetail>, StoreError>;
 
-    /// The carts of `provider` tracked now or since `since`, with their transitions: what
-    /// the polling plan estimates its hazards and sizes its budget from.
-    async fn plan_history(&self, provider: String, since: DateTime<Utc>) -> Result<Vec<PlanHistory>, StoreError>;
+    /// Hands `visit` each cart of `provider` tracked now or since `since`, with its
+    /// transitions, one at a time (a million carts never sit in memory together): what the
+    /// polling plan estimates its hazards and sizes its budget from.
+    async fn plan_history(
+        &self,
+        provider: String,
+        since: DateTime<Utc>,
+        visit: Box<dyn FnMut(PlanHistory) + Send>,
+    ) -> Result<(), StoreError>;
 
     /// Requests sent to `provider`'s partner by sweeps started since `since` (the store keeps
     /// the last thousand sweeps).

@@ -83,39 +83,55 @@ impl PgStore {
         Ok(Some(CartDetail { cart, transitions }))
     }
 
-    /// The carts of `provider` tracked now or since `since`, with their transitions.
+    /// Hands `visit` each cart of `provider` tracked now or since `since`, with its
+    /// transitions: two streams in cart order, on two connections, read in step.
     pub(super) async fn plan_history(
         &self,
         provider: String,
         since: DateTime<Utc>,
-    ) -> Result<Vec<PlanHistory>, StoreError> {
-        let client = self.client().await?;
+        mut visit: Box<dyn FnMut(PlanHistory) + Send>,
+    ) -> Result<(), StoreError> {
+        use futures_util::TryStreamExt;
         let chosen = "provider = $1 AND (state = 'tracking' OR tracked_since >= $2)";
-        let carts = client
-            .query(&format!("SELECT {CART_COLUMNS} FROM carts WHERE {chosen} ORDER BY cart_key"), &[&provider, &since])
+        let (carts_client, transitions_client) = (self.client().await?, self.client().await?);
+        let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&provider, &since];
+        let carts = carts_client
+            .query_raw(&format!("SELECT {CART_COLUMNS} FROM carts WHERE {chosen} ORDER BY cart_key"), parameters)
             .await?;
-        let mut histories: Vec<PlanHistory> =
-            carts.iter().map(|row| PlanHistory { cart: read_cart(row), seen: Vec::new() }).collect();
-        let transitions = client
-            .query(
+        let transitions = transitions_client
+            .query_raw(
                 &format!(
                     "SELECT cart_key, to_status, detected_at FROM cart_transitions \
                      WHERE cart_key IN (SELECT cart_key FROM carts WHERE {chosen}) ORDER BY cart_key, transition_id"
                 ),
-                &[&provider, &since],
+                parameters,
             )
             .await?;
-        let mut index = 0;
-        for row in &transitions {
-            let key: i64 = row.get(0);
-            while index < histories.len() && histories[index].cart.key < key {
-                index += 1;
+        futures_util::pin_mut!(carts, transitions);
+        let mut pending: Option<(i64, String, DateTime<Utc>)> = None;
+        while let Some(row) = carts.try_next().await? {
+            let cart = read_cart(&row);
+            let mut seen = Vec::new();
+            loop {
+                let current = match pending.take() {
+                    Some(current) => current,
+                    None => match transitions.try_next().await? {
+                        Some(row) => (row.get(0), row.get(1), row.get(2)),
+                        None => break,
+                    },
+                };
+                if current.0 < cart.key {
+                    continue;
+                }
+                if current.0 > cart.key {
+                    pending = Some(current);
+                    break;
+                }
+                seen.push((current.1, current.2));
             }
-            if let Some(history) = histories.get_mut(index).filter(|history| history.cart.key == key) {
-                history.seen.push((row.get(1), row.get(2)));
-            }
+            visit(PlanHistory { cart, seen });
         }
-        Ok(histories)
+        Ok(())
     }
 
     /// The ids of the events written in `[since, until)`, of `event_type` if given.

@@ -243,8 +243,13 @@ impl ReportStore for PgStore {
         PgStore::cart_detail(self, cart_id).await
     }
 
-    async fn plan_history(&self, provider: String, since: DateTime<Utc>) -> Result<Vec<PlanHistory>, StoreError> {
-        PgStore::plan_history(self, provider, since).await
+    async fn plan_history(
+        &self,
+        provider: String,
+        since: DateTime<Utc>,
+        visit: Box<dyn FnMut(PlanHistory) + Send>,
+    ) -> Result<(), StoreError> {
+        PgStore::plan_history(self, provider, since, visit).await
     }
 
     async fn event_ids_between(

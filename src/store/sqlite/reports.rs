@@ -14,6 +14,10 @@ use crate::store::{
 use crate::time::{format_ts, parse_ts};
 use crate::upstream::{Mode, Snapshot};
 
+/// A transition as the plan reads it: the cart's key, the status seen, when (either may be
+/// unreadable in a row edited by hand, and is then skipped).
+type Sighting = (i64, Option<String>, Option<DateTime<Utc>>);
+
 impl SqliteStore {
     /// One cart and its transitions.
     pub async fn cart_detail(&self, cart_id: String) -> Result<Option<CartDetail>, StoreError> {
@@ -44,38 +48,59 @@ impl SqliteStore {
         .await
     }
 
-    /// The carts of `provider` tracked now or since `since`, with their transitions.
-    pub async fn plan_history(&self, provider: String, since: DateTime<Utc>) -> Result<Vec<PlanHistory>, StoreError> {
+    /// Hands `visit` each cart of `provider` tracked now or since `since`, with its
+    /// transitions: two queries in cart order, read in step.
+    pub async fn plan_history(
+        &self,
+        provider: String,
+        since: DateTime<Utc>,
+        mut visit: Box<dyn FnMut(PlanHistory) + Send>,
+    ) -> Result<(), StoreError> {
         self.read(move |connection| {
             let since = format_ts(since);
             let chosen = "provider = ?1 AND (state = 'tracking' OR tracked_since >= ?2)";
-            let mut statement =
+            let mut carts =
                 connection.prepare(&format!("SELECT {CART_COLUMNS} FROM carts WHERE {chosen} ORDER BY cart_key"))?;
-            let mut histories: Vec<PlanHistory> = statement
-                .query_map(params![provider, since], read_cart)?
-                .map(|cart| cart.map(|cart| PlanHistory { cart, seen: Vec::new() }))
-                .collect::<Result<_, _>>()?;
-            let mut statement = connection.prepare(&format!(
+            let mut transitions = connection.prepare(&format!(
                 "SELECT cart_key, to_status, detected_at FROM cart_transitions \
                  WHERE cart_key IN (SELECT cart_key FROM carts WHERE {chosen}) ORDER BY cart_key, transition_id"
             ))?;
-            let mut rows = statement.query(params![provider, since])?;
-            let mut index = 0;
+            let mut seen_rows = transitions.query(params![provider, since])?;
+            let mut pending: Option<Sighting> = None;
+            let next_seen = |rows: &mut rusqlite::Rows<'_>| -> rusqlite::Result<Option<Sighting>> {
+                Ok(match rows.next()? {
+                    Some(row) => {
+                        Some((row.get(0)?, lenient_text(row, 1)?, lenient_text(row, 2)?.as_deref().and_then(parse_ts)))
+                    }
+                    None => None,
+                })
+            };
+            let mut rows = carts.query(params![provider, since])?;
             while let Some(row) = rows.next()? {
-                let key: i64 = row.get(0)?;
-                let (Some(status), Some(at)) =
-                    (lenient_text(row, 1)?, lenient_text(row, 2)?.as_deref().and_then(parse_ts))
-                else {
-                    continue;
-                };
-                while index < histories.len() && histories[index].cart.key < key {
-                    index += 1;
+                let cart = read_cart(row)?;
+                let mut seen = Vec::new();
+                loop {
+                    let current = match pending.take() {
+                        Some(current) => current,
+                        None => match next_seen(&mut seen_rows)? {
+                            Some(next) => next,
+                            None => break,
+                        },
+                    };
+                    if current.0 < cart.key {
+                        continue;
+                    }
+                    if current.0 > cart.key {
+                        pending = Some(current);
+                        break;
+                    }
+                    if let (Some(status), Some(at)) = (current.1, current.2) {
+                        seen.push((status, at));
+                    }
                 }
-                if let Some(history) = histories.get_mut(index).filter(|history| history.cart.key == key) {
-                    history.seen.push((status, at));
-                }
+                visit(PlanHistory { cart, seen });
             }
-            Ok(histories)
+            Ok(())
         })
         .await
     }

@@ -212,8 +212,13 @@ impl ReportStore for SqliteStore {
         SqliteStore::cart_detail(self, cart_id).await
     }
 
-    async fn plan_history(&self, provider: String, since: DateTime<Utc>) -> Result<Vec<PlanHistory>, StoreError> {
-        SqliteStore::plan_history(self, provider, since).await
+    async fn plan_history(
+        &self,
+        provider: String,
+        since: DateTime<Utc>,
+        visit: Box<dyn FnMut(PlanHistory) + Send>,
+    ) -> Result<(), StoreError> {
+        SqliteStore::plan_history(self, provider, since, visit).await
     }
 
     async fn event_ids_between(
