@@ -111,7 +111,7 @@ async fn track_normalises_and_status_shows_the_cart(backend: Backend) {
 
     let output = cartwatch(&config, &["status", "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a"]);
     let stdout = text(&output.stdout);
-    assert!(stdout.contains("order-17") && stdout.contains("tracking"), "{stdout}");
+    assert!(stdout.contains("order-17") && stdout.contains("tracking"), "{stdout}{}", text(&output.stderr));
     let output = cartwatch(&config, &["status"]);
     assert!(text(&output.stdout).contains("due now: 2"), "{}", text(&output.stdout));
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
+use crate::on_both_stores;
 use cartwatch::clock::Clock;
 use cartwatch::config::{Config, PlanMode};
 use cartwatch::model::{CartState, StatusModel};
@@ -25,14 +26,19 @@ fn slow_carts(carts: usize) -> SimulatorSettings {
     }
 }
 
-/// A config following the budget plan without jitter.
+/// A config following the budget plan without jitter, on SQLite.
 fn budget_config(
     simulator: &Simulator,
     directory: &std::path::Path,
     requests_per_day: u64,
     min_interval: Duration,
 ) -> Config {
-    let mut config = config_for(simulator, directory);
+    let config = config_for(simulator, directory);
+    with_budget(config, requests_per_day, min_interval)
+}
+
+/// `config` following the budget plan without jitter.
+fn with_budget(mut config: Config, requests_per_day: u64, min_interval: Duration) -> Config {
     config.plan.mode = PlanMode::Budget;
     config.plan.requests_per_day = requests_per_day;
     config.plan.min_interval = min_interval;
@@ -49,12 +55,12 @@ async fn plan_at(store: &Store, config: &Config, clock: &Clock) -> cartwatch::pl
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_daemon_schedules_each_cart_as_the_planner_says() {
+on_both_stores! {
+async fn the_daemon_schedules_each_cart_as_the_planner_says(backend: Backend) {
     let directory = tempfile::tempdir().unwrap();
     let simulator = simulator(slow_carts(40)).await;
     // 100 requests a day for 40 carts: about an hour between polls, shared by the square-root rule.
-    let config = budget_config(&simulator, directory.path(), 100, Duration::from_secs(5 * 60));
+    let config = with_budget(config_on(&simulator, directory.path(), backend).await, 100, Duration::from_secs(5 * 60));
     let store = store_for(&config).await;
     track_all(&store, &simulator).await;
     let clock = simulated_clock();
@@ -89,6 +95,7 @@ async fn the_daemon_schedules_each_cart_as_the_planner_says() {
     assert!(intervals.iter().all(|interval| *interval != Duration::from_secs(1)), "not the tiers' one second");
     assert!(intervals.len() > 1, "carts of different status or age get different intervals: {intervals:?}");
     simulator.stop().await;
+}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,7 +84,7 @@ impl PgStore {
     }
 
     /// Hands `visit` each cart of `provider` tracked now or since `since`, with its
-    /// transitions: two streams in cart order, on two connections, read in step.
+    /// transitions: one stream of the carts joined to their transitions, in cart order.
     pub(super) async fn plan_history(
         &self,
         provider: String,
@@ -92,44 +92,34 @@ impl PgStore {
         mut visit: Box<dyn FnMut(PlanHistory) + Send>,
     ) -> Result<(), StoreError> {
         use futures_util::TryStreamExt;
-        let chosen = "provider = $1 AND (state = 'tracking' OR tracked_since >= $2)";
-        let (carts_client, transitions_client) = (self.client().await?, self.client().await?);
+        let columns: Vec<String> = CART_COLUMNS.split(',').map(|column| format!("c.{}", column.trim())).collect();
+        let query = format!(
+            "SELECT {}, t.to_status, t.detected_at FROM carts c \
+             LEFT JOIN cart_transitions t ON t.cart_key = c.cart_key \
+             WHERE c.provider = $1 AND (c.state = 'tracking' OR c.tracked_since >= $2) \
+             ORDER BY c.cart_key, t.transition_id",
+            columns.join(", ")
+        );
+        let client = self.client().await?;
         let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&provider, &since];
-        let carts = carts_client
-            .query_raw(&format!("SELECT {CART_COLUMNS} FROM carts WHERE {chosen} ORDER BY cart_key"), parameters)
-            .await?;
-        let transitions = transitions_client
-            .query_raw(
-                &format!(
-                    "SELECT cart_key, to_status, detected_at FROM cart_transitions \
-                     WHERE cart_key IN (SELECT cart_key FROM carts WHERE {chosen}) ORDER BY cart_key, transition_id"
-                ),
-                parameters,
-            )
-            .await?;
-        futures_util::pin_mut!(carts, transitions);
-        let mut pending: Option<(i64, String, DateTime<Utc>)> = None;
-        while let Some(row) = carts.try_next().await? {
-            let cart = read_cart(&row);
-            let mut seen = Vec::new();
-            loop {
-                let current = match pending.take() {
-                    Some(current) => current,
-                    None => match transitions.try_next().await? {
-                        Some(row) => (row.get(0), row.get(1), row.get(2)),
-                        None => break,
-                    },
-                };
-                if current.0 < cart.key {
-                    continue;
-                }
-                if current.0 > cart.key {
-                    pending = Some(current);
-                    break;
-                }
-                seen.push((current.1, current.2));
+        let rows = client.query_raw(&query, parameters).await?;
+        futures_util::pin_mut!(rows);
+        let seen_at = columns.len();
+        let mut current: Option<PlanHistory> = None;
+        while let Some(row) = rows.try_next().await? {
+            let key: i64 = row.get(0);
+            if let Some(finished) = current.take_if(|history| history.cart.key != key) {
+                visit(finished);
             }
-            visit(PlanHistory { cart, seen });
+            let history = current.get_or_insert_with(|| PlanHistory { cart: read_cart(&row), seen: Vec::new() });
+            if let (Some(status), Some(at)) =
+                (row.get::<_, Option<String>>(seen_at), row.get::<_, Option<DateTime<Utc>>>(seen_at + 1))
+            {
+                history.seen.push((status, at));
+            }
+        }
+        if let Some(history) = current {
+            visit(history);
         }
         Ok(())
     }
