@@ -13,6 +13,7 @@ use cartwatch::app;
 use cartwatch::config::Config;
 use cartwatch::daemon::Hooks;
 use cartwatch::model::TrackRequest;
+use cartwatch::provider::imaterialise::items::ItemAction;
 use cartwatch::render::render_event_line;
 use cartwatch_simulator::{DEMO_API_CODE, Simulator, SimulatorSettings};
 
@@ -103,6 +104,21 @@ pub async fn run(provider: Partner, carts: usize, seed: u64) -> anyhow::Result<(
         ),
         Partner::Titelive => {
             crate::say!("Tracking {tracked} Titelive sessions (shop domain 00000).\nEvents as they happen:\n")
+        }
+    }
+
+    // One item change, as a shop would make before sending the customer to pay: it shows
+    // as a `cart.items_changed` event among the others.
+    if provider == Partner::Imaterialise {
+        let unknown = simulator.unknown_cart_ids();
+        let cart = ids.iter().find(|id| !unknown.contains(id));
+        let item = simulator.items().into_iter().next().map(|(id, _)| id);
+        let services = app::build_services(&store, &config, &cartwatch::clock::Clock::system())?;
+        if let (Some(cart), Some(item), Some(items)) = (cart, item, services.items) {
+            let change = items.change(ItemAction::Add, &cart.to_string(), &[item], false).await;
+            if let Err(error) = change {
+                crate::say!("  (the item change was refused: {error})");
+            }
         }
     }
 

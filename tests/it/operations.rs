@@ -721,4 +721,5 @@ fn the_demo_fits_80_columns_accounts_for_every_cart_and_says_what_to_try_next() 
     let last: Vec<&str> = shown.lines().rev().take(6).collect();
     assert!(last[0].contains("cartwatch run") && last[1].contains("cartwatch track"), "{shown}");
     assert!(shown.contains("cartwatch simulate"), "{shown}");
+    assert!(shown.contains("items changed"), "the demo changes one cart's items: {shown}");
 }
