@@ -45,7 +45,7 @@ use cartwatch::provider::imaterialise::Imaterialise;
 use cartwatch::secret::Secret;
 use cartwatch::sinks::{self, Sink};
 use cartwatch::store::sqlite::{SqliteStore, WriterTotals};
-use cartwatch::store::{OutboxStore, SweepRecord, SweepStore};
+use cartwatch::store::{CartStore, OutboxStore, SweepRecord, SweepStore};
 use cartwatch::sweep::{Poller, PollerConfig};
 use cartwatch_simulator::DEMO_API_CODE;
 
@@ -197,8 +197,18 @@ async fn imaterialise_poller(store: &SqliteStore, config: &Config, metrics: Arc<
     Ok(Poller::new(store, &poller_config, metrics, Arc::default(), Clock::system()).await?)
 }
 
-async fn track(store: &SqliteStore, ids: Vec<CartId>, due_at: chrono::DateTime<Utc>) -> anyhow::Result<()> {
-    for chunk in ids.chunks(50_000) {
+async fn track(store: &dyn CartStore, ids: Vec<CartId>, due_at: chrono::DateTime<Utc>) -> anyhow::Result<()> {
+    track_in_chunks(store, &ids, due_at, 50_000).await
+}
+
+/// Registers `ids` as i.materialise carts due at `due_at`, `chunk` to a transaction.
+async fn track_in_chunks(
+    store: &dyn CartStore,
+    ids: &[CartId],
+    due_at: chrono::DateTime<Utc>,
+    chunk: usize,
+) -> anyhow::Result<()> {
+    for chunk in ids.chunks(chunk) {
         let requests = chunk
             .iter()
             .map(|id| TrackRequest {
@@ -790,19 +800,7 @@ async fn shared_run(
     config.database.url = Secret::new(url.clone());
     let store = cartwatch::store::open(&config.database, true).await?;
     let due_at = Utc::now() + chrono::Duration::seconds(4);
-    for chunk in simulator.carts().await?.chunks(5000) {
-        let requests = chunk
-            .iter()
-            .map(|id| TrackRequest {
-                provider: "imaterialise".into(),
-                cart_id: id.to_string(),
-                session_token: None,
-                account: String::new(),
-                reference: None,
-            })
-            .collect();
-        store.track(requests, Utc::now(), due_at).await?;
-    }
+    track_in_chunks(store.as_ref(), &simulator.carts().await?, due_at, 5000).await?;
     let mut daemons = Vec::new();
     for index in 0..count {
         let config = daemon_config(

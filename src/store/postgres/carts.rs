@@ -240,17 +240,7 @@ impl PgStore {
         let rows = client
             .query(&statement, &[&provider, &now, &i64::from(limit), &self.member, &self.lease_seconds()])
             .await?;
-        let mut claimed: Vec<(DateTime<Utc>, PollTarget)> = rows
-            .iter()
-            .map(|row| {
-                let target =
-                    PollTarget { key: row.get(0), cart_id: row.get(1), account: row.get(2), session_token: row.get(3) };
-                (row.get::<_, Option<DateTime<Utc>>>(4).unwrap_or(now), target)
-            })
-            .collect();
-        claimed.sort_by_key(|(due, target)| (*due, target.key));
-        let carts: Vec<PollTarget> = claimed.into_iter().map(|(_, target)| target).collect();
-        self.claimed().extend(carts.iter().map(|cart| cart.key));
+        let carts = self.note_claims(&rows, now);
         let full = carts.len() as u64 >= u64::from(limit);
         Ok(DuePage { carts, next: full.then(|| DueCursor::from_token(String::new())) })
     }
@@ -282,18 +272,24 @@ impl PgStore {
         let rows = client
             .query(&statement, &[&provider, &started, &until, &i64::from(limit), &self.member, &self.lease_seconds()])
             .await?;
+        Ok(self.note_claims(&rows, until))
+    }
+
+    /// The carts a claim returned (`cart_key, cart_id, account, session_token, next_poll_at`),
+    /// in due order (a missing due time counts as `due`), remembered as this member's.
+    fn note_claims(&self, rows: &[Row], due: DateTime<Utc>) -> Vec<PollTarget> {
         let mut claimed: Vec<(DateTime<Utc>, PollTarget)> = rows
             .iter()
             .map(|row| {
                 let target =
                     PollTarget { key: row.get(0), cart_id: row.get(1), account: row.get(2), session_token: row.get(3) };
-                (row.get::<_, Option<DateTime<Utc>>>(4).unwrap_or(until), target)
+                (row.get::<_, Option<DateTime<Utc>>>(4).unwrap_or(due), target)
             })
             .collect();
         claimed.sort_by_key(|(due, target)| (*due, target.key));
         let carts: Vec<PollTarget> = claimed.into_iter().map(|(_, target)| target).collect();
         self.claimed().extend(carts.iter().map(|cart| cart.key));
-        Ok(carts)
+        carts
     }
 
     /// Gives back this member's claims on carts it will not poll after all.

@@ -19,6 +19,16 @@ const DUE_PAGE_SQL: &str = "SELECT cart_key, cart_id, account, session_token, ne
      WHERE state = 'tracking' AND provider = ?1 AND next_poll_at <= ?2 AND (next_poll_at, cart_key) > (?3, ?4) \
      ORDER BY next_poll_at, cart_key LIMIT ?5";
 
+/// What a request needs of a cart selected as `cart_key, cart_id, account, session_token`.
+fn read_target(row: &rusqlite::Row<'_>) -> rusqlite::Result<PollTarget> {
+    Ok(PollTarget {
+        key: row.get(0)?,
+        cart_id: lenient_text(row, 1)?.unwrap_or_default(),
+        account: lenient_text(row, 2)?.unwrap_or_default(),
+        session_token: lenient_text(row, 3)?,
+    })
+}
+
 /// A cursor after the row due at `next_poll_at` with key `key`.
 fn cursor(next_poll_at: &str, key: i64) -> DueCursor {
     DueCursor::from_token(format!("{next_poll_at}|{key}"))
@@ -196,13 +206,7 @@ impl SqliteStore {
             let mut statement = connection.prepare_cached(DUE_PAGE_SQL)?;
             let mut last = None;
             let rows = statement.query_map(params![provider, format_ts(now), after_time, after_key, limit], |row| {
-                let target = PollTarget {
-                    key: row.get(0)?,
-                    cart_id: lenient_text(row, 1)?.unwrap_or_default(),
-                    account: lenient_text(row, 2)?.unwrap_or_default(),
-                    session_token: lenient_text(row, 3)?,
-                };
-                Ok((target, lenient_text(row, 4)?.unwrap_or_default()))
+                Ok((read_target(row)?, lenient_text(row, 4)?.unwrap_or_default()))
             })?;
             let mut carts = Vec::new();
             for row in rows {
@@ -233,14 +237,8 @@ impl SqliteStore {
                    AND (last_polled_at IS NULL OR last_polled_at < ?2) AND consecutive_errors = 0 \
                  ORDER BY next_poll_at, cart_key LIMIT ?4",
             )?;
-            let rows = statement.query_map(params![provider, format_ts(started), format_ts(until), limit], |row| {
-                Ok(PollTarget {
-                    key: row.get(0)?,
-                    cart_id: lenient_text(row, 1)?.unwrap_or_default(),
-                    account: lenient_text(row, 2)?.unwrap_or_default(),
-                    session_token: lenient_text(row, 3)?,
-                })
-            })?;
+            let rows =
+                statement.query_map(params![provider, format_ts(started), format_ts(until), limit], read_target)?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await

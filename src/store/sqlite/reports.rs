@@ -14,10 +14,6 @@ use crate::store::{
 use crate::time::{format_ts, parse_ts};
 use crate::upstream::{Mode, Snapshot};
 
-/// A transition as the plan reads it: the cart's key, the status seen, when (either may be
-/// unreadable in a row edited by hand, and is then skipped).
-type Sighting = (i64, Option<String>, Option<DateTime<Utc>>);
-
 impl SqliteStore {
     /// One cart and its transitions.
     pub async fn cart_detail(&self, cart_id: String) -> Result<Option<CartDetail>, StoreError> {
@@ -49,7 +45,7 @@ impl SqliteStore {
     }
 
     /// Hands `visit` each cart of `provider` tracked now or since `since`, with its
-    /// transitions: two queries in cart order, read in step.
+    /// transitions: one query of the carts joined to their transitions, in cart order.
     pub async fn plan_history(
         &self,
         provider: String,
@@ -57,48 +53,33 @@ impl SqliteStore {
         mut visit: Box<dyn FnMut(PlanHistory) + Send>,
     ) -> Result<(), StoreError> {
         self.read(move |connection| {
-            let since = format_ts(since);
-            let chosen = "provider = ?1 AND (state = 'tracking' OR tracked_since >= ?2)";
-            let mut carts =
-                connection.prepare(&format!("SELECT {CART_COLUMNS} FROM carts WHERE {chosen} ORDER BY cart_key"))?;
-            let mut transitions = connection.prepare(&format!(
-                "SELECT cart_key, to_status, detected_at FROM cart_transitions \
-                 WHERE cart_key IN (SELECT cart_key FROM carts WHERE {chosen}) ORDER BY cart_key, transition_id"
+            let columns: Vec<String> = CART_COLUMNS.split(',').map(|column| format!("c.{}", column.trim())).collect();
+            let mut statement = connection.prepare(&format!(
+                "SELECT {}, t.to_status, t.detected_at FROM carts c \
+                 LEFT JOIN cart_transitions t ON t.cart_key = c.cart_key \
+                 WHERE c.provider = ?1 AND (c.state = 'tracking' OR c.tracked_since >= ?2) \
+                 ORDER BY c.cart_key, t.transition_id",
+                columns.join(", ")
             ))?;
-            let mut seen_rows = transitions.query(params![provider, since])?;
-            let mut pending: Option<Sighting> = None;
-            let next_seen = |rows: &mut rusqlite::Rows<'_>| -> rusqlite::Result<Option<Sighting>> {
-                Ok(match rows.next()? {
-                    Some(row) => {
-                        Some((row.get(0)?, lenient_text(row, 1)?, lenient_text(row, 2)?.as_deref().and_then(parse_ts)))
-                    }
-                    None => None,
-                })
-            };
-            let mut rows = carts.query(params![provider, since])?;
+            let seen_at = columns.len();
+            let mut rows = statement.query(params![provider, format_ts(since)])?;
+            let mut current: Option<PlanHistory> = None;
             while let Some(row) = rows.next()? {
-                let cart = read_cart(row)?;
-                let mut seen = Vec::new();
-                loop {
-                    let current = match pending.take() {
-                        Some(current) => current,
-                        None => match next_seen(&mut seen_rows)? {
-                            Some(next) => next,
-                            None => break,
-                        },
-                    };
-                    if current.0 < cart.key {
-                        continue;
-                    }
-                    if current.0 > cart.key {
-                        pending = Some(current);
-                        break;
-                    }
-                    if let (Some(status), Some(at)) = (current.1, current.2) {
-                        seen.push((status, at));
-                    }
+                let key: i64 = row.get(0)?;
+                if let Some(finished) = current.take_if(|history| history.cart.key != key) {
+                    visit(finished);
                 }
-                visit(PlanHistory { cart, seen });
+                let history = match current.as_mut() {
+                    Some(history) => history,
+                    None => current.insert(PlanHistory { cart: read_cart(row)?, seen: Vec::new() }),
+                };
+                let at = lenient_text(row, seen_at + 1)?.as_deref().and_then(parse_ts);
+                if let (Some(status), Some(at)) = (lenient_text(row, seen_at)?, at) {
+                    history.seen.push((status, at));
+                }
+            }
+            if let Some(history) = current {
+                visit(history);
             }
             Ok(())
         })
