@@ -442,6 +442,14 @@ impl Plan {
     /// `seats` carts a request, and the 95th percentile of detection delay, each change
     /// arriving at its cell's hazard and found on average half an interval later.
     pub fn expectation(&self, population: &Population, seats: usize) -> Expectation {
+        let prior;
+        let hazards = match self {
+            Plan::Budget(plan) => &plan.hazards,
+            _ => {
+                prior = Hazards::prior();
+                &prior
+            }
+        };
         let mut polls = 0.0;
         let mut cells = Vec::new();
         for (status, bucket, near, count) in population.cells() {
@@ -452,11 +460,7 @@ impl Plan {
             };
             let interval = self.interval(&situation).as_secs_f64();
             polls += count as f64 / interval;
-            let rate = match self {
-                Plan::Budget(plan) => plan.hazards.rate(status, bucket),
-                _ => Hazards::prior().rate(status, bucket),
-            };
-            cells.push((count as f64 * rate, interval));
+            cells.push((count as f64 * hazards.rate(status, bucket), interval));
         }
         let weight: f64 = cells.iter().map(|(events, _)| events).sum();
         let share_within = |delay: f64| {
