@@ -340,6 +340,7 @@ impl Config {
             log: self.sinks.log.clone(),
             webhooks: self.webhooks.clone(),
             delivery: self.delivery.clone(),
+            emit: self.emitted_event_types(),
         }
     }
 

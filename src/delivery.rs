@@ -2,6 +2,7 @@
 //! the per-sink loop that repeats it, sleeping until the next retry is due or new events
 //! arrive. `poll-once` and the daemon's loops share the same pass.
 
+use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -11,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::clock::Clock;
+use crate::events::{EventType, NewEvent, WebhookEventData};
 use crate::metrics::Metrics;
-use crate::outbox::DeliveryResult;
+use crate::outbox::{DeliveryResult, StoredEvent};
 use crate::sinks::Sink;
 use crate::store::{OutboxStore, RETRY_BUDGET, StoreError, retrying};
 use crate::time::parse_ts;
@@ -69,8 +71,13 @@ pub async fn deliver_pass(
         return Ok(None);
     }
     let attempted = pending.len();
-    let written: std::collections::HashMap<i64, Option<DateTime<Utc>>> =
-        pending.iter().map(|delivery| (delivery.event.seq, parse_ts(&delivery.event.created_at))).collect();
+    let attempts: HashMap<i64, Attempted> = pending
+        .iter()
+        .map(|delivery| {
+            let event = &delivery.event;
+            (event.seq, Attempted { event: event.clone(), attempts: delivery.attempts + 1 })
+        })
+        .collect();
     let started = std::time::Instant::now();
     let outcome = abort.run_until_cancelled(sink.deliver(pending, now)).await.ok_or(PassError::Aborted)?;
     metrics.delivery_pass(&name, started.elapsed());
@@ -80,8 +87,8 @@ pub async fn deliver_pass(
         let label = match result {
             DeliveryResult::Delivered { event_seq, .. } => {
                 delivered += 1;
-                if let Some(Some(written)) = written.get(event_seq) {
-                    metrics.delivered_after(&name, (delivered_at - *written).to_std().unwrap_or_default());
+                if let Some(written) = attempts.get(event_seq).and_then(|attempt| parse_ts(&attempt.event.created_at)) {
+                    metrics.delivered_after(&name, (delivered_at - written).to_std().unwrap_or_default());
                 }
                 "delivered"
             }
@@ -91,21 +98,90 @@ pub async fn deliver_pass(
         metrics.delivery(&name, label);
     }
     let results = outcome.results;
+    let announcements = dead_letter_announcements(sink, &results, &attempts, delivered_at);
     // Not recorded means attempted again later: a duplicate, never a loss.
     retrying("record deliveries", RETRY_BUDGET, abort, || {
-        store.record_deliveries(name.clone(), results.clone(), clock.now())
+        store.record_deliveries(name.clone(), results.clone(), announcements.clone(), clock.now())
     })
     .await
     .map_err(PassError::Store)?;
     if let Some(reason) = &outcome.disable {
         error!(sink = %name, reason = %reason, "the receiver answered 410 Gone: this endpoint is DISABLED; events for it are queued and sent, in order, once it is enabled again (change its url and reload, or `cartwatch webhooks enable {name}`)");
+        let announcement = sink.announces(EventType::WebhookEndpointDisabled).then(|| {
+            let data = WebhookEventData {
+                endpoint: name.clone(),
+                message: format!(
+                    "webhook {name} is disabled: {reason}. Its events are kept and sent, in order, once it is \
+                     enabled again (change its url and reload, or run `cartwatch webhooks enable {name}`)"
+                ),
+                event_id: None,
+                event_type: None,
+                cart_id: None,
+                attempts: None,
+                last_status: Some(410),
+                error: reason.clone(),
+            };
+            NewEvent::webhook(EventType::WebhookEndpointDisabled, &data, delivered_at)
+        });
         retrying("disable the endpoint", RETRY_BUDGET, abort, || {
-            store.disable_sink(name.clone(), reason.clone(), clock.now())
+            store.disable_sink(name.clone(), reason.clone(), announcement.clone(), clock.now())
         })
         .await
         .map_err(PassError::Store)?;
     }
     Ok(Some(Pass { attempted, delivered, disabled: outcome.disable }))
+}
+
+/// An event handed to a sink, as its announcement needs it.
+struct Attempted {
+    event: StoredEvent,
+    /// Attempts made, this one included.
+    attempts: u32,
+}
+
+/// A `webhook.dead_lettered` event for each delivery in `results` the sink gave up on, when
+/// it announces them; never for a `webhook.*` event, so failing endpoints do not announce
+/// each other's failures back and forth.
+fn dead_letter_announcements(
+    sink: &Sink,
+    results: &[DeliveryResult],
+    attempts: &HashMap<i64, Attempted>,
+    now: DateTime<Utc>,
+) -> Vec<(i64, NewEvent)> {
+    if !sink.announces(EventType::WebhookDeadLettered) {
+        return Vec::new();
+    }
+    let name = sink.name();
+    results
+        .iter()
+        .filter_map(|result| {
+            let DeliveryResult::Dead { event_seq, status, error } = result else { return None };
+            let Attempted { event, attempts } = attempts.get(event_seq)?;
+            if EventType::parse(&event.event_type).is_some_and(EventType::is_operational) {
+                return None;
+            }
+            let holds = match &event.cart_id {
+                Some(cart_id) => format!("; cart {cart_id}'s later events wait for it on this endpoint"),
+                None => String::new(),
+            };
+            let data = WebhookEventData {
+                endpoint: name.to_owned(),
+                message: format!(
+                    "webhook {name} gave up on event {} ({}) after {attempts} attempts{holds}. \
+                     Send it again with `cartwatch events redeliver --endpoint {name} {}`, or give it up with \
+                     `cartwatch events skip {}`",
+                    event.event_id, event.event_type, event.event_id, event.event_id
+                ),
+                event_id: Some(event.event_id.clone()),
+                event_type: Some(event.event_type.clone()),
+                cart_id: event.cart_id.clone(),
+                attempts: Some(*attempts),
+                last_status: *status,
+                error: error.clone(),
+            };
+            Some((*event_seq, NewEvent::webhook(EventType::WebhookDeadLettered, &data, now)))
+        })
+        .collect()
 }
 
 /// Delivers everything of `sink` that is due now, without waiting for retries: passes until

@@ -32,11 +32,15 @@ pub enum EventType {
     UpstreamAuthFailed,
     /// A probe after an authentication failure succeeded; polling resumed.
     UpstreamAuthRecovered,
+    /// A webhook endpoint gave up on an event after its last attempt.
+    WebhookDeadLettered,
+    /// A webhook endpoint was disabled because its receiver answered `410 Gone`.
+    WebhookEndpointDisabled,
 }
 
 impl EventType {
     /// All types, in documentation order.
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 13] = [
         EventType::CartCheckedOut,
         EventType::CartOrdered,
         EventType::CartPending,
@@ -48,6 +52,8 @@ impl EventType {
         EventType::CartSessionExpired,
         EventType::UpstreamAuthFailed,
         EventType::UpstreamAuthRecovered,
+        EventType::WebhookDeadLettered,
+        EventType::WebhookEndpointDisabled,
     ];
 
     /// The wire name, such as `cart.ordered`.
@@ -64,7 +70,16 @@ impl EventType {
             EventType::CartSessionExpired => "cart.session_expired",
             EventType::UpstreamAuthFailed => "upstream.auth_failed",
             EventType::UpstreamAuthRecovered => "upstream.auth_recovered",
+            EventType::WebhookDeadLettered => "webhook.dead_lettered",
+            EventType::WebhookEndpointDisabled => "webhook.endpoint_disabled",
         }
+    }
+
+    /// Whether it is about cartwatch's own delivery to an endpoint (`webhook.*`): such an
+    /// event that cannot be delivered is not announced in turn, so two failing endpoints
+    /// never announce each other's failures back and forth.
+    pub fn is_operational(self) -> bool {
+        matches!(self, EventType::WebhookDeadLettered | EventType::WebhookEndpointDisabled)
     }
 
     /// Reads a wire name; `None` for names cartwatch does not know.
@@ -124,6 +139,34 @@ pub struct UpstreamEventData {
     pub since: Option<String>,
 }
 
+/// The `data` of a `webhook.*` event: what happened to one endpoint. It is delivered to
+/// every other sink that wants it, never to the endpoint it is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookEventData {
+    /// The endpoint's name, as in `[webhooks.NAME]`.
+    pub endpoint: String,
+    /// What happened and what to do about it, for people.
+    pub message: String,
+    /// The event given up on (`webhook.dead_lettered`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
+    /// Its type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    /// Its cart, if any: that cart's later events wait for it on this endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cart_id: Option<String>,
+    /// Attempts made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// The receiver's last HTTP status, if it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    /// The last error, or why the endpoint was disabled.
+    pub error: String,
+}
+
 #[derive(Serialize)]
 struct Payload<'a, T: Serialize> {
     #[serde(rename = "type")]
@@ -148,6 +191,7 @@ enum EventData {
     Cart(CartEventData),
     ItemsChanged(ItemsChangedData),
     Upstream(UpstreamEventData),
+    Webhook(WebhookEventData),
 }
 
 /// An event ready to be written to the outbox. Its payload is made when it is written,
@@ -162,6 +206,8 @@ pub struct NewEvent {
     pub cart_id: Option<String>,
     /// When it was detected, in the stored timestamp form.
     pub created_at: String,
+    /// The sink it must not be delivered to: the endpoint a `webhook.*` event is about.
+    pub not_for_sink: Option<String>,
     timestamp: String,
     data: EventData,
 }
@@ -183,12 +229,21 @@ impl NewEvent {
         NewEvent::build(event_type, None, EventData::Upstream(data.clone()), detected_at)
     }
 
+    /// Builds a `webhook.*` event about the endpoint `data.endpoint`, which will not get it.
+    /// It is about no cart, so it waits for no cart's earlier events.
+    pub fn webhook(event_type: EventType, data: &WebhookEventData, detected_at: DateTime<Utc>) -> NewEvent {
+        let mut event = NewEvent::build(event_type, None, EventData::Webhook(data.clone()), detected_at);
+        event.not_for_sink = Some(data.endpoint.clone());
+        event
+    }
+
     fn build(event_type: EventType, cart_id: Option<String>, data: EventData, detected_at: DateTime<Utc>) -> NewEvent {
         NewEvent {
             event_id: new_event_id(),
             event_type,
             cart_id,
             created_at: crate::time::format_ts(detected_at),
+            not_for_sink: None,
             timestamp: detected_at.to_rfc3339_opts(SecondsFormat::Millis, true),
             data,
         }
@@ -210,6 +265,7 @@ impl NewEvent {
             EventData::Cart(data) => render(self, data, cart_sequence),
             EventData::ItemsChanged(data) => render(self, data, cart_sequence),
             EventData::Upstream(data) => render(self, data, None),
+            EventData::Webhook(data) => render(self, data, None),
         }
     }
 }
@@ -294,5 +350,37 @@ mod tests {
         );
         assert!(event.event_id.starts_with("evt_"));
         assert_ne!(event.event_id, new_event_id());
+    }
+
+    #[test]
+    fn a_webhook_event_is_about_no_cart_and_not_for_its_endpoint() {
+        let data = WebhookEventData {
+            endpoint: "erp".into(),
+            message: "webhook erp is disabled".into(),
+            event_id: None,
+            event_type: None,
+            cart_id: None,
+            attempts: None,
+            last_status: Some(410),
+            error: "the receiver answered 410 Gone".into(),
+        };
+        let detected_at = Utc.with_ymd_and_hms(2026, 11, 26, 8, 0, 0).unwrap();
+        let event = NewEvent::webhook(EventType::WebhookEndpointDisabled, &data, detected_at);
+        assert_eq!((event.cart_id.as_deref(), event.not_for_sink.as_deref()), (None, Some("erp")));
+        assert!(EventType::WebhookEndpointDisabled.is_operational() && !EventType::CartOrdered.is_operational());
+        let payload: serde_json::Value = serde_json::from_str(&event.payload(None)).unwrap();
+        assert_eq!(
+            payload,
+            serde_json::json!({
+                "type": "webhook.endpoint_disabled",
+                "timestamp": "2026-11-26T08:00:00.000Z",
+                "data": {
+                    "endpoint": "erp",
+                    "message": "webhook erp is disabled",
+                    "lastStatus": 410,
+                    "error": "the receiver answered 410 Gone"
+                }
+            })
+        );
     }
 }

@@ -226,6 +226,8 @@ pub fn render_event_line(event: &StoredEvent, elapsed: std::time::Duration) -> S
         "cart.items_changed" => ("✎", "items changed"),
         "upstream.auth_failed" => ("!", "upstream auth failed"),
         "upstream.auth_recovered" => ("✓", "upstream auth recovered"),
+        "webhook.dead_lettered" => ("!", "dead letter"),
+        "webhook.endpoint_disabled" => ("!", "endpoint disabled"),
         other => ("•", other),
     };
     let mut line = format!("  {:>6.1}s  {symbol} {words:<12}", elapsed.as_secs_f64());

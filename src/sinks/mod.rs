@@ -6,7 +6,9 @@ pub mod webhook;
 
 use chrono::{DateTime, Utc};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::events::EventType;
 
 use crate::outbox::{PendingDelivery, SinkSpec};
 use log::{LogSink, LogSinkConfig, LogTarget};
@@ -22,7 +24,7 @@ pub enum Sink {
     /// JSON lines.
     Log(LogSink),
     /// A webhook endpoint.
-    Webhook(WebhookSink),
+    Webhook(Box<WebhookSink>),
 }
 
 impl Sink {
@@ -66,6 +68,16 @@ impl Sink {
         }
     }
 
+    /// Whether it announces its own trouble of this kind (`webhook.dead_lettered`,
+    /// `webhook.endpoint_disabled`) to the other sinks: a webhook does when `events.emit`
+    /// lists the type; the log sink never gives up, so it has nothing to announce.
+    pub fn announces(&self, event_type: EventType) -> bool {
+        match self {
+            Sink::Log(_) => false,
+            Sink::Webhook(sink) => sink.announces(event_type),
+        }
+    }
+
     /// Attempts a batch; one result per delivery.
     pub async fn deliver(&self, batch: Vec<PendingDelivery>, now: DateTime<Utc>) -> SinkOutcome {
         match self {
@@ -84,6 +96,9 @@ pub struct SinkSettings {
     pub webhooks: BTreeMap<String, WebhookConfig>,
     /// The webhooks' retry schedule.
     pub delivery: DeliveryConfig,
+    /// The event types written (`events.emit`): the webhooks announce their trouble with
+    /// the `webhook.*` ones listed.
+    pub emit: BTreeSet<EventType>,
 }
 
 /// The sinks the settings enable.
@@ -99,7 +114,8 @@ pub fn build(settings: &SinkSettings) -> Result<Vec<Sink>, WebhookSetupError> {
         sinks.push(Sink::Log(LogSink::new(target)));
     }
     for (name, webhook) in &settings.webhooks {
-        sinks.push(Sink::Webhook(WebhookSink::new(name, webhook, &settings.delivery)?));
+        let sink = WebhookSink::new(name, webhook, &settings.delivery)?;
+        sinks.push(Sink::Webhook(Box::new(sink.announcing(&settings.emit))));
     }
     Ok(sinks)
 }

@@ -5,6 +5,7 @@
 //! id.timestamp.body>`); during a secret rotation every request carries one signature per
 //! secret, space-separated, as the specification allows.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -87,6 +88,7 @@ pub struct WebhookSink {
     schedule: Vec<Duration>,
     jitter: f64,
     event_types: Vec<String>,
+    announce: BTreeSet<EventType>,
 }
 
 impl std::fmt::Debug for WebhookSink {
@@ -132,7 +134,19 @@ impl WebhookSink {
             schedule: delivery.schedule(),
             jitter: delivery.jitter,
             event_types: config.event_types.clone(),
+            announce: BTreeSet::new(),
         })
+    }
+
+    /// The same sink, announcing its trouble with the `webhook.*` types in `emit`.
+    pub fn announcing(mut self, emit: &BTreeSet<EventType>) -> WebhookSink {
+        self.announce = emit.iter().copied().filter(|event_type| event_type.is_operational()).collect();
+        self
+    }
+
+    /// Whether it announces `event_type` (see [`WebhookSink::announcing`]).
+    pub fn announces(&self, event_type: EventType) -> bool {
+        self.announce.contains(&event_type)
     }
 
     /// The endpoint's name.

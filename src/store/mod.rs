@@ -625,8 +625,16 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug {
     /// Why a sink is disabled, if it is.
     async fn sink_disabled(&self, sink: String) -> Result<Option<String>, StoreError>;
 
-    /// Disables a sink, as when its receiver answers `410 Gone`.
-    async fn disable_sink(&self, sink: String, reason: String, now: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Disables a sink, as when its receiver answers `410 Gone`, and writes `announcement`
+    /// (a `webhook.endpoint_disabled` event) in the same transaction, but only if this call
+    /// is the one that disabled it: a sink already disabled keeps its first reason.
+    async fn disable_sink(
+        &self,
+        sink: String,
+        reason: String,
+        announcement: Option<NewEvent>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 
     /// Enables a disabled sink; `None` when there is no such sink, else whether it was
     /// disabled.
@@ -643,11 +651,15 @@ pub trait OutboxStore: Send + Sync + std::fmt::Debug {
         sequential: bool,
     ) -> Result<Vec<PendingDelivery>, StoreError>;
 
-    /// Records the outcomes of delivery attempts in one transaction.
+    /// Records the outcomes of delivery attempts in one transaction, with the
+    /// `announcements`: an event written for a delivery (by `event_seq`) that this call
+    /// dead-letters, such as `webhook.dead_lettered`. A result that no longer applies (the
+    /// delivery was recorded by another member meanwhile) writes no announcement.
     async fn record_deliveries(
         &self,
         sink: String,
         results: Vec<DeliveryResult>,
+        announcements: Vec<(i64, NewEvent)>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 

@@ -268,11 +268,11 @@ async fn events_lists_delivery_states_and_manages_dead_letters(backend: Backend)
     store.write_events(vec![event.clone()]).await.unwrap();
     let now = chrono::Utc::now();
     store
-        .record_deliveries("log".into(), vec![DeliveryResult::Delivered { event_seq: 1, status: None }], now)
+        .record_deliveries("log".into(), vec![DeliveryResult::Delivered { event_seq: 1, status: None }], vec![], now)
         .await
         .unwrap();
     let dead = DeliveryResult::Dead { event_seq: 1, status: Some(500), error: "HTTP 500: boom".into() };
-    store.record_deliveries("erp".into(), vec![dead], now).await.unwrap();
+    store.record_deliveries("erp".into(), vec![dead], vec![], now).await.unwrap();
 
     let listing = text(&cartwatch(&config_path, &["events"]).stdout);
     assert!(

@@ -460,3 +460,123 @@ fn plain_http_is_refused_for_remote_hosts_unless_enabled() {
     let problems = config.problems(cartwatch::config::Purpose::Database);
     assert!(problems.iter().any(|p| p.key == "webhooks.bad.secret" && !p.message.contains("not base64")));
 }
+
+/// The events of `event_type` in the outbox, with their payloads' `data`.
+async fn written(store: &Store, event_type: EventType) -> Vec<(cartwatch::outbox::StoredEvent, serde_json::Value)> {
+    let events = store.events_after(0, 1000).await.unwrap();
+    events
+        .into_iter()
+        .filter(|event| event.event_type == event_type.as_str())
+        .map(|event| {
+            let payload: serde_json::Value = serde_json::from_str(&event.payload).unwrap();
+            (event, payload["data"].clone())
+        })
+        .collect()
+}
+
+crate::on_both_stores! {
+    /// A dead letter and a disabled endpoint are announced, in the transaction that records
+    /// them, to every other sink and never to the endpoint concerned; an announcement that is
+    /// itself dead-lettered is not announced again.
+    async fn dead_letters_and_disabled_endpoints_are_announced_to_the_other_sinks(backend: Backend) {
+        let failing = receiver_answering(ResponseTemplate::new(500).set_body_string("no thanks")).await;
+        let gone = receiver_answering(ResponseTemplate::new(410)).await;
+        let healthy = receiver_answering(ResponseTemplate::new(204)).await;
+        let database = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(postgres_database().await),
+        };
+        let harness = harness(&format!("{}/hook", failing.uri()), |config| {
+            if let Some(url) = database {
+                config.database.url = cartwatch::secret::Secret::new(url);
+            }
+            config.sinks.log.enabled = true;
+            config.sinks.log.path = config.database.path.with_file_name("events.jsonl");
+            add_webhook(config, "crm", &format!("{}/hook", gone.uri()), WEBHOOK_SECRET);
+            add_webhook(config, "ops", &format!("{}/hook", healthy.uri()), WEBHOOK_SECRET);
+        })
+        .await;
+        let ordered = cart_event(EventType::CartOrdered, CART_A);
+        harness.store.write_events(vec![ordered.clone()]).await.unwrap();
+        harness.deliver_for(Duration::from_millis(2500)).await;
+
+        assert_eq!(harness.state(&ordered, "erp").await.state, "dead");
+        let dead_lettered = written(&harness.store, EventType::WebhookDeadLettered).await;
+        assert_eq!(dead_lettered.len(), 1, "one announcement, for erp's dead letter only: {dead_lettered:?}");
+        let (announcement, data) = &dead_lettered[0];
+        assert_eq!(data["endpoint"], "erp");
+        assert_eq!(data["eventId"], ordered.event_id.as_str());
+        assert_eq!(data["eventType"], "cart.ordered");
+        assert_eq!(data["cartId"], CART_A);
+        assert_eq!(data["attempts"], 3);
+        assert_eq!(data["lastStatus"], 500);
+        assert!(data["error"].as_str().unwrap().contains("no thanks"), "{data}");
+        assert!(data["message"].as_str().unwrap().contains("events redeliver --endpoint erp"), "{data}");
+        assert_eq!(announcement.cart_id, None, "about no cart, so it waits for nothing");
+
+        let disabled = written(&harness.store, EventType::WebhookEndpointDisabled).await;
+        assert_eq!(disabled.len(), 1, "{disabled:?}");
+        let (disabled, disabled_data) = &disabled[0];
+        assert_eq!(disabled_data["endpoint"], "crm");
+        assert_eq!(disabled_data["lastStatus"], 410);
+        assert!(disabled_data["error"].as_str().unwrap().contains("410 Gone"), "{disabled_data}");
+
+        let sinks_of = |seq: i64| {
+            let store = harness.store.clone();
+            async move {
+                let mut states: Vec<(String, String)> = store
+                    .delivery_states(vec![seq])
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|(_, state)| (state.sink, state.state))
+                    .collect();
+                states.sort();
+                states
+            }
+        };
+        // erp's dead letter reaches the log and ops, and waits for crm while it is disabled.
+        assert_eq!(
+            sinks_of(announcement.seq).await,
+            [("crm", "pending"), ("log", "delivered"), ("ops", "delivered")].map(|(a, b)| (a.into(), b.into()))
+        );
+        // crm's disabling reaches the others; erp gives up on it too, which is not announced.
+        assert_eq!(
+            sinks_of(disabled.seq).await,
+            [("erp", "dead"), ("log", "delivered"), ("ops", "delivered")].map(|(a, b)| (a.into(), b.into()))
+        );
+        let ids: Vec<String> = healthy
+            .received_requests()
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.headers.get("webhook-id").unwrap().to_str().unwrap().to_owned())
+            .collect();
+        for event_id in [&ordered.event_id, &announcement.event_id, &disabled.event_id] {
+            assert!(ids.contains(event_id), "ops got {event_id}: {ids:?}");
+        }
+        assert_eq!(gone.received_requests().await.unwrap().len(), 1, "nothing after the 410");
+        let log = std::fs::read_to_string(harness.config.sinks.log.path.clone()).unwrap();
+        assert!(log.contains("\"webhook.dead_lettered\"") && log.contains("\"webhook.endpoint_disabled\""), "{log}");
+    }
+}
+
+#[tokio::test]
+async fn announcements_left_out_of_events_emit_are_not_written() {
+    let failing = receiver_answering(ResponseTemplate::new(500)).await;
+    let gone = receiver_answering(ResponseTemplate::new(410)).await;
+    let harness = harness(&format!("{}/hook", failing.uri()), |config| {
+        config.sinks.log.enabled = true;
+        config.sinks.log.path = config.database.path.with_file_name("events.jsonl");
+        config.events.emit.retain(|name| !name.starts_with("webhook."));
+        add_webhook(config, "crm", &format!("{}/hook", gone.uri()), WEBHOOK_SECRET);
+    })
+    .await;
+    let ordered = cart_event(EventType::CartOrdered, CART_A);
+    harness.store.write_events(vec![ordered.clone()]).await.unwrap();
+    harness.deliver_for(Duration::from_millis(1200)).await;
+    assert_eq!(harness.state(&ordered, "erp").await.state, "dead");
+    assert!(harness.store.sink_disabled("crm".into()).await.unwrap().is_some());
+    let events = harness.store.events_after(0, 100).await.unwrap();
+    assert_eq!(events.len(), 1, "only the cart's event: {events:?}");
+}

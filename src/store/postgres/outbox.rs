@@ -15,8 +15,8 @@ use crate::time::{format_ts, parse_ts};
 /// The channel new events are announced on.
 pub(super) const EVENTS_CHANNEL: &str = "cartwatch_events";
 
-/// Writes an event and one pending delivery per configured sink that wants its type (as
-/// [`crate::store::sqlite`] does), and announces it to every member when the transaction
+/// Writes an event and one pending delivery per configured sink that wants its type, except
+/// the sink it is about (as [`crate::store::sqlite`] does), and announces it to every member when the transaction
 /// commits.
 pub(super) async fn insert_event(
     transaction: &deadpool_postgres::Transaction<'_>,
@@ -71,11 +71,14 @@ pub(super) async fn insert_event(
         .prepare_cached(
             "INSERT INTO deliveries (sink, event_seq, ordering_key, next_attempt_at) \
              SELECT sink, $1, CASE WHEN kind = 'log' THEN NULL ELSE $2 END, $3 FROM sinks \
-             WHERE active AND (event_types IS NULL OR strpos(event_types, $4) > 0)",
+             WHERE active AND (event_types IS NULL OR strpos(event_types, $4) > 0) AND sink IS DISTINCT FROM $5",
         )
         .await?;
     transaction
-        .execute(&statement, &[&seq, &event.cart_id, &created_at, &format!(",{},", event.event_type.as_str())])
+        .execute(
+            &statement,
+            &[&seq, &event.cart_id, &created_at, &format!(",{},", event.event_type.as_str()), &event.not_for_sink],
+        )
         .await?;
     let statement = transaction.prepare_cached("SELECT pg_notify($1, '')").await?;
     transaction.execute(&statement, &[&EVENTS_CHANNEL]).await?;
@@ -306,17 +309,27 @@ impl PgStore {
         Ok((skipped as usize, unknown))
     }
 
-    /// Disables a sink, as when its receiver answers `410 Gone`.
+    /// Disables a sink, as when its receiver answers `410 Gone`, writing `announcement` if
+    /// this call disabled it (another member may have been first).
     pub(super) async fn disable_sink(
         &self,
         sink: String,
         reason: String,
+        announcement: Option<NewEvent>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.client()
-            .await?
-            .execute("UPDATE sinks SET disabled_at = $2, disabled_reason = $3 WHERE sink = $1", &[&sink, &now, &reason])
+        let mut client = self.client().await?;
+        let transaction = client.transaction().await?;
+        let disabled = transaction
+            .execute(
+                "UPDATE sinks SET disabled_at = $2, disabled_reason = $3 WHERE sink = $1 AND disabled_at IS NULL",
+                &[&sink, &now, &reason],
+            )
             .await?;
+        if let Some(event) = announcement.filter(|_| disabled > 0) {
+            insert_event(&transaction, &event).await?;
+        }
+        transaction.commit().await?;
         Ok(())
     }
 
@@ -407,11 +420,13 @@ impl PgStore {
     }
 
     /// Records the outcomes of delivery attempts in one transaction, each only while its
-    /// delivery is still pending and not claimed by another member since.
+    /// delivery is still pending and not claimed by another member since, with the
+    /// announcements of the dead letters it makes.
     pub(super) async fn record_deliveries(
         &self,
         sink: String,
         results: Vec<DeliveryResult>,
+        mut announcements: Vec<(i64, NewEvent)>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut client = self.client().await?;
@@ -435,7 +450,14 @@ impl PgStore {
                 DeliveryResult::Dead { event_seq, status, error } => (event_seq, "dead", None, status, Some(error)),
             };
             let status = status.map(i32::from);
-            transaction.execute(&statement, &[&sink, &seq, &now, &state, &next, &status, &error, &self.member]).await?;
+            let recorded = transaction
+                .execute(&statement, &[&sink, &seq, &now, &state, &next, &status, &error, &self.member])
+                .await?;
+            if state == "dead" && recorded > 0 {
+                for (_, event) in announcements.extract_if(.., |(about, _)| *about == seq) {
+                    insert_event(&transaction, &event).await?;
+                }
+            }
         }
         transaction.commit().await?;
         Ok(())

@@ -137,8 +137,14 @@ impl OutboxStore for PgStore {
         PgStore::sink_disabled(self, sink).await
     }
 
-    async fn disable_sink(&self, sink: String, reason: String, now: DateTime<Utc>) -> Result<(), StoreError> {
-        PgStore::disable_sink(self, sink, reason, now).await
+    async fn disable_sink(
+        &self,
+        sink: String,
+        reason: String,
+        announcement: Option<NewEvent>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        PgStore::disable_sink(self, sink, reason, announcement, now).await
     }
 
     async fn enable_sink(&self, sink: String, now: DateTime<Utc>) -> Result<Option<bool>, StoreError> {
@@ -159,9 +165,10 @@ impl OutboxStore for PgStore {
         &self,
         sink: String,
         results: Vec<DeliveryResult>,
+        announcements: Vec<(i64, NewEvent)>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        PgStore::record_deliveries(self, sink, results, now).await
+        PgStore::record_deliveries(self, sink, results, announcements, now).await
     }
 
     async fn next_delivery_due(&self, sink: String, now: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, StoreError> {

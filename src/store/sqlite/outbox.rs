@@ -15,7 +15,8 @@ use crate::store::StoreError;
 use crate::time::{format_ts, parse_ts};
 
 /// Writes an event and one pending delivery per configured sink that wants its type, a
-/// disabled one included (it gets the event when it is enabled again). An event about a cart
+/// disabled one included (it gets the event when it is enabled again), except the sink the
+/// event is about (`NewEvent::not_for_sink`). An event about a cart
 /// takes the cart's next sequence number; a cart with no row yet (an item change forced on a
 /// cart nobody registered) gets one, untracked, so that its events are numbered too.
 pub(super) fn insert_event(transaction: &rusqlite::Connection, event: &NewEvent) -> Result<i64, StoreError> {
@@ -56,9 +57,15 @@ pub(super) fn insert_event(transaction: &rusqlite::Connection, event: &NewEvent)
         .prepare_cached(
             "INSERT INTO deliveries (sink, event_seq, ordering_key, next_attempt_at) \
              SELECT sink, ?1, CASE WHEN kind = 'log' THEN NULL ELSE ?2 END, ?3 FROM sinks \
-             WHERE active = 1 AND (event_types IS NULL OR instr(event_types, ?4) > 0)",
+             WHERE active = 1 AND (event_types IS NULL OR instr(event_types, ?4) > 0) AND sink IS NOT ?5",
         )?
-        .execute(params![seq, event.cart_id, event.created_at, format!(",{},", event.event_type.as_str())])?;
+        .execute(params![
+            seq,
+            event.cart_id,
+            event.created_at,
+            format!(",{},", event.event_type.as_str()),
+            event.not_for_sink
+        ])?;
     Ok(seq)
 }
 
@@ -297,13 +304,25 @@ impl SqliteStore {
         .await
     }
 
-    /// Disables a sink, as when its receiver answers `410 Gone`. Its pending deliveries stay.
-    pub async fn disable_sink(&self, sink: String, reason: String, now: DateTime<Utc>) -> Result<(), StoreError> {
+    /// Disables a sink, as when its receiver answers `410 Gone`, writing `announcement` if
+    /// this call disabled it. Its pending deliveries stay.
+    pub async fn disable_sink(
+        &self,
+        sink: String,
+        reason: String,
+        announcement: Option<NewEvent>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         self.write(move |connection| {
-            connection.execute(
-                "UPDATE sinks SET disabled_at = ?2, disabled_reason = ?3 WHERE sink = ?1",
+            let transaction = connection.transaction()?;
+            let disabled = transaction.execute(
+                "UPDATE sinks SET disabled_at = ?2, disabled_reason = ?3 WHERE sink = ?1 AND disabled_at IS NULL",
                 params![sink, format_ts(now), reason],
             )?;
+            if let Some(event) = announcement.filter(|_| disabled > 0) {
+                insert_event(&transaction, &event)?;
+            }
+            transaction.commit()?;
             Ok(())
         })
         .await
@@ -412,11 +431,13 @@ impl SqliteStore {
         .await
     }
 
-    /// Records the outcomes of delivery attempts in one transaction.
+    /// Records the outcomes of delivery attempts in one transaction, with the announcements
+    /// of the dead letters it makes.
     pub async fn record_deliveries(
         &self,
         sink: String,
         results: Vec<DeliveryResult>,
+        mut announcements: Vec<(i64, NewEvent)>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         self.write(move |connection| {
@@ -444,7 +465,12 @@ impl SqliteStore {
                         }
                         DeliveryResult::Dead { event_seq, status, error } => (event_seq, "dead", None, status, Some(error)),
                     };
-                    statement.execute(params![sink, seq, now, state, next, status, error])?;
+                    let recorded = statement.execute(params![sink, seq, now, state, next, status, error])?;
+                    if state == "dead" && recorded > 0 {
+                        for (_, event) in announcements.extract_if(.., |(about, _)| *about == seq) {
+                            insert_event(&transaction, &event)?;
+                        }
+                    }
                 }
                 if !plain_successes.is_empty() {
                     transaction
