@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use crate::common::copy_tree;
+
 /// One row of the layer table.
 #[derive(Debug)]
 struct Layer {
@@ -251,17 +253,4 @@ fn a_forbidden_import_is_named_with_its_file_and_rule() {
         problems.iter().any(|problem| problem.starts_with("the modules import each other in a cycle")),
         "{problems:#?}"
     );
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_tree(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
 }
