@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -44,11 +45,7 @@ fn filter_for(level: tracing::level_filters::LevelFilter) -> String {
 /// full filter syntax. Colours only on a terminal. Does nothing if a subscriber is already
 /// installed (as in tests).
 pub fn init(config: &LoggingConfig) {
-    let level = LoggingConfig::parse_level(&config.level).unwrap_or(tracing::level_filters::LevelFilter::INFO);
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder().parse_lossy(directives),
-        _ => EnvFilter::builder().parse_lossy(filter_for(level)),
-    };
+    let filter = configured_filter(config);
     let journal = std::env::var("JOURNAL_STREAM").ok();
     if is_journal(journal.as_deref(), stderr_identity()) {
         match tracing_journald::layer() {
@@ -60,21 +57,37 @@ pub fn init(config: &LoggingConfig) {
             Err(error) => eprintln!("cannot write to the journal ({error}); diagnostics go to standard error"),
         }
     }
-    init_stream(config, filter);
+    let terminal = std::io::stderr().is_terminal();
+    init_stream(config, filter, BoxMakeWriter::new(std::io::stderr), terminal);
 }
 
-/// Diagnostics as text or JSON lines on standard error.
-fn init_stream(config: &LoggingConfig, filter: EnvFilter) {
+/// Installs the same subscriber as [`init`] off a terminal, writing to `file`: how the
+/// benchmarks measure with the daemon's own logging.
+pub fn init_to_file(config: &LoggingConfig, file: std::fs::File) {
+    init_stream(config, configured_filter(config), BoxMakeWriter::new(std::sync::Mutex::new(file)), false);
+}
+
+/// The filter for the configured level, or `RUST_LOG`'s directives when set.
+fn configured_filter(config: &LoggingConfig) -> EnvFilter {
+    let level = LoggingConfig::parse_level(&config.level).unwrap_or(tracing::level_filters::LevelFilter::INFO);
+    match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.trim().is_empty() => EnvFilter::builder().parse_lossy(directives),
+        _ => EnvFilter::builder().parse_lossy(filter_for(level)),
+    }
+}
+
+/// Diagnostics as text or JSON lines (JSON off a terminal unless the config says text).
+fn init_stream(config: &LoggingConfig, filter: EnvFilter, writer: BoxMakeWriter, terminal: bool) {
     let json = match config.format {
         LogFormat::Json => true,
         LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
+        LogFormat::Auto => !terminal,
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     let _ = if json {
         builder.json().flatten_event(true).with_current_span(false).with_span_list(false).try_init()
     } else {
-        builder.with_target(false).with_ansi(std::io::stderr().is_terminal()).try_init()
+        builder.with_target(false).with_ansi(terminal).try_init()
     };
 }
 

@@ -219,9 +219,11 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 3)]
         max_dwell: u32,
     },
-    /// Run a benchmark and print its figures as one JSON object per scenario: sweep, scale,
-    /// deliver, transitions, all (those four), plan (the polling plans in simulated time,
-    /// with plan-curve.svg) or daemons (needs PostgreSQL).
+    /// Run a benchmark and print its figures as one JSON object per scenario: sweep (with
+    /// the floor measured in the same run), floor (alone), scale, deliver, transitions, all
+    /// (sweep, scale, deliver, transitions), plan (the polling plans in simulated time, with
+    /// plan-curve.svg) or daemons (needs PostgreSQL). Logs go to a temporary file at the
+    /// shipped level, as the daemon's would.
     Bench {
         /// The scenario.
         #[arg(value_name = "SCENARIO", default_value = "all")]
@@ -229,6 +231,13 @@ pub enum Command {
         /// Scale the number of carts and events by this factor (1.0 is the documented size).
         #[arg(long, value_name = "FACTOR", default_value_t = 1.0)]
         scale: f64,
+        /// sweep and floor: the simulated partner's latency per request, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+        latency: u64,
+        /// sweep: carts tracked in all, the due ones included (the rest are due tomorrow);
+        /// default: only the due ones.
+        #[arg(long, value_name = "N")]
+        tracked: Option<usize>,
     },
     /// Watch simulated carts being checked out and ordered: a built-in simulator, a
     /// temporary database, no config and no network. Ends within a minute.
@@ -529,10 +538,11 @@ async fn dispatch(cli: Cli) -> Result<(), Failure> {
             };
             simulate::simulate(settings, listen).await
         }
-        Command::Bench { scenario, scale } => {
+        Command::Bench { scenario, scale, latency, tracked } => {
             let scenarios =
                 bench::scenarios(&scenario).map_err(|message| Failure::new(EXIT_USAGE, anyhow::anyhow!(message)))?;
-            bench::run(&scenarios, scale).await.map_err(Failure::from)
+            let options = bench::Options { scale, latency_ms: latency, tracked };
+            bench::run(&scenarios, &options).await.map_err(Failure::from)
         }
         Command::Demo { provider, carts, seed } => {
             let provider = demo::Partner::parse(&provider).ok_or_else(|| {

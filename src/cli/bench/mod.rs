@@ -4,8 +4,12 @@
 //! The simulator runs as a separate process (`cartwatch simulate`), so the CPU time counted
 //! here (this process's, from `getrusage`) is cartwatch's alone. Scenarios:
 //!
-//! - `sweep`: 100,000 due carts, partner latency 20 ms, concurrency 8, no rate limit. The bound
-//!   is ceil(N/10) × latency / concurrency, with the latency the simulator measured itself.
+//! - `sweep`: 100,000 due carts, partner latency 20 ms (`--latency`), concurrency 8, no rate
+//!   limit, optionally among more tracked carts due tomorrow (`--tracked`). The bound is
+//!   ceil(N/10) × latency / concurrency, with the latency the simulator measured itself.
+//!   The same run measures the floor on the same simulator and carts, and prints the ratio.
+//! - `floor`: the floor alone ([`floor`]): a minimal client and a minimal writer doing the
+//!   steady sweep's requests and writes.
 //! - `scale`: 1,000,000 tracked carts, 10,000 due; the real daemon binary's peak RSS and the
 //!   time from its start to its first request; the due query's plan.
 //! - `deliver`: 100,000 events to a local webhook receiver (signed deliveries per second, per
@@ -18,6 +22,11 @@
 //!   requests per second for each count and the ratio to one; the busiest second the
 //!   partner saw under a global limit; the time until a SIGKILLed daemon's carts are polled
 //!   by the others.
+//!
+//! Every scenario runs with the daemon's logging set up at the configured level (`info` as
+//! shipped), writing to a temporary file: the figures include what logging costs a user.
+
+mod floor;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -64,6 +73,19 @@ pub enum Scenario {
     Daemons,
     /// The polling plans in simulated time.
     Plan,
+    /// The floor: the minimum the sweep's job costs on this machine.
+    Floor,
+}
+
+/// The knobs of `cartwatch bench`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Scales the number of carts and events (1.0 is the documented size).
+    pub scale: f64,
+    /// The simulated partner's latency per request (sweep, floor).
+    pub latency_ms: u64,
+    /// Carts tracked in all by the sweep, the due ones included.
+    pub tracked: Option<usize>,
 }
 
 /// Reads a scenario name, or `all`.
@@ -77,10 +99,11 @@ pub fn scenarios(name: &str) -> Result<Vec<Scenario>, String> {
         "transitions" => vec![Scenario::Transitions],
         "daemons" => vec![Scenario::Daemons],
         "plan" => vec![Scenario::Plan],
+        "floor" => vec![Scenario::Floor],
         "all" => vec![Scenario::Sweep, Scenario::Scale, Scenario::Deliver, Scenario::Transitions],
         other => {
             return Err(format!(
-                "unknown scenario {other:?}; use sweep, scale, deliver, transitions, plan, daemons (needs PostgreSQL) or all"
+                "unknown scenario {other:?}; use sweep, floor, scale, deliver, transitions, plan, daemons (needs PostgreSQL) or all"
             ));
         }
     })
@@ -89,20 +112,56 @@ pub fn scenarios(name: &str) -> Result<Vec<Scenario>, String> {
 /// Runs the scenarios in order, printing each one's figures as a JSON line.
 ///
 /// Fails when the simulator cannot start or a scenario's set-up fails.
-pub async fn run(scenarios: &[Scenario], scale: f64) -> anyhow::Result<()> {
+pub async fn run(scenarios: &[Scenario], options: &Options) -> anyhow::Result<()> {
+    let scale = options.scale;
     let scaled = |count: f64| ((count * scale).round() as usize).max(10);
+    let logs = BenchLog::start()?;
     for scenario in scenarios {
-        let figures = match scenario {
-            Scenario::Sweep => sweep(scaled(100_000.0)).await?,
-            Scenario::Scale => scale_up(scaled(1_000_000.0), scaled(10_000.0)).await?,
+        let written_before = logs.bytes();
+        let mut figures = match scenario {
+            Scenario::Sweep => {
+                let due = scaled(100_000.0);
+                sweep(due, options.tracked.unwrap_or(due).max(due), options.latency_ms).await?
+            }
+            Scenario::Floor => floor_alone(scaled(100_000.0), options.latency_ms).await?,
+            Scenario::Scale => scale_up(scaled(1_000_000.0), scaled(10_000.0), &logs).await?,
             Scenario::Deliver => deliver(scaled(100_000.0)).await?,
             Scenario::Transitions => transitions(scaled(100_000.0)).await?,
             Scenario::Daemons => daemons(scaled(20_000.0)).await?,
             Scenario::Plan => plans(scale).await?,
         };
+        figures["log_level"] = json!(logs.level);
+        figures["log_bytes"] = json!(logs.bytes().saturating_sub(written_before));
         println!("{figures}");
     }
     Ok(())
+}
+
+/// The file the benchmarks log to, at the shipped level, as the daemon would.
+struct BenchLog {
+    path: std::path::PathBuf,
+    level: String,
+    _directory: tempfile::TempDir,
+}
+
+impl BenchLog {
+    fn start() -> anyhow::Result<BenchLog> {
+        let directory = tempfile::tempdir()?;
+        let path = directory.path().join("cartwatch.log");
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+        let logging = Config::default().logging;
+        cartwatch::logging::init_to_file(&logging, file.try_clone()?);
+        Ok(BenchLog { path, level: logging.level, _directory: directory })
+    }
+
+    /// A handle for a child process's standard error, appending to the same file.
+    fn for_child(&self) -> anyhow::Result<Stdio> {
+        Ok(Stdio::from(std::fs::OpenOptions::new().append(true).open(&self.path)?))
+    }
+
+    fn bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|metadata| metadata.len()).unwrap_or(0)
+    }
 }
 
 /// The simulator, as a child process.
@@ -224,6 +283,67 @@ async fn track_in_chunks(
     Ok(())
 }
 
+/// `count` cart ids the simulator does not know: random, the same for every run.
+fn strangers(count: usize) -> Vec<CartId> {
+    let mut random = rand::rngs::StdRng::seed_from_u64(1_000_000);
+    (0..count)
+        .filter_map(|_| CartId::parse(&uuid::Builder::from_random_bytes(random.random()).into_uuid().to_string()).ok())
+        .collect()
+}
+
+/// Registers `count` carts the simulator does not know, due at `due_at`: the tracked
+/// population around the due carts.
+async fn track_elsewhere(store: &dyn CartStore, count: usize, due_at: chrono::DateTime<Utc>) -> anyhow::Result<()> {
+    track_in_chunks(store, &strangers(count), due_at, 100_000).await
+}
+
+/// Registers the `due` carts among `others` more, all in a shuffled order, so that the due
+/// carts' rows lie scattered through the table as a shop's do after months of
+/// registrations; then makes only the `due` ones due at `now`.
+async fn track_scattered(
+    store: &dyn CartStore,
+    database: &Path,
+    due: &[CartId],
+    others: usize,
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<()> {
+    use rand::seq::SliceRandom as _;
+    let mut all = strangers(others);
+    all.extend_from_slice(due);
+    all.shuffle(&mut rand::rngs::StdRng::seed_from_u64(7));
+    track_in_chunks(store, &all, now + chrono::Duration::days(1), 50_000).await?;
+    make_due(database, now, Some(due.to_vec())).await
+}
+
+/// Makes `carts` due at `now`, or without a list every cart a sweep polled, leaving the
+/// others (due tomorrow) alone, as an operator would with `sqlite3`.
+async fn make_due(database: &Path, now: chrono::DateTime<Utc>, carts: Option<Vec<CartId>>) -> anyhow::Result<()> {
+    let database = database.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut connection = rusqlite::Connection::open(database)?;
+        connection.busy_timeout(Duration::from_secs(10))?;
+        let now = cartwatch::time::format_ts(now);
+        let transaction = connection.transaction()?;
+        match carts {
+            Some(carts) => {
+                let mut update = transaction.prepare("UPDATE carts SET next_poll_at = ?1 WHERE cart_id = ?2")?;
+                for cart in &carts {
+                    update.execute([now.as_str(), cart.as_str()])?;
+                }
+            }
+            None => {
+                transaction.execute(
+                    "UPDATE carts SET next_poll_at = ?1 WHERE state = 'tracking' AND last_polled_at IS NOT NULL",
+                    [&now],
+                )?;
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    })
+    .await?
+}
+
 fn number(value: &Value) -> f64 {
     value.as_f64().unwrap_or(0.0)
 }
@@ -302,20 +422,16 @@ async fn measure_sweep(
     })
 }
 
-/// Sweeps `carts` due carts at 20 ms partner latency and concurrency 8: first when every
-/// cart is new (each poll records a transition, many an event), then again when nothing
-/// changed (the steady state of a running daemon).
-async fn sweep(carts: usize) -> anyhow::Result<Value> {
-    let latency_ms = 20.0;
-    let concurrency = 8.0;
-    // Statuses do not move between the two sweeps: the second one sees the same ones.
+/// A simulator of `carts` carts answering after `latency_ms`, whose statuses do not move
+/// between sweeps: a second sweep sees the same ones.
+async fn steady_simulator(carts: usize, latency_ms: u64) -> anyhow::Result<SimProcess> {
     let arguments: Vec<String> = [
         "--carts",
         &carts.to_string(),
         "--unknown",
         "0",
         "--latency",
-        "20",
+        &latency_ms.to_string(),
         "--min-dwell",
         "1000",
         "--max-dwell",
@@ -324,11 +440,67 @@ async fn sweep(carts: usize) -> anyhow::Result<Value> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let simulator = SimProcess::start(&arguments).await?;
+    SimProcess::start(&arguments).await
+}
+
+/// Measures the floor against `simulator`'s carts, off the runtime's threads.
+async fn measure_floor(simulator: &SimProcess, carts: Vec<CartId>, concurrency: usize) -> anyhow::Result<floor::Floor> {
+    let base_url = simulator.base_url.clone();
+    let directory = tempfile::tempdir()?;
+    tokio::task::spawn_blocking(move || floor::measure(&base_url, DEMO_API_CODE, &carts, concurrency, directory.path()))
+        .await?
+}
+
+/// The floor's figures, beside the bound for its requests.
+fn floor_json(floor: &floor::Floor, measured_latency_ms: f64, concurrency: f64) -> Value {
+    let bound = floor.requests as f64 * measured_latency_ms / concurrency / 1000.0;
+    json!({
+        "requests": floor.requests,
+        "carts_written": floor.carts_written,
+        "commits": floor.commits,
+        "wall_s": round(floor.wall.as_secs_f64(), 3),
+        "ratio_to_bound": round(floor.wall.as_secs_f64() / bound.max(1e-9), 4),
+        "cpu_s": round(floor.cpu.as_secs_f64(), 3),
+        "cpu_us_per_request": round(floor.cpu_per_request_us(), 1),
+    })
+}
+
+/// `bench floor`: the floor alone, for `carts` carts at `latency_ms`.
+async fn floor_alone(carts: usize, latency_ms: u64) -> anyhow::Result<Value> {
+    let simulator = steady_simulator(carts, latency_ms).await?;
+    let ids = simulator.carts().await?;
+    let before = simulator.stats().await?;
+    let floor = measure_floor(&simulator, ids, 8).await?;
+    let after = simulator.stats().await?;
+    simulator.stop().await;
+    let measured_latency_ms = (number(&after["busyMicros"]) - number(&before["busyMicros"]))
+        / (number(&after["requests"]) - number(&before["requests"])).max(1.0)
+        / 1000.0;
+    Ok(json!({
+        "scenario": "floor",
+        "carts": carts,
+        "concurrency": 8,
+        "partner_latency_ms": latency_ms,
+        "partner_measured_ms_per_request": round(measured_latency_ms, 3),
+        "floor": floor_json(&floor, measured_latency_ms, 8.0),
+    }))
+}
+
+/// Sweeps `carts` due carts at `latency_ms` partner latency and concurrency 8, among
+/// `tracked` carts in all (the others due tomorrow): first when every due cart is new (each
+/// poll records a transition, many an event), then again when nothing changed (the steady
+/// state of a running daemon); then the floor does the steady sweep's work.
+async fn sweep(carts: usize, tracked: usize, latency_ms: u64) -> anyhow::Result<Value> {
+    let concurrency = 8.0;
+    let simulator = steady_simulator(carts, latency_ms).await?;
     let directory = tempfile::tempdir()?;
     let config = bench_config(&simulator.base_url, directory.path());
     let store = open_store(&config).await?;
-    track(&store, simulator.carts().await?, Utc::now()).await?;
+    let ids = simulator.carts().await?;
+    match tracked.saturating_sub(carts) {
+        0 => track(&store, ids.clone(), Utc::now()).await?,
+        others => track_scattered(&store, &config.database.path, &ids, others, Utc::now()).await?,
+    }
     let checkpoints = CancellationToken::new();
     store.start_background_checkpoints(Duration::from_secs(2), checkpoints.clone())?;
     let metrics = Arc::new(Metrics::default());
@@ -338,16 +510,19 @@ async fn sweep(carts: usize) -> anyhow::Result<Value> {
     let committed: u64 =
         summary.carts.iter().filter(|(_, status, _)| status.is_some()).map(|(_, _, count)| count).sum();
 
-    store.make_all_due(Utc::now()).await?;
+    make_due(&config.database.path, Utc::now(), None).await?;
     let steady_metrics = Arc::new(Metrics::default());
     let poller = imaterialise_poller(&store, &config, Arc::clone(&steady_metrics)).await?;
     let steady = measure_sweep(&poller, &simulator, &steady_metrics, &store).await?;
+    let floor = measure_floor(&simulator, ids, concurrency as usize).await?;
     simulator.stop().await;
     checkpoints.cancel();
 
     let batches = (carts as f64 / 10.0).ceil();
     let bound = |measured: &Measured| batches * measured.measured_latency_ms / concurrency / 1000.0;
+    let floor_us = floor.cpu_per_request_us();
     let figures = |measured: &Measured| {
+        let cpu_us = measured.cpu.as_secs_f64() * 1e6 / measured.requests.max(1.0);
         json!({
             "requests": measured.requests,
             "partner_measured_ms_per_request": round(measured.measured_latency_ms, 3),
@@ -355,7 +530,8 @@ async fn sweep(carts: usize) -> anyhow::Result<Value> {
             "wall_s": round(measured.wall.as_secs_f64(), 3),
             "ratio_to_bound": round(measured.wall.as_secs_f64() / bound(measured), 4),
             "cpu_s": round(measured.cpu.as_secs_f64(), 3),
-            "cpu_us_per_request": round(measured.cpu.as_secs_f64() * 1e6 / measured.requests.max(1.0), 1),
+            "cpu_us_per_request": round(cpu_us, 1),
+            "cpu_ratio_to_floor": round(cpu_us / floor_us.max(1e-9), 2),
             "sqlite_ms_per_batch_mean": round(measured.writer.sqlite_ms_per_batch(), 3),
             "batches_per_commit": round(measured.writer.batches_per_commit(), 1),
             "commit_latency_ms_mean": round(measured.commit_latency_mean_ms, 3),
@@ -365,13 +541,15 @@ async fn sweep(carts: usize) -> anyhow::Result<Value> {
     Ok(json!({
         "scenario": "sweep",
         "carts": carts,
+        "tracked_carts": tracked.max(carts),
         "concurrency": concurrency,
         "partner_latency_ms": latency_ms,
-        "bound_nominal_s": round(batches * latency_ms / concurrency / 1000.0, 3),
-        "target_ratio": 1.10,
-        "target_cpu_us_per_request": 100,
+        "bound_nominal_s": round(batches * latency_ms as f64 / concurrency / 1000.0, 3),
+        "target_ratio": 1.03,
+        "target_cpu_ratio_to_floor": 1.3,
         "first_sweep_every_cart_new": figures(&first),
         "steady_sweep_nothing_changed": figures(&steady),
+        "floor_steady_work": floor_json(&floor, steady.measured_latency_ms, concurrency),
         "carts_committed": committed,
         "all_committed": committed as usize == carts && first.record.carts_polled as usize == carts,
     }))
@@ -383,7 +561,7 @@ fn round(value: f64, places: i32) -> f64 {
 }
 
 /// A million tracked carts, ten thousand due; the real binary, measured from outside.
-async fn scale_up(total: usize, due: usize) -> anyhow::Result<Value> {
+async fn scale_up(total: usize, due: usize, logs: &BenchLog) -> anyhow::Result<Value> {
     let simulator = SimProcess::start(&["--carts".into(), due.to_string(), "--unknown".into(), "0".into()]).await?;
     let directory = tempfile::tempdir()?;
     let mut config = bench_config(&simulator.base_url, directory.path());
@@ -392,19 +570,7 @@ async fn scale_up(total: usize, due: usize) -> anyhow::Result<Value> {
     let store = open_store(&config).await?;
     let setup = Instant::now();
     track(&store, simulator.carts().await?, Utc::now()).await?;
-    let mut random = rand::rngs::StdRng::seed_from_u64(1_000_000);
-    let later = Utc::now() + chrono::Duration::days(1);
-    let mut remaining = total.saturating_sub(due);
-    while remaining > 0 {
-        let count = remaining.min(100_000);
-        let ids = (0..count)
-            .filter_map(|_| {
-                CartId::parse(&uuid::Builder::from_random_bytes(random.random()).into_uuid().to_string()).ok()
-            })
-            .collect();
-        track(&store, ids, later).await?;
-        remaining -= count;
-    }
+    track_elsewhere(&store, total.saturating_sub(due), Utc::now() + chrono::Duration::days(1)).await?;
     let setup_s = setup.elapsed().as_secs_f64();
     let plan = store.explain_due_page().await?;
     drop(store);
@@ -413,7 +579,7 @@ async fn scale_up(total: usize, due: usize) -> anyhow::Result<Value> {
     std::fs::write(
         &config_path,
         format!(
-            "[database]\npath = {:?}\n[sweep]\ncron = \"0 0 * * * *\"\n[imaterialise]\nbase_url = {:?}\nrequests_per_second = 0\nconcurrency = 8\n[sinks.log]\nenabled = false\n[logging]\nlevel = \"warn\"\n",
+            "[database]\npath = {:?}\n[sweep]\ncron = \"0 0 * * * *\"\n[imaterialise]\nbase_url = {:?}\nrequests_per_second = 0\nconcurrency = 8\n[sinks.log]\nenabled = false\n",
             config.database.path.display().to_string(),
             simulator.base_url
         ),
@@ -426,7 +592,7 @@ async fn scale_up(total: usize, due: usize) -> anyhow::Result<Value> {
         .arg("run")
         .env("CARTWATCH__IMATERIALISE__API_CODE", DEMO_API_CODE)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(logs.for_child()?)
         .kill_on_drop(true)
         .spawn()?;
     let pid = daemon.id().context("the daemon has no pid")?;
@@ -460,9 +626,9 @@ async fn scale_up(total: usize, due: usize) -> anyhow::Result<Value> {
         "due_carts": due,
         "setup_s": round(setup_s, 1),
         "peak_rss_mib": round(peak_rss_kib as f64 / 1024.0, 1),
-        "target_peak_rss_mib": 64,
+        "target_peak_rss_mib": 32,
         "first_request_ms": round(first_request_ms, 1),
-        "target_first_request_ms": 300,
+        "target_first_request_ms": 100,
         "due_carts_swept_s": round(swept_s, 3),
         "requests": number(&stats["requests"]),
         "due_query_plan": plan,
