@@ -405,7 +405,11 @@ impl From<output::Closed> for Failure {
 
 /// Runs a parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One thread for every task: the work is waiting on the network, and the database runs on
+    // its own threads (the writer, the blocking pool), so worker threads would only add
+    // hand-offs. Measured on the steady sweep (bench sweep, interleaved runs): 323 → 290 µs
+    // CPU per request at 20 ms partner latency, 200 → 167 µs at 0 ms (medians of three).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             let _ = writeln!(std::io::stderr(), "error: cannot start the async runtime: {error}");
