@@ -108,7 +108,7 @@ impl SqliteStore {
             let mut statement = connection.prepare_cached(
                 // Without the hint the planner walks `carts_by_state` over every tracked
                 // cart, before the first request: with a million tracked, spawn to first
-                // request took 195–243 ms with it and 41–56 ms without.
+                // request took 195–243 ms that way and takes 41–56 ms through this index.
                 "SELECT cart_key, cart_id, provider, session_token FROM carts INDEXED BY carts_unchecked \
                  WHERE state = 'tracking' AND next_poll_at IS NULL LIMIT ?1",
             )?;
