@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 use crate::clock::Clock;
 use crate::events::{EventType, NewEvent, WebhookEventData};
 use crate::metrics::Metrics;
-use crate::outbox::{DeliveryResult, StoredEvent};
+use crate::outbox::DeliveryResult;
 use crate::sinks::Sink;
 use crate::store::{OutboxStore, RETRY_BUDGET, StoreError, retrying};
 use crate::time::parse_ts;
@@ -75,7 +75,14 @@ pub async fn deliver_pass(
         .iter()
         .map(|delivery| {
             let event = &delivery.event;
-            (event.seq, Attempted { event: event.clone(), attempts: delivery.attempts + 1 })
+            let attempted = Attempted {
+                event_id: event.event_id.clone(),
+                event_type: event.event_type.clone(),
+                cart_id: event.cart_id.clone(),
+                written: parse_ts(&event.created_at),
+                attempts: delivery.attempts + 1,
+            };
+            (event.seq, attempted)
         })
         .collect();
     let started = std::time::Instant::now();
@@ -87,7 +94,7 @@ pub async fn deliver_pass(
         let label = match result {
             DeliveryResult::Delivered { event_seq, .. } => {
                 delivered += 1;
-                if let Some(written) = attempts.get(event_seq).and_then(|attempt| parse_ts(&attempt.event.created_at)) {
+                if let Some(written) = attempts.get(event_seq).and_then(|attempt| attempt.written) {
                     metrics.delivered_after(&name, (delivered_at - written).to_std().unwrap_or_default());
                 }
                 "delivered"
@@ -132,9 +139,13 @@ pub async fn deliver_pass(
     Ok(Some(Pass { attempted, delivered, disabled: outcome.disable }))
 }
 
-/// An event handed to a sink, as its announcement needs it.
+/// What the metrics and an announcement need of an event handed to a sink.
 struct Attempted {
-    event: StoredEvent,
+    event_id: String,
+    event_type: String,
+    cart_id: Option<String>,
+    /// When the event was written.
+    written: Option<DateTime<Utc>>,
     /// Attempts made, this one included.
     attempts: u32,
 }
@@ -156,7 +167,7 @@ fn dead_letter_announcements(
         .iter()
         .filter_map(|result| {
             let DeliveryResult::Dead { event_seq, status, error } = result else { return None };
-            let Attempted { event, attempts } = attempts.get(event_seq)?;
+            let event = attempts.get(event_seq)?;
             if EventType::parse(&event.event_type).is_some_and(EventType::is_operational) {
                 return None;
             }
@@ -167,15 +178,15 @@ fn dead_letter_announcements(
             let data = WebhookEventData {
                 endpoint: name.to_owned(),
                 message: format!(
-                    "webhook {name} gave up on event {} ({}) after {attempts} attempts{holds}. \
+                    "webhook {name} gave up on event {} ({}) after {} attempts{holds}. \
                      Send it again with `cartwatch events redeliver --endpoint {name} {}`, or give it up with \
                      `cartwatch events skip {}`",
-                    event.event_id, event.event_type, event.event_id, event.event_id
+                    event.event_id, event.event_type, event.attempts, event.event_id, event.event_id
                 ),
                 event_id: Some(event.event_id.clone()),
                 event_type: Some(event.event_type.clone()),
                 cart_id: event.cart_id.clone(),
-                attempts: Some(*attempts),
+                attempts: Some(event.attempts),
                 last_status: *status,
                 error: error.clone(),
             };
