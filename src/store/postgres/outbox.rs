@@ -16,8 +16,8 @@ use crate::time::{format_ts, parse_ts};
 pub(super) const EVENTS_CHANNEL: &str = "cartwatch_events";
 
 /// Writes an event and one pending delivery per configured sink that wants its type, except
-/// the sink it is about (as [`crate::store::sqlite`] does), and announces it to every member when the transaction
-/// commits.
+/// the sink it is about (as [`crate::store::sqlite`] does), and announces it to every member
+/// when the transaction commits.
 pub(super) async fn insert_event(
     transaction: &deadpool_postgres::Transaction<'_>,
     event: &NewEvent,
