@@ -901,7 +901,7 @@ fn daemon_config(
              [imaterialise]\nbase_url = {base_url:?}\napi_code = {DEMO_API_CODE:?}\nconcurrency = {concurrency}\n\
              requests_per_second = {requests_per_second}\nrequest_timeout = \"5s\"\n\
              [cadence]\ntiers = [{{ younger_than = \"30d\", every = \"1h\" }}]\nolder_every = \"1h\"\n\
-             checked_out_every = \"1h\"\njitter = 0.0\n[plan]\nmode = \"tiers\"\n[sinks.log]\nenabled = false\n[logging]\nlevel = \"warn\"\n"
+             checked_out_every = \"1h\"\njitter = 0.0\n[plan]\nmode = \"tiers\"\n[sinks.log]\nenabled = false\n"
         ),
     )?;
     Ok(path)
