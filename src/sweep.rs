@@ -320,7 +320,8 @@ impl Poller {
     /// Runs the sweep's two stages: requests, `concurrency` at a time, and writes of their
     /// outcomes. A request's slot is free again as soon as its answer is in, so waiting for
     /// the database never stretches the time between requests. Due carts are read a page at
-    /// a time, ahead of need.
+    /// a time, ahead of need and while the requests go on: a slot freed while the next page
+    /// is read is filled at once from what is queued.
     async fn pipeline(&self, run: &SweepRun, shutdown: &CancellationToken, started: DateTime<Utc>) {
         let tuning = self.tuning();
         let concurrency = tuning.settings.concurrency.max(1);
@@ -333,22 +334,32 @@ impl Poller {
         };
         drop(tuning);
         let mut cursor: Option<Option<DueCursor>> = Some(None);
+        let mut claiming = None;
         let mut queue: VecDeque<Vec<PollTarget>> = VecDeque::new();
         let mut requests = FuturesUnordered::new();
         let mut writes = FuturesUnordered::new();
         loop {
-            while requests.len() < concurrency && !run.stopped() && !shutdown.is_cancelled() {
-                if queue.len() < concurrency
-                    && let Some(after) = cursor.take()
-                {
-                    match self.store.claim_due(self.name, started, after, page_size).await {
-                        Ok(page) => {
-                            cursor = page.next.map(Some);
-                            lock(&run.unsettled).extend(page.carts.iter().map(|cart| cart.key));
-                            let mut batches = self.batches_of(page.carts).await;
-                            if cursor.is_none() {
-                                self.fill_seats(&mut batches, run, started).await;
-                            }
+            let going = !run.stopped() && !shutdown.is_cancelled();
+            if going
+                && claiming.is_none()
+                && queue.len() < concurrency
+                && let Some(after) = cursor.take()
+            {
+                claiming = Some(Box::pin(self.next_page(run, started, after, page_size)));
+            }
+            while going && requests.len() < concurrency {
+                let Some(batch) = queue.pop_front() else { break };
+                requests.push(self.run_batch(batch, run, shutdown));
+            }
+            if requests.is_empty() && writes.is_empty() && claiming.is_none() {
+                return;
+            }
+            tokio::select! {
+                Some(page) = async { Some(claiming.as_mut()?.await) }, if claiming.is_some() => {
+                    claiming = None;
+                    match page {
+                        Ok((next, batches)) => {
+                            cursor = next.map(Some);
                             queue.extend(batches);
                         }
                         Err(error) => {
@@ -359,13 +370,6 @@ impl Poller {
                         }
                     }
                 }
-                let Some(batch) = queue.pop_front() else { break };
-                requests.push(self.run_batch(batch, run, shutdown));
-            }
-            if requests.is_empty() && writes.is_empty() {
-                return;
-            }
-            tokio::select! {
                 Some(outcome_groups) = requests.next(), if !requests.is_empty() && writes.len() < WRITES_IN_FLIGHT => {
                     for outcomes in outcome_groups {
                         writes.push(self.apply_outcomes(outcomes, run, shutdown));
@@ -374,6 +378,27 @@ impl Poller {
                 Some(()) = writes.next(), if !writes.is_empty() => self.progress.mark(),
             }
         }
+    }
+
+    /// Claims the next page of due carts and cuts it into requests, the last page's last
+    /// request filled with carts due soon. It runs beside the requests and their writes,
+    /// never in place of them: a write waiting to be polled holds a database connection,
+    /// and a claim waiting for one would wait for ever (on PostgreSQL, until the pool's
+    /// timeout).
+    async fn next_page(
+        &self,
+        run: &SweepRun,
+        started: DateTime<Utc>,
+        after: Option<DueCursor>,
+        page_size: u32,
+    ) -> Result<(Option<DueCursor>, Vec<Vec<PollTarget>>), StoreError> {
+        let page = self.store.claim_due(self.name, started, after, page_size).await?;
+        lock(&run.unsettled).extend(page.carts.iter().map(|cart| cart.key));
+        let mut batches = self.batches_of(page.carts).await;
+        if page.next.is_none() {
+            self.fill_seats(&mut batches, run, started).await;
+        }
+        Ok((page.next, batches))
     }
 
     async fn sweep_inner(
