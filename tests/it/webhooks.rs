@@ -474,6 +474,27 @@ async fn written(store: &Store, event_type: EventType) -> Vec<(cartwatch::outbox
         .collect()
 }
 
+/// Endpoint `erp` at `failing` and `crm` at `gone`, the log sink on, and `tweak` for the
+/// rest; one cart.ordered written and delivered for `deliver_for`.
+async fn two_troubled_endpoints(
+    failing: &MockServer,
+    gone: &MockServer,
+    tweak: impl FnOnce(&mut Config),
+    deliver_for: Duration,
+) -> (Harness, NewEvent) {
+    let harness = harness(&format!("{}/hook", failing.uri()), |config| {
+        config.sinks.log.enabled = true;
+        config.sinks.log.path = config.database.path.with_file_name("events.jsonl");
+        add_webhook(config, "crm", &format!("{}/hook", gone.uri()), WEBHOOK_SECRET);
+        tweak(config);
+    })
+    .await;
+    let ordered = cart_event(EventType::CartOrdered, CART_A);
+    harness.store.write_events(vec![ordered.clone()]).await.unwrap();
+    harness.deliver_for(deliver_for).await;
+    (harness, ordered)
+}
+
 crate::on_both_stores! {
     /// A dead letter and a disabled endpoint are announced, in the transaction that records
     /// them, to every other sink and never to the endpoint concerned; an announcement that is
@@ -486,19 +507,13 @@ crate::on_both_stores! {
             Backend::Sqlite => None,
             Backend::Postgres => Some(postgres_database().await),
         };
-        let harness = harness(&format!("{}/hook", failing.uri()), |config| {
+        let tweak = |config: &mut Config| {
             if let Some(url) = database {
                 config.database.url = cartwatch::secret::Secret::new(url);
             }
-            config.sinks.log.enabled = true;
-            config.sinks.log.path = config.database.path.with_file_name("events.jsonl");
-            add_webhook(config, "crm", &format!("{}/hook", gone.uri()), WEBHOOK_SECRET);
             add_webhook(config, "ops", &format!("{}/hook", healthy.uri()), WEBHOOK_SECRET);
-        })
-        .await;
-        let ordered = cart_event(EventType::CartOrdered, CART_A);
-        harness.store.write_events(vec![ordered.clone()]).await.unwrap();
-        harness.deliver_for(Duration::from_millis(2500)).await;
+        };
+        let (harness, ordered) = two_troubled_endpoints(&failing, &gone, tweak, Duration::from_millis(2500)).await;
 
         assert_eq!(harness.state(&ordered, "erp").await.state, "dead");
         let dead_lettered = written(&harness.store, EventType::WebhookDeadLettered).await;
@@ -565,16 +580,8 @@ crate::on_both_stores! {
 async fn announcements_left_out_of_events_emit_are_not_written() {
     let failing = receiver_answering(ResponseTemplate::new(500)).await;
     let gone = receiver_answering(ResponseTemplate::new(410)).await;
-    let harness = harness(&format!("{}/hook", failing.uri()), |config| {
-        config.sinks.log.enabled = true;
-        config.sinks.log.path = config.database.path.with_file_name("events.jsonl");
-        config.events.emit.retain(|name| !name.starts_with("webhook."));
-        add_webhook(config, "crm", &format!("{}/hook", gone.uri()), WEBHOOK_SECRET);
-    })
-    .await;
-    let ordered = cart_event(EventType::CartOrdered, CART_A);
-    harness.store.write_events(vec![ordered.clone()]).await.unwrap();
-    harness.deliver_for(Duration::from_millis(1200)).await;
+    let leave_out = |config: &mut Config| config.events.emit.retain(|name| !name.starts_with("webhook."));
+    let (harness, ordered) = two_troubled_endpoints(&failing, &gone, leave_out, Duration::from_millis(1200)).await;
     assert_eq!(harness.state(&ordered, "erp").await.state, "dead");
     assert!(harness.store.sink_disabled("crm".into()).await.unwrap().is_some());
     let events = harness.store.events_after(0, 100).await.unwrap();
