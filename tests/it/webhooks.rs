@@ -92,6 +92,12 @@ impl Harness {
     }
 }
 
+/// The `webhook-id` of every request `server` received, in arrival order.
+async fn webhook_ids(server: &MockServer) -> Vec<String> {
+    let requests = server.received_requests().await.unwrap();
+    requests.iter().map(|r| r.headers.get("webhook-id").unwrap().to_str().unwrap().to_owned()).collect()
+}
+
 async fn receiver_answering(response: ResponseTemplate) -> MockServer {
     let server = MockServer::start().await;
     Mock::given(method("POST")).and(path("/hook")).respond_with(response).mount(&server).await;
@@ -199,13 +205,7 @@ async fn a_dead_letter_can_be_redelivered_by_hand() {
     harness.deliver_for(Duration::from_millis(500)).await;
     let state = harness.state(&event, "erp").await;
     assert_eq!((state.state.as_str(), state.attempts), ("delivered", 1), "attempts start afresh");
-    let ids: Vec<String> = server
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.headers.get("webhook-id").unwrap().to_str().unwrap().to_owned())
-        .collect();
+    let ids = webhook_ids(&server).await;
     assert_eq!(ids, vec![event.event_id.clone(); 4], "the same webhook-id on every attempt");
 }
 
@@ -243,13 +243,7 @@ async fn gone_disables_the_endpoint_and_keeps_its_events() {
         let state = harness.state(event, "erp").await;
         assert_eq!((state.state.as_str(), state.attempts), ("delivered", 1), "the refusal does not count");
     }
-    let arrivals: Vec<String> = other
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.headers.get("webhook-id").unwrap().to_str().unwrap().to_owned())
-        .collect();
+    let arrivals = webhook_ids(&other).await;
     let position = |event: &NewEvent| arrivals.iter().position(|id| *id == event.event_id).unwrap();
     assert!(position(&first) < position(&second), "cart A's events in order: {arrivals:?}");
 }
@@ -316,13 +310,7 @@ async fn a_dead_letter_holds_its_carts_later_events_until_redelivered_or_skipped
         harness.store.skip_dead(vec![first_b.event_id.clone()], false, None, chrono::Utc::now()).await.unwrap();
     assert_eq!((skipped, unknown.len()), (1, 0));
     harness.deliver_for(Duration::from_millis(600)).await;
-    let arrivals: Vec<String> = server
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.headers.get("webhook-id").unwrap().to_str().unwrap().to_owned())
-        .collect();
+    let arrivals = webhook_ids(&server).await;
     let first_a_delivered = arrivals.iter().rposition(|id| *id == first_a.event_id).unwrap();
     let positions: Vec<usize> =
         later_a.iter().map(|event| arrivals.iter().position(|id| *id == event.event_id).unwrap()).collect();
@@ -410,13 +398,7 @@ async fn events_of_one_cart_wait_for_the_earlier_one_while_other_carts_flow() {
     harness.store.write_events(vec![first_a.clone(), second_a.clone(), first_b.clone()]).await.unwrap();
     harness.deliver_for(Duration::from_millis(1500)).await;
 
-    let arrivals: Vec<String> = server
-        .received_requests()
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.headers.get("webhook-id").unwrap().to_str().unwrap().to_owned())
-        .collect();
+    let arrivals = webhook_ids(&server).await;
     assert_eq!(arrivals.len(), 5);
     let position = |id: &str| arrivals.iter().position(|a| a == id).unwrap();
     let last_of_first_a = arrivals.iter().rposition(|a| *a == first_a.event_id).unwrap();
@@ -560,13 +542,7 @@ crate::on_both_stores! {
             sinks_of(disabled.seq).await,
             [("erp", "dead"), ("log", "delivered"), ("ops", "delivered")].map(|(a, b)| (a.into(), b.into()))
         );
-        let ids: Vec<String> = healthy
-            .received_requests()
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.headers.get("webhook-id").unwrap().to_str().unwrap().to_owned())
-            .collect();
+        let ids = webhook_ids(&healthy).await;
         for event_id in [&ordered.event_id, &announcement.event_id, &disabled.event_id] {
             assert!(ids.contains(event_id), "ops got {event_id}: {ids:?}");
         }
