@@ -181,14 +181,7 @@ fn check_config_redacts_the_api_code_from_any_source() {
     assert!(!stdout.contains(DEMO_API_CODE));
 
     let config = write_config(directory.path(), "");
-    let output = Command::new(BINARY)
-        .arg("--config")
-        .arg(&config)
-        .arg("check-config")
-        .env("CARTWATCH__IMATERIALISE__API_CODE", DEMO_API_CODE)
-        .env("CARTWATCH__IMATERIALISE__BATCH_SIZE", "7")
-        .output()
-        .unwrap();
+    let output = check_config(&config, &[("CARTWATCH__IMATERIALISE__BATCH_SIZE", "7")]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
     assert!(stdout.contains("batch_size = 7"));

@@ -405,3 +405,15 @@ pub fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `cartwatch --config CONFIG check-config` with the demo apiCode and `environment`.
+pub fn check_config(config: &Path, environment: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(BINARY)
+        .arg("--config")
+        .arg(config)
+        .arg("check-config")
+        .env("CARTWATCH__IMATERIALISE__API_CODE", DEMO_API_CODE)
+        .envs(environment.iter().copied())
+        .output()
+        .unwrap()
+}

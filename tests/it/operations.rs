@@ -634,13 +634,7 @@ fn a_fresh_install_creates_the_database_directory_and_new_secrets_are_long_enoug
         let path = directory.path().join("webhook.toml");
         std::fs::write(&path, format!("[webhooks.erp]\nurl = \"https://erp.example/hook\"\nsecret = {secret:?}\n"))
             .unwrap();
-        Command::new(BINARY)
-            .arg("--config")
-            .arg(&path)
-            .arg("check-config")
-            .env("CARTWATCH__IMATERIALISE__API_CODE", DEMO_API_CODE)
-            .output()
-            .unwrap()
+        check_config(&path, &[])
     };
     assert!(webhook(&secret).status.success(), "{}", text(&webhook(&secret).stderr));
     let short = webhook("whsec_MTIz");

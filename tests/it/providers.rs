@@ -248,6 +248,11 @@ fn due_position(cart: &Cart) -> (DateTime<Utc>, i64) {
     (cart.next_poll_at.unwrap_or(DateTime::<Utc>::MAX_UTC), cart.key)
 }
 
+/// What a request needs of a cart.
+fn poll_target(cart: &Cart) -> PollTarget {
+    PollTarget { key: cart.key, cart_id: cart.cart_id.clone(), account: cart.account.clone(), session_token: None }
+}
+
 #[async_trait]
 impl SweepStore for MemoryStore {
     async fn repair_schema(&self) -> Result<Vec<String>, StoreError> {
@@ -300,16 +305,7 @@ impl SweepStore for MemoryStore {
         if let Some(after) = after.and_then(|key| memory.carts.get(&key)).map(due_position) {
             due.retain(|cart| due_position(cart) > after);
         }
-        let carts: Vec<PollTarget> = due
-            .iter()
-            .take(limit as usize)
-            .map(|cart| PollTarget {
-                key: cart.key,
-                cart_id: cart.cart_id.clone(),
-                account: cart.account.clone(),
-                session_token: None,
-            })
-            .collect();
+        let carts: Vec<PollTarget> = due.iter().take(limit as usize).map(|cart| poll_target(cart)).collect();
         let next = (carts.len() == limit as usize)
             .then(|| carts.last().map(|cart| DueCursor::from_token(cart.key.to_string())))
             .flatten();
@@ -331,16 +327,7 @@ impl SweepStore for MemoryStore {
             .filter(|cart| cart.last_polled_at.is_none_or(|at| at < started) && cart.consecutive_errors == 0)
             .collect();
         early.sort_by_key(|cart| due_position(cart));
-        Ok(early
-            .iter()
-            .take(limit as usize)
-            .map(|cart| PollTarget {
-                key: cart.key,
-                cart_id: cart.cart_id.clone(),
-                account: cart.account.clone(),
-                session_token: None,
-            })
-            .collect())
+        Ok(early.iter().take(limit as usize).map(|cart| poll_target(cart)).collect())
     }
     async fn apply(&self, outcomes: Vec<Outcome>, context: Context) -> Result<AppliedBatch, StoreError> {
         let mut memory = self.memory();

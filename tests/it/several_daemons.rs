@@ -370,13 +370,7 @@ async fn check_config_says_whether_the_database_answers_and_never_shows_its_pass
     let check = |url: &str| {
         let path = directory.path().join("cartwatch.toml");
         std::fs::write(&path, format!("[database]\nurl = {url:?}\n")).unwrap();
-        Command::new(BINARY)
-            .arg("--config")
-            .arg(&path)
-            .arg("check-config")
-            .env("CARTWATCH__IMATERIALISE__API_CODE", DEMO_API_CODE)
-            .output()
-            .unwrap()
+        check_config(&path, &[])
     };
     let output = check(&postgres_database().await);
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
