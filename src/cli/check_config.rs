@@ -5,12 +5,30 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use cartwatch::config::{ConfigError, Purpose};
+use cartwatch::store::DatabaseConfig;
 use serde_json::json;
 
 use super::{EXIT_CONFIG, EXIT_DATABASE, Failure, loaded};
 
 /// How long `check-config` waits for a PostgreSQL server.
 const REACH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Whether a PostgreSQL database answers within [`REACH_TIMEOUT`] with its schema up to
+/// date, and why not; `None` for the SQLite file, which the check does not open.
+async fn reach(database: &DatabaseConfig) -> Option<anyhow::Result<()>> {
+    if !database.is_postgres() {
+        return None;
+    }
+    Some(match tokio::time::timeout(REACH_TIMEOUT, cartwatch::store::open(database, false)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(error.into()),
+        Err(_) => Err(anyhow::anyhow!(
+            "the database {} did not answer within {}s",
+            database.target(),
+            REACH_TIMEOUT.as_secs()
+        )),
+    })
+}
 
 pub async fn check_config(config_path: Option<PathBuf>, json: bool) -> Result<(), Failure> {
     if json {
@@ -25,19 +43,10 @@ pub async fn check_config(config_path: Option<PathBuf>, json: bool) -> Result<()
         crate::say!("# warning: {warning}");
     }
     let database = &loaded.config.database;
-    if database.is_postgres() {
-        let target = database.target();
-        let reached = tokio::time::timeout(REACH_TIMEOUT, cartwatch::store::open(database, false)).await;
-        match reached {
-            Ok(Ok(_)) => crate::say!("# the database {target} answers; its schema is up to date"),
-            Ok(Err(error)) => return Err(Failure::new(EXIT_DATABASE, error)),
-            Err(_) => {
-                return Err(Failure::new(
-                    EXIT_DATABASE,
-                    anyhow::anyhow!("the database {target} did not answer within {}s", REACH_TIMEOUT.as_secs()),
-                ));
-            }
-        }
+    match reach(database).await {
+        Some(Ok(())) => crate::say!("# the database {} answers; its schema is up to date", database.target()),
+        Some(Err(error)) => return Err(Failure::new(EXIT_DATABASE, error)),
+        None => {}
     }
     crate::say!("# the config is valid\n");
     crate::say_raw!("{}", loaded.config.to_redacted_toml());
@@ -57,14 +66,7 @@ async fn check_config_json(config_path: Option<PathBuf>) -> Result<(), Failure> 
         }
         Err(error) => return Err(Failure::new(EXIT_CONFIG, error)),
     };
-    let database = &loaded.config.database;
-    let database_answers = match database.is_postgres() {
-        true => Some(matches!(
-            tokio::time::timeout(REACH_TIMEOUT, cartwatch::store::open(database, false)).await,
-            Ok(Ok(_))
-        )),
-        false => None,
-    };
+    let database_answers = reach(&loaded.config.database).await.map(|reached| reached.is_ok());
     let config: serde_json::Value = toml::from_str::<toml::Value>(&loaded.config.to_redacted_toml())
         .ok()
         .and_then(|value| serde_json::to_value(value).ok())

@@ -27,7 +27,7 @@ pub async fn planned(store: &dyn Store, config: &Config, provider: &Arc<dyn Prov
         &config.plan,
         &config.rules(),
         model,
-        settings.batch_size.clamp(1, provider.max_batch()),
+        settings.batch_size,
         settings.requests_per_second,
         Utc::now(),
     )
@@ -83,6 +83,12 @@ fn carts_in(planned: &Planned, status: Option<&str>, bucket: usize) -> u64 {
         .sum()
 }
 
+/// The estimated p95 detection delay, to the second, for people.
+fn p95_text(planned: &Planned) -> String {
+    let seconds = planned.figures.estimated_p95_detection_seconds.round() as u64;
+    humantime::format_duration(Duration::from_secs(seconds)).to_string()
+}
+
 /// One line of a provider's plan figures, for `status`.
 pub fn render_figures(provider: &str, planned: &Planned) -> String {
     let figures = &planned.figures;
@@ -94,7 +100,7 @@ pub fn render_figures(provider: &str, planned: &Planned) -> String {
         "plan {provider}: {budget}; expected {:.0}, sent {:.0} (last hour × 24); estimated p95 detection {} (`cartwatch plan`)",
         figures.expected_requests_per_day,
         figures.actual_requests_per_day,
-        humantime::format_duration(Duration::from_secs(figures.estimated_p95_detection_seconds.round() as u64))
+        p95_text(planned)
     )
 }
 
@@ -111,11 +117,7 @@ fn render_plan(provider: &dyn Provider, planned: &Planned) -> String {
     }
     let _ = writeln!(out, "  expected               {:>12.0} requests a day", figures.expected_requests_per_day);
     let _ = writeln!(out, "  sent (last hour × 24)  {:>12.0} requests a day", figures.actual_requests_per_day);
-    let _ = writeln!(
-        out,
-        "  estimated p95 delay    {:>12}",
-        humantime::format_duration(Duration::from_secs(figures.estimated_p95_detection_seconds.round() as u64))
-    );
+    let _ = writeln!(out, "  estimated p95 delay    {}", p95_text(planned));
     let _ = writeln!(
         out,
         "  carts tracked {}; changes towards an order in the history: {:.0}",
