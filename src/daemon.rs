@@ -106,6 +106,9 @@ pub struct Hooks {
     pub reloaded: Box<dyn Fn() + Send + Sync>,
     /// Called when shutdown begins.
     pub stopping: Box<dyn Fn() + Send + Sync>,
+    /// Called when a sweep round ends, whatever came of it: a test on a manual clock waits
+    /// for it before moving the clock again.
+    pub swept: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Default for Hooks {
@@ -116,6 +119,7 @@ impl Default for Hooks {
             alive_every: Duration::from_secs(5),
             reloaded: Box::new(|| {}),
             stopping: Box::new(|| {}),
+            swept: Box::new(|| {}),
         }
     }
 }
@@ -284,6 +288,7 @@ impl Daemon {
             };
             tokio::select! {
                 outcome = swept => {
+                    (hooks.swept)();
                     sweeping = None;
                     schedule.set_busy(false);
                     health.record_sweep(outcome.failure.clone());

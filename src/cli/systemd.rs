@@ -78,6 +78,7 @@ impl Systemd {
             // reports the reload applied, and systemd hears READY=1 again.
             reloaded: Box::new(move || reloaded.ready()),
             stopping: Box::new(move || stopping.stopping()),
+            ..Hooks::default()
         }
     }
 }

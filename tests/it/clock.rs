@@ -2,6 +2,8 @@
 //! rejected apiCode, 5 s doubling for transient failures) runs on a manual clock the test
 //! moves, so minutes of pauses and probes take a few real seconds and no test sleeps for them.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::common::*;
@@ -20,6 +22,8 @@ struct SimulatedDaemon {
     reloads: mpsc::UnboundedSender<Settings>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), DaemonError>>,
+    /// Sweep rounds ended so far.
+    sweeps: Arc<AtomicUsize>,
 }
 
 impl SimulatedDaemon {
@@ -28,8 +32,16 @@ impl SimulatedDaemon {
         let daemon = Daemon::open(config.daemon_settings(), clock.clone()).await.unwrap();
         let (reloads, receiver) = mpsc::unbounded_channel();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(daemon.run(receiver, Hooks::default(), shutdown.clone()));
-        SimulatedDaemon { clock, reloads, shutdown, task }
+        let sweeps = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&sweeps);
+        let hooks = Hooks {
+            swept: Box::new(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }),
+            ..Hooks::default()
+        };
+        let task = tokio::spawn(daemon.run(receiver, hooks, shutdown.clone()));
+        SimulatedDaemon { clock, reloads, shutdown, task, sweeps }
     }
 
     /// Moves the clock `by`, a `step` at a time, giving the daemon a moment of real time
@@ -40,6 +52,23 @@ impl SimulatedDaemon {
             self.clock.advance(step);
             moved += step;
             tokio::time::sleep(Duration::from_millis(15)).await;
+        }
+    }
+
+    /// Moves the clock like [`advance`](Self::advance), for a daemon that sweeps after each
+    /// step (each crosses a tick and nothing else makes it wait on the clock): the clock
+    /// moves on only when that sweep has ended, however slow the machine is, so no sweep
+    /// sees a time later than its tick (a few seconds at most, should none come).
+    async fn advance_sweeping(&self, by: Duration, step: Duration) {
+        let mut moved = Duration::ZERO;
+        while moved < by {
+            let swept = self.sweeps.load(Ordering::SeqCst);
+            self.clock.advance(step);
+            moved += step;
+            let patience = std::time::Instant::now() + Duration::from_secs(3);
+            while self.sweeps.load(Ordering::SeqCst) == swept && std::time::Instant::now() < patience {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
         }
     }
 
@@ -178,13 +207,13 @@ async fn carts_are_polled_at_their_cadence_tier_in_simulated_hours() {
     let polls_per_cart = || simulator.request_log().iter().map(|record| record.cart_ids).sum::<usize>() as f64 / 5.0;
     // Young carts are polled every minute: in ten simulated minutes, once at start and once
     // a minute after.
-    daemon.advance(Duration::from_secs(10 * 60), Duration::from_secs(10)).await;
+    daemon.advance_sweeping(Duration::from_secs(10 * 60), Duration::from_secs(10)).await;
     let young = polls_per_cart();
     assert!((10.0..=12.0).contains(&young), "{young} polls per cart in ten simulated minutes at one a minute");
     // Past an hour of age they move to every five minutes.
-    daemon.advance(Duration::from_secs(60 * 60), Duration::from_secs(30)).await;
+    daemon.advance_sweeping(Duration::from_secs(60 * 60), Duration::from_secs(30)).await;
     let before = polls_per_cart();
-    daemon.advance(Duration::from_secs(30 * 60), Duration::from_secs(30)).await;
+    daemon.advance_sweeping(Duration::from_secs(30 * 60), Duration::from_secs(30)).await;
     let older = polls_per_cart() - before;
     assert!((5.0..=7.0).contains(&older), "{older} polls per cart in half an hour at one every five minutes");
     daemon.stop().await;
