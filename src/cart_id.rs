@@ -130,12 +130,18 @@ pub fn is_derived_session_id(text: &str) -> bool {
 
 /// Shortens text for messages, on a character boundary, marking the cut with an ellipsis.
 pub fn shorten(text: &str, max_chars: usize) -> String {
-    if text.chars().count() <= max_chars {
+    if fits(text, max_chars) {
         return text.to_owned();
     }
     let mut shortened: String = text.chars().take(max_chars).collect();
     shortened.push('…');
     shortened
+}
+
+/// Whether `text` has at most `max_chars` characters; counted only when its length in bytes
+/// (never fewer than its characters) does not settle it.
+pub fn fits(text: &str, max_chars: usize) -> bool {
+    text.len() <= max_chars || text.chars().count() <= max_chars
 }
 
 impl fmt::Display for CartId {
@@ -178,6 +184,15 @@ mod tests {
         check("urn:uuid:921a2046-66a5-4c5f-b9a6-4bc646fa5e5a", None);
         check("zzzzzzzz-66a5-4c5f-b9a6-4bc646fa5e5a", None);
         check("921a2046_66a5_4c5f_b9a6_4bc646fa5e5a", None);
+    }
+
+    #[test]
+    fn fitting_counts_characters_not_bytes() {
+        let accented = "é".repeat(64);
+        assert!(fits(&accented, 64), "128 bytes, 64 characters");
+        assert!(!fits(&format!("{accented}é"), 64));
+        assert_eq!(shorten(&accented, 64), accented);
+        assert_eq!(shorten(&format!("{accented}é"), 64), format!("{accented}…"));
     }
 
     #[test]

@@ -172,9 +172,21 @@ pub const MAX_DETAIL_CHARS: usize = 300;
 impl Observation {
     /// The observation with every string the partner sent cut to a sensible length, so a
     /// broken or hostile answer cannot fill the database, the events or a terminal.
-    pub fn bounded(&self) -> Observation {
+    pub fn bounded(&self) -> std::borrow::Cow<'_, Observation> {
+        use crate::cart_id::fits;
+        let fits_opt = |text: &Option<String>, max| text.as_deref().is_none_or(|text| fits(text, max));
+        // Nearly every answer fits: it is used as it is, without a copy.
+        if fits(&self.status, MAX_STATUS_CHARS)
+            && fits_opt(&self.detail, MAX_DETAIL_CHARS)
+            && fits_opt(&self.order_id, MAX_ORDER_ID_CHARS)
+            && fits_opt(&self.order_status, MAX_STATUS_CHARS)
+            && fits_opt(&self.order_total, MAX_STATUS_CHARS)
+            && fits_opt(&self.created_at_raw, MAX_STATUS_CHARS)
+        {
+            return std::borrow::Cow::Borrowed(self);
+        }
         let cut = |text: &Option<String>, max| text.as_deref().map(|text| crate::cart_id::shorten(text, max));
-        Observation {
+        std::borrow::Cow::Owned(Observation {
             status: crate::cart_id::shorten(&self.status, MAX_STATUS_CHARS),
             known_status: self.known_status,
             detail: cut(&self.detail, MAX_DETAIL_CHARS),
@@ -183,7 +195,7 @@ impl Observation {
             order_total: cut(&self.order_total, MAX_STATUS_CHARS),
             created_at_raw: cut(&self.created_at_raw, MAX_STATUS_CHARS),
             created_at: self.created_at,
-        }
+        })
     }
 }
 

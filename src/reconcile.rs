@@ -729,6 +729,13 @@ mod tests {
             decide(&row(None), &PollOutcome::Report(CartReport::Error(Some(7), long.clone())), &context(), 0.5)
                 .unwrap();
         assert!(decision.cart.last_error.unwrap().len() < 1000);
+        // What fits is used as sent, without a copy; a single long string makes one.
+        let fitting =
+            Observation { status: "Pending".into(), detail: Some("é".repeat(300)), ..Observation::default() };
+        assert!(matches!(fitting.bounded(), std::borrow::Cow::Borrowed(_)));
+        let too_long = Observation { detail: Some("é".repeat(301)), ..fitting };
+        assert_eq!(too_long.bounded().detail.as_deref().map(|detail| detail.chars().count()), Some(301));
+        assert!(too_long.bounded().detail.as_deref().is_some_and(|detail| detail.ends_with('…')));
     }
 
     #[test]

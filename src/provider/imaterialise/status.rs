@@ -22,8 +22,17 @@ impl CartStatus {
     /// Reads a status in any documented spelling ("CheckedOut", "Checked Out", any case).
     /// Anything else becomes [`CartStatus::Other`] with the text unchanged.
     pub fn parse(raw: &str) -> CartStatus {
-        // Compared character by character rather than through a lowered copy: this runs for
-        // every cart of every poll.
+        // This runs several times for every cart of every poll, and nearly always meets the
+        // canonical spelling (the store keeps that one): that is matched as is.
+        match raw {
+            "NotOrdered" => return CartStatus::NotOrdered,
+            "Pending" => return CartStatus::Pending,
+            "CheckedOut" => return CartStatus::CheckedOut,
+            "Ordered" => return CartStatus::Ordered,
+            _ => {}
+        }
+        // Other spellings are compared character by character rather than through a lowered
+        // copy.
         let squeezed =
             || raw.chars().filter(|c| !c.is_whitespace() && *c != '_' && *c != '-').flat_map(char::to_lowercase);
         [

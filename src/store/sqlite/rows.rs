@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use rusqlite::Row;
-use rusqlite::types::Value;
+use rusqlite::types::{Value, ValueRef};
 
 use crate::model::{Cart, CartState};
 use crate::time::{format_naive, format_ts, parse_naive, parse_ts};
@@ -17,8 +17,13 @@ pub(super) const CART_COLUMNS: &str = "cart_key, cart_id, reference, state, stat
 
 /// Reads a row selected with [`CART_COLUMNS`].
 pub(super) fn read_cart(row: &Row<'_>) -> rusqlite::Result<Cart> {
+    // Timestamps are read in place: each cart has six, and none needs a copy of its text.
     let time = |index| -> rusqlite::Result<Option<DateTime<Utc>>> {
-        Ok(lenient_text(row, index)?.as_deref().and_then(parse_ts))
+        Ok(match row.get_ref(index)? {
+            ValueRef::Text(bytes) => std::str::from_utf8(bytes).ok().and_then(parse_ts),
+            ValueRef::Null => None,
+            _ => lenient_text(row, index)?.as_deref().and_then(parse_ts),
+        })
     };
     let state = lenient_text(row, 3)?.as_deref().and_then(CartState::parse).unwrap_or(CartState::Invalid);
     Ok(Cart {
