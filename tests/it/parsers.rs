@@ -150,6 +150,19 @@ fn json_text(depth: u32) -> BoxedStrategy<String> {
     .boxed()
 }
 
+/// A value as a partner's cart entry holds it: mostly a string, sometimes null, a number
+/// or something stranger.
+fn plain_value() -> BoxedStrategy<String> {
+    prop_oneof![
+        6 => prop::sample::select(STRINGS).prop_map(|s| serde_json::to_string(s).unwrap()),
+        2 => "\\PC{0,12}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+        1 => Just("null".to_owned()),
+        1 => prop::sample::select(NUMBERS).prop_map(str::to_owned),
+        1 => json_text(2),
+    ]
+    .boxed()
+}
+
 const ELEMENTS: &[&str] = &[
     "CartStatusResponse",
     "Carts",
@@ -217,6 +230,39 @@ proptest! {
         parse_everything(format!("{{\"carts\":[{text}],\"carts\":{text}}}").as_bytes());
         parse_everything(format!("{{\"response\":{{\"success\":true,\"code\":0,\"object\":{{\"cart\":{text},\"order\":{text}}}}}}}").as_bytes());
         parse_everything(format!("{{\"cartItems\":[{text},{{\"error\":{text}}}]}}").as_bytes());
+    }
+
+    /// The plain answer is read without a JSON tree; whatever that reading accepts, it must
+    /// read exactly as the tree does (which reads everything else).
+    #[test]
+    fn json_answers_read_the_same_with_or_without_the_tree(
+        entries in prop::collection::vec(
+            prop::collection::vec((prop::sample::select(KEYS), plain_value()), 0..6),
+            0..5,
+        ),
+        other in prop::sample::select(KEYS),
+        value in json_text(2),
+        carts_key in prop::sample::select(&["carts", "Carts", "CARTS", "cartS"][..]),
+    ) {
+        let entries: Vec<String> = entries
+            .into_iter()
+            .map(|fields| {
+                let fields: Vec<String> = fields
+                    .into_iter()
+                    .map(|(key, value)| format!("{}:{value}", serde_json::to_string(key).unwrap()))
+                    .collect();
+                format!("{{{}}}", fields.join(","))
+            })
+            .collect();
+        let list = format!("[{}]", entries.join(","));
+        for body in [
+            format!("{{\"{carts_key}\":{list}}}"),
+            format!("{{\"{carts_key}\":{list},{}:{value}}}", serde_json::to_string(other).unwrap()),
+            format!("{{{}:{value},\"{carts_key}\":{list}}}", serde_json::to_string(other).unwrap()),
+            list.clone(),
+        ] {
+            prop_assert_eq!(wire::decode_json(body.as_bytes()), wire::decode_json_tree(body.as_bytes()), "{}", body);
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@ use crate::cart_id::{CartId, shorten};
 use crate::provider::json::{get_ci, json_code, json_text};
 use crate::xml_tree::{self, Node};
 
+mod plain;
+
 /// The status of one cart as the API reported it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportedStatus {
@@ -82,8 +84,19 @@ pub enum DecodeError {
 
 /// Encodes a JSON request: `{"Carts":[{"CartID":"..."}]}`.
 pub fn encode_json_request(cart_ids: &[CartId]) -> String {
-    let carts: Vec<Value> = cart_ids.iter().map(|id| serde_json::json!({ "CartID": id.as_str() })).collect();
-    serde_json::json!({ "Carts": carts }).to_string()
+    #[derive(serde::Serialize)]
+    struct Request<'a> {
+        #[serde(rename = "Carts")]
+        carts: Vec<Cart<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    struct Cart<'a> {
+        #[serde(rename = "CartID")]
+        cart_id: &'a str,
+    }
+    let request = Request { carts: cart_ids.iter().map(|id| Cart { cart_id: id.as_str() }).collect() };
+    // Serialising structs of strings cannot fail.
+    serde_json::to_string(&request).unwrap_or_default()
 }
 
 /// Encodes an XML request in .NET `XmlSerializer` style. The element names are inferred: the
@@ -107,6 +120,15 @@ pub fn encode_xml_request(cart_ids: &[CartId]) -> String {
 ///
 /// Fails when the body is not JSON or has neither `carts` nor an error object.
 pub fn decode_json(body: &[u8]) -> Result<StatusReply, DecodeError> {
+    plain::decode(body).map_or_else(|| decode_json_tree(body), Ok)
+}
+
+/// Decodes a JSON response through a JSON tree: the rules for every shape of answer, which
+/// [`decode_json`] follows. It reads the usual plain answer without the tree, and comes here
+/// for anything else.
+///
+/// Fails when the body is not JSON or has neither `carts` nor an error object.
+pub fn decode_json_tree(body: &[u8]) -> Result<StatusReply, DecodeError> {
     let root: Value = serde_json::from_slice(body).map_err(|error| DecodeError::Json(error.to_string()))?;
     let (carts, general_error) = match &root {
         Value::Object(_) => (
