@@ -46,7 +46,7 @@ struct Inner {
     path: PathBuf,
     /// Batches' outcomes on their way to the writer thread, which commits the batches that
     /// arrive within a moment of each other in one transaction.
-    apply_queue: std::sync::mpsc::Sender<writer::WriterJob>,
+    apply_queue: writer::WriterQueue,
     writer_stats: Arc<writer::WriterStats>,
     writer_failure: Arc<writer::WriterFailure>,
 }

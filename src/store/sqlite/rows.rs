@@ -9,11 +9,22 @@ use rusqlite::types::{Value, ValueRef};
 use crate::model::{Cart, CartState};
 use crate::time::{format_naive, format_ts, parse_naive, parse_ts};
 
+/// The columns of a [`Cart`], in the order [`read_cart`] expects (a macro, so that the
+/// statements built from it are constants).
+macro_rules! cart_columns {
+    () => {
+        "cart_key, cart_id, reference, state, status, order_id, cart_created_at, \
+         cart_created_at_raw, registered_at, next_poll_at, last_polled_at, status_changed_at, \
+         consecutive_errors, consecutive_not_found, last_error, finished_at, provider, account, status_detail, \
+         order_status, order_total, previous_status, tracked_since"
+    };
+}
+
 /// The columns of a [`Cart`], in the order [`read_cart`] expects.
-pub(super) const CART_COLUMNS: &str = "cart_key, cart_id, reference, state, status, order_id, cart_created_at, \
-     cart_created_at_raw, registered_at, next_poll_at, last_polled_at, status_changed_at, \
-     consecutive_errors, consecutive_not_found, last_error, finished_at, provider, account, status_detail, \
-     order_status, order_total, previous_status, tracked_since";
+pub(super) const CART_COLUMNS: &str = cart_columns!();
+
+/// One cart by its row key, read as [`read_cart`] expects: for every cart of every poll.
+pub(super) const CART_BY_KEY: &str = concat!("SELECT ", cart_columns!(), " FROM carts WHERE cart_key = ?1");
 
 /// Reads a row selected with [`CART_COLUMNS`].
 pub(super) fn read_cart(row: &Row<'_>) -> rusqlite::Result<Cart> {

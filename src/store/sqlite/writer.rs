@@ -2,16 +2,17 @@
 //! those arriving within a moment of each other in one transaction. Its
 //! [`CartTransaction`] answers at once, so each apply completes in a single poll.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SendError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{CachedStatement, Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::SqliteStore;
 use super::outbox::insert_event;
-use super::rows::{CART_COLUMNS, read_cart, stored, stored_naive};
+use super::rows::{CART_BY_KEY, read_cart, stored, stored_naive};
 use crate::events::NewEvent;
 use crate::model::Cart;
 use crate::reconcile::{Context, Transition};
@@ -89,6 +90,29 @@ pub(super) enum WriterJob {
     Crash,
 }
 
+/// The way to the writer thread. While the thread gathers a group it is parked rather than
+/// waiting in `recv`, so adding a batch wakes nobody (a wake-up and two context switches per
+/// batch before); the batch that fills the group wakes it.
+pub(super) struct WriterQueue {
+    sender: Sender<WriterJob>,
+    /// Batches sent since the group being gathered began (taken into it or still queued).
+    queued: Arc<AtomicUsize>,
+    thread: std::thread::Thread,
+}
+
+impl WriterQueue {
+    /// Hands `job` to the writer thread.
+    ///
+    /// Fails when the thread has ended.
+    pub(super) fn send(&self, job: WriterJob) -> Result<(), SendError<WriterJob>> {
+        self.sender.send(job)?;
+        if self.queued.fetch_add(1, Ordering::AcqRel) + 1 >= MAX_GROUP {
+            self.thread.unpark();
+        }
+        Ok(())
+    }
+}
+
 /// Starts the thread that writes batches' outcomes, grouping those that wait together.
 /// It ends when the store (and so the queue's sender) is dropped. Should it die of a bug,
 /// `failure` says so and wakes whoever waits on it: nothing would be recorded any more, and
@@ -97,12 +121,14 @@ pub(super) fn start_apply_thread(
     writer: Arc<Mutex<Connection>>,
     stats: Arc<WriterStats>,
     failure: Arc<WriterFailure>,
-) -> Result<std::sync::mpsc::Sender<WriterJob>, StoreError> {
+) -> Result<WriterQueue, StoreError> {
     let (sender, receiver) = std::sync::mpsc::channel::<WriterJob>();
-    std::thread::Builder::new()
+    let queued = Arc::new(AtomicUsize::new(0));
+    let taken = Arc::clone(&queued);
+    let handle = std::thread::Builder::new()
         .name("cartwatch-writer".into())
         .spawn(move || {
-            let work = std::panic::AssertUnwindSafe(|| write_jobs(&receiver, &writer, &stats));
+            let work = std::panic::AssertUnwindSafe(|| write_jobs(&receiver, &taken, &writer, &stats));
             if let Err(panic) = std::panic::catch_unwind(work) {
                 let reason = panic
                     .downcast_ref::<String>()
@@ -115,10 +141,10 @@ pub(super) fn start_apply_thread(
             }
         })
         .map_err(|error| StoreError::Task(format!("cannot start the database writer thread: {error}")))?;
-    Ok(sender)
+    Ok(WriterQueue { sender, queued, thread: handle.thread().clone() })
 }
 
-fn write_jobs(receiver: &std::sync::mpsc::Receiver<WriterJob>, writer: &Mutex<Connection>, stats: &WriterStats) {
+fn write_jobs(receiver: &Receiver<WriterJob>, queued: &AtomicUsize, writer: &Mutex<Connection>, stats: &WriterStats) {
     let take = |job: WriterJob| match job {
         WriterJob::Apply(job) => job,
         #[cfg(test)]
@@ -127,12 +153,23 @@ fn write_jobs(receiver: &std::sync::mpsc::Receiver<WriterJob>, writer: &Mutex<Co
     while let Ok(first) = receiver.recv() {
         let deadline = std::time::Instant::now() + GROUP_LINGER;
         let mut jobs = vec![take(first)];
-        while jobs.len() < MAX_GROUP {
-            match receiver.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
-                Ok(job) => jobs.push(take(job)),
-                Err(_) => break,
+        loop {
+            while jobs.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(job) => jobs.push(take(job)),
+                    Err(_) => break,
+                }
             }
+            let now = std::time::Instant::now();
+            if jobs.len() >= MAX_GROUP || now >= deadline {
+                break;
+            }
+            // Until the deadline, or until the batch that fills the group unparks it (or a
+            // spurious wake-up: the loop only looks again).
+            std::thread::park_timeout(deadline - now);
         }
+        // The count is of batches sent since this group began, taken or still queued.
+        queued.fetch_sub(jobs.len(), Ordering::AcqRel);
         let mut connection = writer.lock().unwrap_or_else(PoisonError::into_inner);
         let writing = std::time::Instant::now();
         let batches = jobs.len() as u64;
@@ -148,10 +185,10 @@ fn write_jobs(receiver: &std::sync::mpsc::Receiver<WriterJob>, writer: &Mutex<Co
 fn write_group(connection: &mut Connection, jobs: Vec<ApplyJob>) {
     let together = (|| -> Result<Vec<AppliedBatch>, StoreError> {
         let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let applied = jobs
-            .iter()
-            .map(|job| apply_in(&transaction, &job.outcomes, &job.context))
-            .collect::<Result<Vec<_>, _>>()?;
+        let applied = {
+            let mut sqlite = SqliteTransaction::new(&transaction);
+            jobs.iter().map(|job| apply_in(&mut sqlite, &job.outcomes, &job.context)).collect::<Result<Vec<_>, _>>()?
+        };
         transaction.commit()?;
         Ok(applied)
     })();
@@ -177,7 +214,7 @@ fn write_group(connection: &mut Connection, jobs: Vec<ApplyJob>) {
             for job in jobs {
                 let alone = (|| -> Result<AppliedBatch, StoreError> {
                     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    let applied = apply_in(&transaction, &job.outcomes, &job.context)?;
+                    let applied = apply_in(&mut SqliteTransaction::new(&transaction), &job.outcomes, &job.context)?;
                     transaction.commit()?;
                     Ok(applied)
                 })();
@@ -188,16 +225,42 @@ fn write_group(connection: &mut Connection, jobs: Vec<ApplyJob>) {
 }
 
 /// Applies one batch inside the open transaction.
-fn apply_in(transaction: &Connection, outcomes: &[Outcome], context: &Context) -> Result<AppliedBatch, StoreError> {
-    let mut sqlite = SqliteTransaction(transaction);
+fn apply_in(
+    sqlite: &mut SqliteTransaction<'_>,
+    outcomes: &[Outcome],
+    context: &Context,
+) -> Result<AppliedBatch, StoreError> {
     // Every step of a SQLite transaction answers at once: one poll completes the apply.
-    apply_outcomes(&mut sqlite, outcomes, context)
+    apply_outcomes(sqlite, outcomes, context)
         .now_or_never()
         .unwrap_or_else(|| Err(StoreError::Task("the apply step waited on a SQLite transaction".into())))
 }
 
-/// A SQLite transaction as the apply step sees it.
-struct SqliteTransaction<'a>(&'a Connection);
+/// A SQLite transaction as the apply step sees it. The two statements every poll runs are
+/// prepared once per transaction, not looked up in the statement cache for each cart.
+struct SqliteTransaction<'a> {
+    connection: &'a Connection,
+    read: Option<CachedStatement<'a>>,
+    schedule: Option<CachedStatement<'a>>,
+}
+
+impl<'a> SqliteTransaction<'a> {
+    fn new(connection: &'a Connection) -> SqliteTransaction<'a> {
+        SqliteTransaction { connection, read: None, schedule: None }
+    }
+}
+
+/// `slot`'s statement, prepared from `sql` on first use.
+fn prepared<'s, 'a>(
+    slot: &'s mut Option<CachedStatement<'a>>,
+    connection: &'a Connection,
+    sql: &str,
+) -> rusqlite::Result<&'s mut CachedStatement<'a>> {
+    if slot.is_none() {
+        *slot = Some(connection.prepare_cached(sql)?);
+    }
+    slot.as_mut().ok_or(rusqlite::Error::InvalidQuery)
+}
 
 /// Whether `next` differs from `current` only in the columns the schedule update writes.
 fn schedule_only(current: &Cart, next: &Cart) -> bool {
@@ -213,7 +276,7 @@ fn schedule_only(current: &Cart, next: &Cart) -> bool {
 
 impl CartTransaction for SqliteTransaction<'_> {
     async fn cart(&mut self, key: i64) -> Result<Option<Cart>, StoreError> {
-        let mut select = self.0.prepare_cached(&format!("SELECT {CART_COLUMNS} FROM carts WHERE cart_key = ?1"))?;
+        let select = prepared(&mut self.read, self.connection, CART_BY_KEY)?;
         Ok(select.query_row([key], read_cart).optional()?)
     }
 
@@ -221,25 +284,26 @@ impl CartTransaction for SqliteTransaction<'_> {
         if schedule_only(before, after) {
             // Most polls change nothing but the schedule and the bookkeeping; leaving the
             // status, state and order columns out of the statement spares their index.
-            self.0
-                .prepare_cached(
-                    "UPDATE carts SET cart_created_at = ?2, cart_created_at_raw = ?3, next_poll_at = ?4, \
-                     last_polled_at = ?5, consecutive_errors = ?6, consecutive_not_found = ?7, last_error = ?8, \
-                     status_detail = ?9 WHERE cart_key = ?1",
-                )?
-                .execute(params![
-                    after.key,
-                    stored_naive(after.created_at),
-                    after.created_at_raw,
-                    stored(after.next_poll_at),
-                    stored(after.last_polled_at),
-                    after.consecutive_errors,
-                    after.consecutive_not_found,
-                    after.last_error,
-                    after.status_detail
-                ])?;
+            prepared(
+                &mut self.schedule,
+                self.connection,
+                "UPDATE carts SET cart_created_at = ?2, cart_created_at_raw = ?3, next_poll_at = ?4, \
+                 last_polled_at = ?5, consecutive_errors = ?6, consecutive_not_found = ?7, last_error = ?8, \
+                 status_detail = ?9 WHERE cart_key = ?1",
+            )?
+            .execute(params![
+                after.key,
+                stored_naive(after.created_at),
+                after.created_at_raw,
+                stored(after.next_poll_at),
+                stored(after.last_polled_at),
+                after.consecutive_errors,
+                after.consecutive_not_found,
+                after.last_error,
+                after.status_detail
+            ])?;
         } else {
-            self.0
+            self.connection
                 .prepare_cached(
                     "UPDATE carts SET status = ?2, order_id = ?3, cart_created_at = ?4, cart_created_at_raw = ?5, \
                      state = ?6, next_poll_at = ?7, last_polled_at = ?8, status_changed_at = ?9, \
@@ -277,7 +341,7 @@ impl CartTransaction for SqliteTransaction<'_> {
         detected_at: DateTime<Utc>,
         event_id: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.0
+        self.connection
             .prepare_cached(
                 "INSERT INTO cart_transitions (cart_key, cart_id, from_status, to_status, order_id, detected_at, event_id) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -295,7 +359,7 @@ impl CartTransaction for SqliteTransaction<'_> {
     }
 
     async fn insert_event(&mut self, event: &NewEvent) -> Result<(), StoreError> {
-        insert_event(self.0, event).map(|_| ())
+        insert_event(self.connection, event).map(|_| ())
     }
 }
 
