@@ -19,9 +19,8 @@ pub fn min_stored() -> DateTime<Utc> {
 }
 
 /// Formats an instant in the stored form, clamped to the years 0000..=9999 so that every
-/// stored timestamp has the same width and sorts as text in time order. Written out by hand:
-/// it runs for every cart of every poll, and chrono's general formatter costs several times
-/// more.
+/// stored timestamp has the same width and sorts as text in time order. It runs for every
+/// cart of every poll.
 pub fn format_ts(instant: DateTime<Utc>) -> String {
     let instant = instant.clamp(min_stored(), max_stored());
     let mut text = format_naive(instant.naive_utc());
@@ -58,6 +57,13 @@ pub fn parse_naive(text: &str) -> Option<NaiveDateTime> {
 /// (`2017-06-14T16:46:55.473`): fixed millisecond precision, no zone, because the partner
 /// does not say which zone it means.
 pub fn format_naive(naive: NaiveDateTime) -> String {
+    // chrono's RFC 3339 writer puts the digits down directly; `format!` with widths cost a
+    // tenth of the database writer's time. It covers four-digit years and no leap second.
+    if (0..=9999).contains(&naive.year()) && naive.nanosecond() < 1_000_000_000 {
+        let mut text = naive.and_utc().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        text.pop();
+        return text;
+    }
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}",
         naive.year(),
@@ -124,7 +130,30 @@ mod tests {
     }
 
     #[test]
-    fn hand_formatting_agrees_with_chrono() {
+    fn formatting_agrees_with_chrono_and_the_general_form() {
+        let general = |naive: NaiveDateTime| {
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}",
+                naive.year(),
+                naive.month(),
+                naive.day(),
+                naive.hour(),
+                naive.minute(),
+                naive.second(),
+                naive.and_utc().timestamp_subsec_millis().min(999)
+            )
+        };
+        // From the first instant of year 0 to the last of 9999, each with some microseconds.
+        for millis in [-62_167_219_200_000i64, 0, 1, 999, 1_732_521_064_123, 253_402_300_799_999] {
+            let naive = DateTime::<Utc>::from_timestamp_millis(millis).unwrap().naive_utc()
+                + chrono::Duration::microseconds(456);
+            assert_eq!(format_naive(naive), general(naive), "{naive:?}");
+        }
+        // A leap second, and years the fast path leaves to the general form.
+        let leap = chrono::NaiveDate::from_ymd_opt(2016, 12, 31).unwrap().and_hms_milli_opt(23, 59, 59, 1500).unwrap();
+        assert_eq!(format_naive(leap), "2016-12-31T23:59:59.999");
+        let far = chrono::NaiveDate::from_ymd_opt(12345, 1, 2).unwrap().and_hms_opt(3, 4, 5).unwrap();
+        assert_eq!(format_naive(far), "12345-01-02T03:04:05.000");
         for millis in [0i64, 1, 999, 1_732_521_064_123, 253_402_300_799_999] {
             let instant = DateTime::<Utc>::from_timestamp_millis(millis).unwrap();
             assert_eq!(format_ts(instant), instant.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
