@@ -27,6 +27,11 @@ impl CartId {
     /// Fails when the text is not a GUID with hyphens or braces, so that a 32-digit hex blob
     /// pasted by mistake is not silently accepted.
     pub fn parse(text: &str) -> Result<CartId, MalformedCartId> {
+        // Ids the daemon stored, and nearly all the partner sends back, are canonical already;
+        // each is checked several times per poll.
+        if is_canonical_guid(text) {
+            return Ok(CartId(text.to_owned()));
+        }
         let trimmed = text.trim();
         let inner = trimmed.strip_prefix('{').and_then(|rest| rest.strip_suffix('}')).unwrap_or(trimmed);
         if inner.len() != 36 {
@@ -138,6 +143,15 @@ pub fn shorten(text: &str, max_chars: usize) -> String {
     shortened
 }
 
+/// Whether `text` is a GUID in the canonical form: lower-case, hyphenated, no braces.
+fn is_canonical_guid(text: &str) -> bool {
+    text.len() == 36
+        && text.bytes().enumerate().all(|(position, byte)| match position {
+            8 | 13 | 18 | 23 => byte == b'-',
+            _ => byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte),
+        })
+}
+
 /// Whether `text` has at most `max_chars` characters; counted only when its length in bytes
 /// (never fewer than its characters) does not settle it.
 pub fn fits(text: &str, max_chars: usize) -> bool {
@@ -184,6 +198,25 @@ mod tests {
         check("urn:uuid:921a2046-66a5-4c5f-b9a6-4bc646fa5e5a", None);
         check("zzzzzzzz-66a5-4c5f-b9a6-4bc646fa5e5a", None);
         check("921a2046_66a5_4c5f_b9a6_4bc646fa5e5a", None);
+    }
+
+    #[test]
+    fn the_canonical_shortcut_agrees_with_the_full_reading() {
+        for text in [
+            "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a",
+            "921A2046-66A5-4C5F-B9A6-4BC646FA5E5A",
+            "{921a2046-66a5-4c5f-b9a6-4bc646fa5e5a}",
+            "921a204666a54c5fb9a64bc646fa5e5a0000",
+            "921a2046-66a5-4c5f-b9a6-4bc646fa5e5g",
+            "921a2046_66a5-4c5f-b9a6-4bc646fa5e5a",
+            " 921a2046-66a5-4c5f-b9a6-4bc646fa5e5a",
+        ] {
+            // The reading without the shortcut.
+            let inner = text.trim().strip_prefix('{').and_then(|rest| rest.strip_suffix('}')).unwrap_or(text.trim());
+            let full =
+                Uuid::try_parse(inner).ok().filter(|_| inner.len() == 36).map(|uuid| uuid.hyphenated().to_string());
+            assert_eq!(CartId::parse(text).ok().map(|id| id.0), full, "{text}");
+        }
     }
 
     #[test]
