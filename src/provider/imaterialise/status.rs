@@ -22,28 +22,19 @@ impl CartStatus {
     /// Reads a status in any documented spelling ("CheckedOut", "Checked Out", any case).
     /// Anything else becomes [`CartStatus::Other`] with the text unchanged.
     pub fn parse(raw: &str) -> CartStatus {
+        const KNOWN: [CartStatus; 4] =
+            [CartStatus::NotOrdered, CartStatus::Pending, CartStatus::CheckedOut, CartStatus::Ordered];
         // This runs several times for every cart of every poll, and nearly always meets the
-        // canonical spelling (the store keeps that one): that is matched as is.
-        match raw {
-            "NotOrdered" => return CartStatus::NotOrdered,
-            "Pending" => return CartStatus::Pending,
-            "CheckedOut" => return CartStatus::CheckedOut,
-            "Ordered" => return CartStatus::Ordered,
-            _ => {}
-        }
-        // Other spellings are compared character by character rather than through a lowered
-        // copy.
+        // canonical spelling (the store keeps that one): that is matched as is. Other
+        // spellings are compared character by character rather than through a lowered copy.
         let squeezed =
             || raw.chars().filter(|c| !c.is_whitespace() && *c != '_' && *c != '-').flat_map(char::to_lowercase);
-        [
-            ("notordered", CartStatus::NotOrdered),
-            ("pending", CartStatus::Pending),
-            ("checkedout", CartStatus::CheckedOut),
-            ("ordered", CartStatus::Ordered),
-        ]
-        .into_iter()
-        .find(|(name, _)| squeezed().eq(name.chars()))
-        .map_or_else(|| CartStatus::Other(raw.to_owned()), |(_, status)| status)
+        KNOWN
+            .iter()
+            .find(|status| status.as_str() == raw)
+            .or_else(|| KNOWN.iter().find(|status| squeezed().eq(status.as_str().chars().flat_map(char::to_lowercase))))
+            .cloned()
+            .unwrap_or_else(|| CartStatus::Other(raw.to_owned()))
     }
 
     /// The canonical spelling stored in SQLite and sent in events.
