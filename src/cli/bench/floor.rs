@@ -3,7 +3,8 @@
 //!
 //! - The minimal client: one `reqwest` client on a current-thread runtime of its own
 //!   thread, `concurrency` requests in flight, each the same POST of 10 cart ids cartwatch
-//!   sends, its answer decoded into borrowed, typed fields.
+//!   sends (built by the same encoder, before the clock starts), its answer decoded into
+//!   borrowed, typed fields.
 //! - The minimal writer: one thread with one SQLite connection (WAL, `synchronous =
 //!   NORMAL`, as cartwatch's) to a table of cart id, status, order id and poll time, taking
 //!   the outcomes of every request waiting for it into one transaction.
@@ -22,6 +23,7 @@ use serde::Deserialize;
 
 use super::cpu_time;
 use cartwatch::cart_id::CartId;
+use cartwatch::provider::imaterialise::wire;
 
 /// Cart ids per request, as cartwatch sends them.
 const BATCH: usize = 10;
@@ -94,13 +96,7 @@ pub(super) fn measure(
         transaction.commit()?;
     }
     let endpoint = format!("{}/web-api/cartstatus/statuses", base_url.trim_end_matches('/'));
-    let bodies: Vec<String> = carts
-        .chunks(BATCH)
-        .map(|chunk| {
-            let carts: Vec<String> = chunk.iter().map(|id| format!("{{\"CartID\":\"{id}\"}}")).collect();
-            format!("{{\"Carts\":[{}]}}", carts.join(","))
-        })
-        .collect();
+    let bodies: Vec<String> = carts.chunks(BATCH).map(wire::encode_json_request).collect();
     let http = reqwest::Client::builder().build()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 

@@ -344,6 +344,13 @@ async fn make_due(database: &Path, now: chrono::DateTime<Utc>, carts: Option<Vec
     .await?
 }
 
+/// The simulator's own time per request between two of its `stats` answers, in
+/// milliseconds: the latency the bound is computed with.
+fn partner_ms_per_request(before: &Value, after: &Value) -> f64 {
+    let requests = number(&after["requests"]) - number(&before["requests"]);
+    (number(&after["busyMicros"]) - number(&before["busyMicros"])) / requests.max(1.0) / 1000.0
+}
+
 fn number(value: &Value) -> f64 {
     value.as_f64().unwrap_or(0.0)
 }
@@ -406,8 +413,7 @@ async fn measure_sweep(
     let cpu = cpu_time() - cpu_before;
     let after = simulator.stats().await?;
     let requests = number(&after["requests"]) - number(&before["requests"]);
-    let measured_latency_ms =
-        (number(&after["busyMicros"]) - number(&before["busyMicros"])) / requests.max(1.0) / 1000.0;
+    let measured_latency_ms = partner_ms_per_request(&before, &after);
     let writer = WriterFigures::between(writer_before, store.writer_totals());
     let (commit_latency_mean_ms, commit_latency_p99_ms) = apply_times(metrics, store).await?;
     Ok(Measured {
@@ -473,9 +479,7 @@ async fn floor_alone(carts: usize, latency_ms: u64) -> anyhow::Result<Value> {
     let floor = measure_floor(&simulator, ids, 8).await?;
     let after = simulator.stats().await?;
     simulator.stop().await;
-    let measured_latency_ms = (number(&after["busyMicros"]) - number(&before["busyMicros"]))
-        / (number(&after["requests"]) - number(&before["requests"])).max(1.0)
-        / 1000.0;
+    let measured_latency_ms = partner_ms_per_request(&before, &after);
     Ok(json!({
         "scenario": "floor",
         "carts": carts,
