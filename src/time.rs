@@ -4,25 +4,33 @@
 //! Stored timestamps are UTC with millisecond precision and a fixed width
 //! (`2026-11-25T08:11:04.123Z`), so that comparing them as text in SQL orders them in time.
 
-use chrono::{DateTime, Datelike, NaiveDateTime, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
 
 /// The latest instant the store can hold: its text form must keep four year digits, or it
-/// would no longer sort after every earlier one. Far-future times are clamped to it.
-pub fn max_stored() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).single().unwrap_or(DateTime::<Utc>::MAX_UTC)
-        + chrono::Duration::milliseconds(999)
-}
+/// would no longer sort after every earlier one. Far-future times are clamped to it. A
+/// constant, because every poll of every cart clamps against it.
+pub const MAX_STORED: DateTime<Utc> = match NaiveDate::from_ymd_opt(9999, 12, 31) {
+    Some(date) => match date.and_hms_milli_opt(23, 59, 59, 999) {
+        Some(last) => last.and_utc(),
+        None => DateTime::<Utc>::MAX_UTC,
+    },
+    None => DateTime::<Utc>::MAX_UTC,
+};
 
 /// The earliest instant the store holds; earlier ones are clamped to it for the same reason.
-pub fn min_stored() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).single().unwrap_or(DateTime::<Utc>::MIN_UTC)
-}
+pub const MIN_STORED: DateTime<Utc> = match NaiveDate::from_ymd_opt(0, 1, 1) {
+    Some(date) => match date.and_hms_opt(0, 0, 0) {
+        Some(first) => first.and_utc(),
+        None => DateTime::<Utc>::MIN_UTC,
+    },
+    None => DateTime::<Utc>::MIN_UTC,
+};
 
 /// Formats an instant in the stored form, clamped to the years 0000..=9999 so that every
 /// stored timestamp has the same width and sorts as text in time order. It runs for every
 /// cart of every poll.
 pub fn format_ts(instant: DateTime<Utc>) -> String {
-    let instant = instant.clamp(min_stored(), max_stored());
+    let instant = instant.clamp(MIN_STORED, MAX_STORED);
     let mut text = format_naive(instant.naive_utc());
     text.push('Z');
     text
@@ -92,7 +100,7 @@ pub fn to_chrono(duration: std::time::Duration) -> chrono::Duration {
 /// the millisecond the store keeps.
 pub fn add(instant: DateTime<Utc>, duration: std::time::Duration) -> DateTime<Utc> {
     use chrono::DurationRound;
-    let sum = instant.checked_add_signed(to_chrono(duration)).unwrap_or(DateTime::<Utc>::MAX_UTC).min(max_stored());
+    let sum = instant.checked_add_signed(to_chrono(duration)).unwrap_or(DateTime::<Utc>::MAX_UTC).min(MAX_STORED);
     sum.duration_trunc(chrono::Duration::milliseconds(1)).unwrap_or(sum)
 }
 

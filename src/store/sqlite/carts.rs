@@ -12,7 +12,7 @@ use crate::reconcile::Context;
 use crate::store::{
     AppliedBatch, DueCursor, DuePage, Outcome, StoreError, TrackOutcome, UncheckedCart, UntrackOutcome,
 };
-use crate::time::{format_ts, max_stored};
+use crate::time::{MAX_STORED, format_ts};
 
 /// Due carts of one provider in due order after a keyset cursor; uses the `carts_due` index.
 const DUE_PAGE_SQL: &str = "SELECT cart_key, cart_id, account, session_token, next_poll_at FROM carts INDEXED BY carts_due \
@@ -185,10 +185,9 @@ impl SqliteStore {
                    WHERE state = 'tracking' AND provider = ?1 AND next_poll_at > ?3 LIMIT ?4) \
                  RETURNING cart_id",
             )?;
-            let rows = statement
-                .query_map(params![provider, format_ts(now), format_ts(max_stored()), limit], |row| {
-                    lenient_text(row, 0).map(Option::unwrap_or_default)
-                })?;
+            let rows = statement.query_map(params![provider, format_ts(now), format_ts(MAX_STORED), limit], |row| {
+                lenient_text(row, 0).map(Option::unwrap_or_default)
+            })?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await

@@ -28,15 +28,10 @@ pub(super) const CART_BY_KEY: &str = concat!("SELECT ", cart_columns!(), " FROM 
 
 /// Reads a row selected with [`CART_COLUMNS`].
 pub(super) fn read_cart(row: &Row<'_>) -> rusqlite::Result<Cart> {
-    // Timestamps are read in place: each cart has six, and none needs a copy of its text.
-    let time = |index| -> rusqlite::Result<Option<DateTime<Utc>>> {
-        Ok(match row.get_ref(index)? {
-            ValueRef::Text(bytes) => std::str::from_utf8(bytes).ok().and_then(parse_ts),
-            ValueRef::Null => None,
-            _ => lenient_text(row, index)?.as_deref().and_then(parse_ts),
-        })
-    };
-    let state = lenient_text(row, 3)?.as_deref().and_then(CartState::parse).unwrap_or(CartState::Invalid);
+    // Timestamps and the state are read in place: each cart has six timestamps, and none
+    // of them needs a copy of its text.
+    let time = |index| read_text(row, index, parse_ts);
+    let state = read_text(row, 3, CartState::parse)?.unwrap_or(CartState::Invalid);
     Ok(Cart {
         key: row.get(0)?,
         cart_id: lenient_text(row, 1)?.unwrap_or_default(),
@@ -44,7 +39,7 @@ pub(super) fn read_cart(row: &Row<'_>) -> rusqlite::Result<Cart> {
         state,
         status: lenient_text(row, 4)?,
         order_id: lenient_text(row, 5)?,
-        created_at: lenient_text(row, 6)?.as_deref().and_then(parse_naive),
+        created_at: read_text(row, 6, parse_naive)?,
         created_at_raw: lenient_text(row, 7)?,
         registered_at: time(8)?.unwrap_or_else(Utc::now),
         next_poll_at: time(9)?,
@@ -61,6 +56,16 @@ pub(super) fn read_cart(row: &Row<'_>) -> rusqlite::Result<Cart> {
         order_total: lenient_text(row, 20)?,
         previous_status: lenient_text(row, 21)?,
         tracked_since: time(22)?.or(time(8)?).unwrap_or_else(Utc::now),
+    })
+}
+
+/// Column `index` read by `read` from its text in place (copied only when it is not stored
+/// as text); `None` for NULL or what `read` does not take.
+fn read_text<T>(row: &Row<'_>, index: usize, read: impl FnOnce(&str) -> Option<T>) -> rusqlite::Result<Option<T>> {
+    Ok(match row.get_ref(index)? {
+        ValueRef::Text(bytes) => std::str::from_utf8(bytes).ok().and_then(read),
+        ValueRef::Null => None,
+        _ => lenient_text(row, index)?.as_deref().and_then(read),
     })
 }
 
