@@ -22,11 +22,20 @@ use crate::time::{format_ts, parse_ts};
 pub(super) fn insert_event(transaction: &rusqlite::Connection, event: &NewEvent) -> Result<i64, StoreError> {
     let cart_sequence = match &event.cart_id {
         Some(cart_id) => {
-            let mut next_sequence = transaction.prepare_cached(
-                "UPDATE carts SET events_written = events_written + 1 WHERE cart_id = ?1 RETURNING events_written",
-            )?;
-            match next_sequence.query_row([cart_id], |row| row.get::<_, i64>(0)).optional()? {
-                Some(sequence) => Some(sequence),
+            // Read, then written by row key: `RETURNING` would build a temporary b-tree for
+            // every event.
+            let written = transaction
+                .prepare_cached("SELECT cart_key, events_written FROM carts WHERE cart_id = ?1")?
+                .query_row([cart_id], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))
+                .optional()?;
+            match written {
+                Some((key, written)) => {
+                    let sequence = written.saturating_add(1);
+                    transaction
+                        .prepare_cached("UPDATE carts SET events_written = ?2 WHERE cart_key = ?1")?
+                        .execute(params![key, sequence])?;
+                    Some(sequence)
+                }
                 None => {
                     transaction.execute(
                         "INSERT INTO carts (cart_id, state, registered_at, tracked_since, finished_at, events_written) \
@@ -498,5 +507,63 @@ impl SqliteStore {
             Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use crate::events::{CartEventData, EventType, NewEvent};
+    use crate::model::TrackRequest;
+    use crate::store::sqlite::test_support::temp_store;
+
+    fn checked_out(cart_id: &str) -> NewEvent {
+        let data = CartEventData {
+            cart_id: cart_id.into(),
+            status: Some("CheckedOut".into()),
+            previous_status: Some("Pending".into()),
+            order_id: None,
+            cart_created_at: None,
+            reference: None,
+            provider: "imaterialise".into(),
+        };
+        NewEvent::cart(EventType::CartCheckedOut, &data, Utc::now())
+    }
+
+    /// Each cart's events are numbered 1, 2, 3… in the order written, across transactions;
+    /// a cart nobody registered gets an untracked row so that its events are numbered too.
+    #[tokio::test]
+    async fn each_carts_events_are_numbered_in_order() {
+        let (store, _directory) = temp_store();
+        let tracked = "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a";
+        let stranger = "333095fc-6ab2-4c30-b0d1-baecfd708f69";
+        let request = TrackRequest {
+            provider: "imaterialise".into(),
+            cart_id: tracked.into(),
+            session_token: None,
+            account: String::new(),
+            reference: None,
+        };
+        store.track(vec![request], Utc::now(), Utc::now()).await.unwrap();
+        store.write_events(vec![checked_out(tracked), checked_out(stranger), checked_out(tracked)]).await.unwrap();
+        store.write_events(vec![checked_out(tracked), checked_out(stranger)]).await.unwrap();
+
+        let connection = rusqlite::Connection::open(store.path()).unwrap();
+        let numbered = |cart_id: &str| -> Vec<i64> {
+            let mut statement =
+                connection.prepare("SELECT cart_sequence FROM events WHERE cart_id = ?1 ORDER BY seq").unwrap();
+            statement.query_map([cart_id], |row| row.get(0)).unwrap().map(Result::unwrap).collect()
+        };
+        assert_eq!(numbered(tracked), [1, 2, 3]);
+        assert_eq!(numbered(stranger), [1, 2]);
+        let rows: Vec<(String, i64)> = connection
+            .prepare("SELECT state, events_written FROM carts ORDER BY cart_key")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(rows, [("tracking".to_owned(), 3), ("untracked".to_owned(), 2)]);
     }
 }
