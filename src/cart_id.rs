@@ -48,14 +48,22 @@ impl CartId {
         &self.0
     }
 
+    /// The canonical text, owned.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
     /// Builds a cart id from text that is already canonical, such as a row the daemon wrote.
     /// Returns `None` when the text is not canonical, so callers can flag the row.
     pub fn from_canonical(text: &str) -> Option<CartId> {
-        match CartId::parse(text) {
-            Ok(id) if id.0 == text => Some(id),
-            _ => None,
-        }
+        is_canonical(text).then(|| CartId(text.to_owned()))
     }
+}
+
+/// Whether `text` is a cart id in its canonical spelling (lower-case hyphenated GUID, nothing
+/// around it): a check of its bytes, without a copy.
+pub fn is_canonical(text: &str) -> bool {
+    is_canonical_guid(text)
 }
 
 /// The canonical lower-case hyphenated form of a GUID written in any usual spelling, or
@@ -92,6 +100,11 @@ impl ItemId {
     /// The canonical text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The canonical text, owned.
+    pub fn into_string(self) -> String {
+        self.0
     }
 }
 

@@ -7,6 +7,7 @@ pub mod items;
 pub mod status;
 pub mod wire;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::RwLock;
 
@@ -110,7 +111,7 @@ impl Provider for Imaterialise {
     }
 
     fn stored_id_is_canonical(&self, cart_id: &str, session_token: Option<&str>) -> bool {
-        session_token.is_none() && CartId::from_canonical(cart_id).is_some()
+        session_token.is_none() && crate::cart_id::is_canonical(cart_id)
     }
 
     fn account(&self, _given: Option<&str>) -> Result<String, String> {
@@ -324,10 +325,17 @@ pub fn match_reply(requested: &[CartId], reply: StatusReply) -> BatchReply {
     let mut unexpected = Vec::new();
     let mut duplicated = Vec::new();
     for entry in reply.entries {
-        let canonical = CartId::parse(&entry.cart_id)
-            .map(|id| id.to_string())
-            .unwrap_or_else(|_| entry.cart_id.trim().to_ascii_lowercase());
-        let Some(&position) = index.get(canonical.as_str()) else {
+        // Nearly every answer spells the id canonically: then it is looked up as it is.
+        let canonical: Cow<'_, str> = if crate::cart_id::is_canonical(&entry.cart_id) {
+            Cow::Borrowed(&entry.cart_id)
+        } else {
+            Cow::Owned(
+                CartId::parse(&entry.cart_id)
+                    .map(CartId::into_string)
+                    .unwrap_or_else(|_| entry.cart_id.trim().to_ascii_lowercase()),
+            )
+        };
+        let Some(&position) = index.get(canonical.as_ref()) else {
             unexpected.push(entry.cart_id);
             continue;
         };
@@ -338,8 +346,8 @@ pub fn match_reply(requested: &[CartId], reply: StatusReply) -> BatchReply {
                 if advancement(&candidate) > advancement(kept) {
                     reports[position] = Some(candidate);
                 }
-                if !duplicated.contains(&canonical) {
-                    duplicated.push(canonical);
+                if !duplicated.iter().any(|id| id == canonical.as_ref()) {
+                    duplicated.push(canonical.into_owned());
                 }
             }
         }
@@ -347,7 +355,7 @@ pub fn match_reply(requested: &[CartId], reply: StatusReply) -> BatchReply {
     BatchReply {
         reports: requested
             .iter()
-            .map(ToString::to_string)
+            .map(|id| id.as_str().to_owned())
             .zip(reports.into_iter().map(|report| report.unwrap_or(CartReport::Missing)))
             .collect(),
         unexpected,

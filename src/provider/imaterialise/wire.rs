@@ -192,7 +192,7 @@ fn entry_outcome(
         (_, Some(error)) => EntryOutcome::Error(error),
         (Some(status), None) => EntryOutcome::Status(ReportedStatus {
             status: CartStatus::parse(&status),
-            order_id: order_id.map(|id| CartId::parse(&id).map(|id| id.to_string()).unwrap_or(id)),
+            order_id: order_id.map(|id| CartId::parse(&id).map(CartId::into_string).unwrap_or(id)),
             created_at: created_at_raw.as_deref().and_then(crate::time::parse_naive),
             created_at_raw,
         }),
