@@ -695,6 +695,9 @@ fn under_systemd_diagnostics_go_to_the_journal() {
 fn the_demo_fits_80_columns_accounts_for_every_cart_and_says_what_to_try_next() {
     let output = Command::new(BINARY).args(["demo", "--carts", "6", "--seed", "3"]).output().unwrap();
     assert!(output.status.success(), "{}", text(&output.stderr));
+    // A new database is complete as created: nothing to warn about.
+    let logged = text(&output.stderr);
+    assert!(!logged.contains("WARN") && !logged.contains("lacked indexes"), "{logged}");
     let shown = text(&output.stdout);
     for line in shown.lines() {
         assert!(line.chars().count() <= 80, "{} columns: {line}", line.chars().count());
