@@ -484,6 +484,136 @@ async fn hand_edits_never_stall_work_and_readiness_tells_when_sweeps_fail() {
     simulator.stop().await;
 }
 
+/// Every row of `table`, in key order, as SQLite holds it.
+fn rows_of(connection: &rusqlite::Connection, table: &str) -> Vec<Vec<rusqlite::types::Value>> {
+    let mut statement = connection.prepare(&format!("SELECT * FROM {table} ORDER BY 1, 2")).unwrap();
+    let columns = statement.column_count();
+    statement
+        .query_map([], |row| (0..columns).map(|index| row.get(index)).collect())
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// The migration that rebuilds the carts and deliveries tables keeps every row of a database
+/// with carts in every state and deliveries in every state, and every guard on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_checks_migrate_with_every_row_kept() {
+    use cartwatch::store::sqlite::schema;
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("cartwatch.db");
+    let tables = ["carts", "deliveries", "cart_transitions", "events", "sinks", "item_changes"];
+    let before = {
+        let mut connection = rusqlite::Connection::open(&path).unwrap();
+        for (index, sql) in schema::MIGRATIONS[..7].iter().enumerate() {
+            let transaction = connection.transaction().unwrap();
+            transaction.execute_batch(sql).unwrap();
+            transaction.pragma_update(None, "user_version", index as i64 + 1).unwrap();
+            transaction.commit().unwrap();
+        }
+        schema::repair_missing(&connection).unwrap();
+        connection
+            .execute_batch(
+                "INSERT INTO carts (cart_id, provider, account, session_token, reference, state, status,
+                                    previous_status, status_detail, order_id, order_status, order_total,
+                                    cart_created_at, cart_created_at_raw, registered_at, tracked_since,
+                                    next_poll_at, last_polled_at, status_changed_at, consecutive_errors,
+                                    consecutive_not_found, events_written, last_error, finished_at) VALUES
+                   ('921a2046-66a5-4c5f-b9a6-4bc646fa5e5a', 'imaterialise', '', NULL, 'order-1', 'tracking',
+                    'Pending', NULL, 'open', NULL, NULL, NULL, '2026-11-20T10:00:00.000', '2026-11-20T10:00:00',
+                    '2026-11-20T10:00:01.000Z', '2026-11-20T10:00:01.000Z', '2026-11-26T09:00:00.000Z',
+                    '2026-11-26T08:00:00.000Z', '2026-11-20T10:05:00.000Z', 2, 0, 1, 'connection reset', NULL),
+                   ('bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b', 'imaterialise', 'shop-2', NULL, NULL, 'ordered',
+                    'Ordered', 'CheckedOut', NULL, 'ORD-7', 'Paid', '12.50', NULL, NULL,
+                    '2026-11-20T10:00:01.000Z', '2026-11-20T10:00:01.000Z', NULL, '2026-11-21T08:00:00.000Z',
+                    '2026-11-21T08:00:00.000Z', 0, 0, 2, NULL, '2026-11-21T08:00:00.000Z'),
+                   ('59dcca18-05e7-4f5c-8b4e-89e987ea1e51', 'imaterialise', '', NULL, NULL, 'not_found',
+                    NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '2026-11-20T10:00:01.000Z',
+                    '2026-11-20T10:00:01.000Z', NULL, '2026-11-21T08:00:00.000Z', NULL, 0, 3, 1, 'unknown cart',
+                    '2026-11-21T08:00:00.000Z'),
+                   ('5922ca18-05e7-4f5c-8b4e-89e987ea1e51', 'imaterialise', '', NULL, NULL, 'expired',
+                    'Pending', NULL, NULL, NULL, NULL, NULL, NULL, NULL, '2026-10-20T10:00:01.000Z',
+                    '2026-10-20T10:00:01.000Z', NULL, NULL, NULL, 0, 0, 0, NULL, '2026-11-20T10:00:01.000Z'),
+                   ('7cf9f78f-6631-44be-905a-94cee7a2cd9c', 'titelive', '00000', 'AbCdEfGhIjKlMnOpQrStUvWxYz', NULL,
+                    'untracked', 'valid', NULL, NULL, NULL, NULL, NULL, NULL, NULL, '2026-11-20T10:00:01.000Z',
+                    '2026-11-20T10:00:01.000Z', NULL, NULL, NULL, 0, 0, 0, NULL, '2026-11-22T08:00:00.000Z'),
+                   ('not a guid', 'imaterialise', '', NULL, NULL, 'invalid', NULL, NULL, NULL, NULL, NULL, NULL,
+                    NULL, NULL, '2026-11-20T10:00:01.000Z', '2026-11-20T10:00:01.000Z', NULL, NULL, NULL, 0, 0, 0,
+                    'malformed cart id', '2026-11-20T10:00:02.000Z');
+                 INSERT INTO cart_transitions (cart_key, cart_id, from_status, to_status, order_id, detected_at, event_id)
+                   VALUES (2, 'bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b', 'CheckedOut', 'Ordered', 'ORD-7',
+                           '2026-11-21T08:00:00.000Z', 'evt_2');
+                 INSERT INTO sinks (sink, kind, target, created_at) VALUES
+                   ('erp', 'webhook', 'http://127.0.0.1:9/hook', '2026-11-20T10:00:00.000Z'),
+                   ('log', 'log', '/tmp/events.jsonl', '2026-11-20T10:00:00.000Z');
+                 INSERT INTO events (event_id, event_type, cart_id, cart_sequence, created_at, payload) VALUES
+                   ('evt_1', 'cart.checked_out', 'bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b', 1, '2026-11-21T07:00:00.000Z', '{}'),
+                   ('evt_2', 'cart.ordered', 'bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b', 2, '2026-11-21T08:00:00.000Z', '{}'),
+                   ('evt_3', 'cart.pending', '921a2046-66a5-4c5f-b9a6-4bc646fa5e5a', 1, '2026-11-21T08:00:00.000Z', '{}'),
+                   ('evt_4', 'cart.not_found', '59dcca18-05e7-4f5c-8b4e-89e987ea1e51', 1, '2026-11-21T08:00:00.000Z', '{}');
+                 INSERT INTO deliveries (sink, event_seq, ordering_key, state, attempts, next_attempt_at, last_attempt_at,
+                                         last_status, last_error, delivered_at, dead_at) VALUES
+                   ('erp', 1, 'bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b', 'delivered', 1, '2026-11-21T07:00:00.000Z',
+                    '2026-11-21T07:00:01.000Z', 200, NULL, '2026-11-21T07:00:01.000Z', NULL),
+                   ('erp', 2, 'bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b', 'dead', 12, '2026-11-22T08:00:00.000Z',
+                    '2026-11-22T08:00:00.000Z', 500, 'HTTP 500', NULL, '2026-11-22T08:00:00.000Z'),
+                   ('erp', 3, '921a2046-66a5-4c5f-b9a6-4bc646fa5e5a', 'pending', 0, '2026-11-21T08:00:00.000Z',
+                    NULL, NULL, NULL, NULL, NULL),
+                   ('erp', 4, '59dcca18-05e7-4f5c-8b4e-89e987ea1e51', 'skipped', 3, '2026-11-21T08:00:00.000Z',
+                    '2026-11-21T08:10:00.000Z', 410, 'gone', NULL, NULL),
+                   ('log', 1, NULL, 'delivered', 1, '2026-11-21T07:00:00.000Z', '2026-11-21T07:00:00.000Z', NULL,
+                    NULL, '2026-11-21T07:00:00.000Z', NULL);",
+            )
+            .unwrap();
+        tables.map(|table| rows_of(&connection, table))
+    };
+    assert_eq!(before[0].len(), 6, "a cart in every state");
+    assert_eq!(before[1].len(), 5, "deliveries in every state");
+
+    let store = cartwatch::store::sqlite::SqliteStore::open(&path, Duration::from_secs(1)).unwrap();
+    let connection = rusqlite::Connection::open(&path).unwrap();
+    assert_eq!(
+        connection.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).unwrap(),
+        schema::latest_version()
+    );
+    assert_eq!(tables.map(|table| rows_of(&connection, table)), before, "every row as it was");
+    assert!(schema::repair_missing(&connection).unwrap().is_empty(), "every index and view in place");
+    let orphans: Option<String> =
+        rusqlite::OptionalExtension::optional(connection.query_row("PRAGMA foreign_key_check", [], |row| row.get(0)))
+            .unwrap();
+    assert_eq!(orphans, None);
+    for table in ["carts", "deliveries"] {
+        let sql: String =
+            connection.query_row("SELECT sql FROM sqlite_schema WHERE name = ?1", [table], |row| row.get(0)).unwrap();
+        assert!(!sql.contains(" IN ("), "{sql}");
+    }
+    // The guards hold as before, under the same names.
+    for (statement, guard) in [
+        ("INSERT INTO carts (cart_id, state) VALUES ('a', 'paused')", "state_is_known"),
+        ("INSERT INTO carts (cart_id, next_poll_at) VALUES ('b', 'soon')", "next_poll_at_is_a_timestamp"),
+        ("UPDATE carts SET state = 'Tracking' WHERE cart_key = 1", "state_is_known"),
+        ("UPDATE deliveries SET state = 'lost' WHERE event_seq = 3", "delivery_state_is_known"),
+        ("UPDATE deliveries SET next_attempt_at = 'later' WHERE event_seq = 3", "next_attempt_at_is_a_timestamp"),
+    ] {
+        let refused = connection.execute_batch(statement).unwrap_err().to_string();
+        assert!(refused.contains(guard), "{statement}: {refused}");
+    }
+    // And the store reads and writes the migrated rows.
+    let tracked = store.cart("921a2046-66a5-4c5f-b9a6-4bc646fa5e5a".into()).await.unwrap().unwrap();
+    assert_eq!((tracked.state.as_str(), tracked.consecutive_errors), ("tracking", 2));
+    let ordered = store.cart("bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b".into()).await.unwrap().unwrap();
+    assert_eq!((ordered.state.as_str(), ordered.order_id.as_deref()), ("ordered", Some("ORD-7")));
+    let resumed = store
+        .track(
+            vec![imaterialise_cart("5922ca18-05e7-4f5c-8b4e-89e987ea1e51", None)],
+            chrono::Utc::now(),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(resumed[0].1, cartwatch::store::TrackOutcome::Resumed(_)), "{resumed:?}");
+}
+
 /// A migration from the schema before SQLite's guards repairs what was edited by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guarded_schema_migrates_a_database_edited_by_hand() {
