@@ -265,33 +265,27 @@ fn prepared<'s, 'a>(
     slot.as_mut().ok_or(rusqlite::Error::InvalidQuery)
 }
 
-/// Which of the three cart updates writes every column in which `next` differs from
-/// `current`, most polls needing the narrowest.
+/// Which of the two cart updates writes every column in which `next` differs from
+/// `current`, most polls needing the narrower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CartUpdate {
     /// The schedule and the bookkeeping of the poll.
     Schedule,
-    /// Those, the status and the order, the cart still in the same state.
-    Status,
     /// Every column.
     Whole,
 }
 
 impl CartUpdate {
     fn between(current: &Cart, next: &Cart) -> CartUpdate {
-        if current.state != next.state || current.finished_at != next.finished_at {
-            CartUpdate::Whole
-        } else if current.status == next.status
+        let same = current.status == next.status
             && current.previous_status == next.previous_status
+            && current.state == next.state
             && current.order_id == next.order_id
             && current.order_status == next.order_status
             && current.order_total == next.order_total
             && current.status_changed_at == next.status_changed_at
-        {
-            CartUpdate::Schedule
-        } else {
-            CartUpdate::Status
-        }
+            && current.finished_at == next.finished_at;
+        if same { CartUpdate::Schedule } else { CartUpdate::Whole }
     }
 }
 
@@ -302,8 +296,7 @@ impl CartTransaction for SqliteTransaction<'_> {
     }
 
     async fn write_cart(&mut self, before: &Cart, after: &Cart) -> Result<(), StoreError> {
-        let update = CartUpdate::between(before, after);
-        if update == CartUpdate::Schedule {
+        if CartUpdate::between(before, after) == CartUpdate::Schedule {
             // Most polls change nothing but the schedule and the bookkeeping; leaving the
             // status, state and order columns out of the statement spares their index.
             prepared(
@@ -324,34 +317,6 @@ impl CartTransaction for SqliteTransaction<'_> {
                 after.last_error,
                 after.status_detail
             ])?;
-        } else if update == CartUpdate::Status {
-            // A new status of a cart still tracked. Leaving `state` out spares the check of
-            // its allowed values, which SQLite runs through a temporary b-tree built anew for
-            // every statement that writes the column (a tenth of the first sweep's writer).
-            self.connection
-                .prepare_cached(
-                    "UPDATE carts SET status = ?2, order_id = ?3, cart_created_at = ?4, cart_created_at_raw = ?5, \
-                     next_poll_at = ?6, last_polled_at = ?7, status_changed_at = ?8, consecutive_errors = ?9, \
-                     consecutive_not_found = ?10, last_error = ?11, status_detail = ?12, order_status = ?13, \
-                     order_total = ?14, previous_status = ?15 WHERE cart_key = ?1",
-                )?
-                .execute(params![
-                    after.key,
-                    after.status,
-                    after.order_id,
-                    stored_naive(after.created_at),
-                    after.created_at_raw,
-                    stored(after.next_poll_at),
-                    stored(after.last_polled_at),
-                    stored(after.status_changed_at),
-                    after.consecutive_errors,
-                    after.consecutive_not_found,
-                    after.last_error,
-                    after.status_detail,
-                    after.order_status,
-                    after.order_total,
-                    after.previous_status
-                ])?;
         } else {
             self.connection
                 .prepare_cached(
@@ -450,9 +415,8 @@ mod tests {
         assert!(matches!(error, StoreError::WriterStopped(_)), "{error}");
     }
 
-    /// Whichever statement writes it (only the schedule when the status stays, the status
-    /// when the state stays, or the whole row), the stored cart is exactly what `decide`
-    /// made of the outcome.
+    /// Whichever statement writes it (only the schedule when the status stays, or the whole
+    /// row), the stored cart is exactly what `decide` made of the outcome.
     #[tokio::test]
     async fn every_update_path_stores_exactly_the_decided_cart() {
         let (store, _directory) = temp_store();
@@ -472,10 +436,10 @@ mod tests {
             ..observed("Ordered", "2026-11-25T07:00:00.5", None)
         }));
         let outcomes = [
-            (status("Pending", "2026-11-25T07:00:00", None), CartUpdate::Status),
+            (status("Pending", "2026-11-25T07:00:00", None), CartUpdate::Whole),
             (status("Pending", "2026-11-25T07:00:00.5", Some("still open")), CartUpdate::Schedule),
             (PollOutcome::Failed("connection reset".into()), CartUpdate::Schedule),
-            (status("CheckedOut", "2026-11-25T07:00:00.5", None), CartUpdate::Status),
+            (status("CheckedOut", "2026-11-25T07:00:00.5", None), CartUpdate::Whole),
             (ordered, CartUpdate::Whole),
         ];
         for (number, (outcome, expected)) in outcomes.into_iter().enumerate() {
