@@ -8,7 +8,6 @@ pub mod status;
 pub mod wire;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::RwLock;
 
 use reqwest::Url;
@@ -320,11 +319,10 @@ fn advancement(report: &CartReport) -> (u8, u8) {
 /// than once (a stale copy beside a fresh one), the most advanced entry is kept, so a stale
 /// copy can never step a cart backwards.
 pub fn match_reply(requested: &[CartId], reply: StatusReply) -> BatchReply {
-    let index: HashMap<&str, usize> = requested.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
     let mut reports: Vec<Option<CartReport>> = vec![None; requested.len()];
     let mut unexpected = Vec::new();
     let mut duplicated = Vec::new();
-    for entry in reply.entries {
+    for (order, entry) in reply.entries.into_iter().enumerate() {
         // Nearly every answer spells the id canonically: then it is looked up as it is.
         let canonical: Cow<'_, str> = if crate::cart_id::is_canonical(&entry.cart_id) {
             Cow::Borrowed(&entry.cart_id)
@@ -335,7 +333,11 @@ pub fn match_reply(requested: &[CartId], reply: StatusReply) -> BatchReply {
                     .unwrap_or_else(|_| entry.cart_id.trim().to_ascii_lowercase()),
             )
         };
-        let Some(&position) = index.get(canonical.as_ref()) else {
+        // A batch holds at most `MAX_BATCH` ids, and answers list them in the order asked:
+        // the entry's own place first, then the others.
+        let is_it = |id: &CartId| id.as_str() == canonical.as_ref();
+        let position = requested.get(order).filter(|id| is_it(id)).map(|_| order);
+        let Some(position) = position.or_else(|| requested.iter().position(is_it)) else {
             unexpected.push(entry.cart_id);
             continue;
         };
