@@ -101,11 +101,6 @@ impl ItemId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// The canonical text, owned.
-    pub fn into_string(self) -> String {
-        self.0
-    }
 }
 
 impl fmt::Display for ItemId {

@@ -265,28 +265,16 @@ fn prepared<'s, 'a>(
     slot.as_mut().ok_or(rusqlite::Error::InvalidQuery)
 }
 
-/// Which of the two cart updates writes every column in which `next` differs from
-/// `current`, most polls needing the narrower.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum CartUpdate {
-    /// The schedule and the bookkeeping of the poll.
-    Schedule,
-    /// Every column.
-    Whole,
-}
-
-impl CartUpdate {
-    fn between(current: &Cart, next: &Cart) -> CartUpdate {
-        let same = current.status == next.status
-            && current.previous_status == next.previous_status
-            && current.state == next.state
-            && current.order_id == next.order_id
-            && current.order_status == next.order_status
-            && current.order_total == next.order_total
-            && current.status_changed_at == next.status_changed_at
-            && current.finished_at == next.finished_at;
-        if same { CartUpdate::Schedule } else { CartUpdate::Whole }
-    }
+/// Whether `next` differs from `current` only in the columns the schedule update writes.
+fn schedule_only(current: &Cart, next: &Cart) -> bool {
+    current.status == next.status
+        && current.previous_status == next.previous_status
+        && current.state == next.state
+        && current.order_id == next.order_id
+        && current.order_status == next.order_status
+        && current.order_total == next.order_total
+        && current.status_changed_at == next.status_changed_at
+        && current.finished_at == next.finished_at
 }
 
 impl CartTransaction for SqliteTransaction<'_> {
@@ -296,7 +284,7 @@ impl CartTransaction for SqliteTransaction<'_> {
     }
 
     async fn write_cart(&mut self, before: &Cart, after: &Cart) -> Result<(), StoreError> {
-        if CartUpdate::between(before, after) == CartUpdate::Schedule {
+        if schedule_only(before, after) {
             // Most polls change nothing but the schedule and the bookkeeping; leaving the
             // status, state and order columns out of the statement spares their index.
             prepared(
@@ -418,7 +406,7 @@ mod tests {
     /// Whichever statement writes it (only the schedule when the status stays, or the whole
     /// row), the stored cart is exactly what `decide` made of the outcome.
     #[tokio::test]
-    async fn every_update_path_stores_exactly_the_decided_cart() {
+    async fn both_update_paths_store_exactly_the_decided_cart() {
         let (store, _directory) = temp_store();
         let cart_id = "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a".to_owned();
         let request = TrackRequest {
@@ -436,17 +424,17 @@ mod tests {
             ..observed("Ordered", "2026-11-25T07:00:00.5", None)
         }));
         let outcomes = [
-            (status("Pending", "2026-11-25T07:00:00", None), CartUpdate::Whole),
-            (status("Pending", "2026-11-25T07:00:00.5", Some("still open")), CartUpdate::Schedule),
-            (PollOutcome::Failed("connection reset".into()), CartUpdate::Schedule),
-            (status("CheckedOut", "2026-11-25T07:00:00.5", None), CartUpdate::Whole),
-            (ordered, CartUpdate::Whole),
+            (status("Pending", "2026-11-25T07:00:00", None), false),
+            (status("Pending", "2026-11-25T07:00:00.5", Some("still open")), true),
+            (PollOutcome::Failed("connection reset".into()), true),
+            (status("CheckedOut", "2026-11-25T07:00:00.5", None), false),
+            (ordered, false),
         ];
-        for (number, (outcome, expected)) in outcomes.into_iter().enumerate() {
+        for (number, (outcome, schedule_only_expected)) in outcomes.into_iter().enumerate() {
             let before = store.cart(cart_id.clone()).await.unwrap().unwrap();
             let context = context_at(start + chrono::Duration::seconds(number as i64 * 90));
             let decided = decide(&before, &outcome, &context, 0.25).unwrap().cart;
-            assert_eq!(CartUpdate::between(&before, &decided), expected, "outcome {number}");
+            assert_eq!(schedule_only(&before, &decided), schedule_only_expected, "outcome {number}");
             SweepStore::apply(&store, vec![(before.key, outcome, 0.25)], context).await.unwrap();
             let stored = store.cart(cart_id.clone()).await.unwrap().unwrap();
             assert_eq!(stored, decided, "outcome {number}");
