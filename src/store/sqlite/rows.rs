@@ -71,12 +71,11 @@ fn read_text<T>(row: &Row<'_>, index: usize, read: impl FnOnce(&str) -> Option<T
 
 /// A value as text whatever its storage class; `None` for NULL.
 pub(super) fn lenient_text(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<String>> {
-    Ok(match row.get::<_, Value>(index)? {
-        Value::Null => None,
-        Value::Integer(number) => Some(number.to_string()),
-        Value::Real(number) => Some(number.to_string()),
-        Value::Text(text) => Some(text),
-        Value::Blob(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+    Ok(match row.get_ref(index)? {
+        ValueRef::Null => None,
+        ValueRef::Integer(number) => Some(number.to_string()),
+        ValueRef::Real(number) => Some(number.to_string()),
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
     })
 }
 

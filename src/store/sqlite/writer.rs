@@ -403,6 +403,33 @@ mod tests {
         assert!(matches!(error, StoreError::WriterStopped(_)), "{error}");
     }
 
+    /// Text that is not UTF-8, put in a row by hand, is read with replacement characters
+    /// rather than failing the read, and the cart is polled as any other.
+    #[tokio::test]
+    async fn a_row_with_bytes_that_are_not_utf8_is_still_read_and_polled() {
+        let (store, _directory) = temp_store();
+        let cart_id = "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a".to_owned();
+        let request = TrackRequest {
+            provider: "shop".into(),
+            cart_id: cart_id.clone(),
+            session_token: None,
+            account: String::new(),
+            reference: None,
+        };
+        let start = crate::time::parse_ts("2026-11-25T07:30:00.000Z").unwrap();
+        store.track(vec![request], start, start).await.unwrap();
+        rusqlite::Connection::open(store.path())
+            .unwrap()
+            .execute_batch("UPDATE carts SET reference = CAST(x'6f72646572ff' AS TEXT), status = CAST(x'ff' AS TEXT)")
+            .unwrap();
+        let before = store.cart(cart_id.clone()).await.unwrap().unwrap();
+        assert_eq!((before.reference.as_deref(), before.status.as_deref()), (Some("order\u{fffd}"), Some("\u{fffd}")));
+        let outcome = status("Pending", "2026-11-25T07:00:00", None);
+        let applied = SweepStore::apply(&store, vec![(before.key, outcome, 0.25)], context_at(start)).await.unwrap();
+        assert_eq!(applied.transitions.len(), 1);
+        assert_eq!(store.cart(cart_id).await.unwrap().unwrap().status.as_deref(), Some("Pending"));
+    }
+
     /// Whichever statement writes it (only the schedule when the status stays, or the whole
     /// row), the stored cart is exactly what `decide` made of the outcome.
     #[tokio::test]
