@@ -565,9 +565,28 @@ async fn the_state_checks_migrate_with_every_row_kept() {
                     NULL, '2026-11-21T07:00:00.000Z', NULL);",
             )
             .unwrap();
-        tables.map(|table| rows_of(&connection, table))
+        // A row put in by hand past the checks, which the upgrade must not trip over.
+        connection
+            .execute_batch(
+                "PRAGMA ignore_check_constraints = ON;
+                 INSERT INTO carts (cart_id, state, next_poll_at, consecutive_errors)
+                   VALUES ('7a1d0e43-3c2b-4c5e-9f1a-2b3c4d5e6f70', 'paused', 'whenever', -3);
+                 PRAGMA ignore_check_constraints = OFF;",
+            )
+            .unwrap();
+        let kept = tables.map(|table| rows_of(&connection, table));
+        // Rows left behind by deletes in sqlite3, whose foreign keys are off by default.
+        connection
+            .execute_batch(
+                "PRAGMA foreign_keys = OFF;
+                 INSERT INTO cart_transitions (cart_key, cart_id, from_status, to_status, detected_at)
+                   VALUES (99, 'gone', NULL, 'Pending', '2026-11-21T08:00:00.000Z');
+                 INSERT INTO deliveries (sink, event_seq, next_attempt_at) VALUES ('erp', 99, '2026-11-21T08:00:00.000Z');",
+            )
+            .unwrap();
+        kept
     };
-    assert_eq!(before[0].len(), 6, "a cart in every state");
+    assert_eq!(before[0].len(), 7, "a cart in every state, and one past the checks");
     assert_eq!(before[1].len(), 5, "deliveries in every state");
 
     let store = cartwatch::store::sqlite::SqliteStore::open(&path, Duration::from_secs(1)).unwrap();
@@ -576,7 +595,7 @@ async fn the_state_checks_migrate_with_every_row_kept() {
         connection.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).unwrap(),
         schema::latest_version()
     );
-    assert_eq!(tables.map(|table| rows_of(&connection, table)), before, "every row as it was");
+    assert_eq!(tables.map(|table| rows_of(&connection, table)), before, "every row as it was, the orphans gone");
     assert!(schema::repair_missing(&connection).unwrap().is_empty(), "every index and view in place");
     let orphans: Option<String> =
         rusqlite::OptionalExtension::optional(connection.query_row("PRAGMA foreign_key_check", [], |row| row.get(0)))
@@ -601,6 +620,8 @@ async fn the_state_checks_migrate_with_every_row_kept() {
     // And the store reads and writes the migrated rows.
     let tracked = store.cart("921a2046-66a5-4c5f-b9a6-4bc646fa5e5a".into()).await.unwrap().unwrap();
     assert_eq!((tracked.state.as_str(), tracked.consecutive_errors), ("tracking", 2));
+    let garbled = store.cart("7a1d0e43-3c2b-4c5e-9f1a-2b3c4d5e6f70".into()).await.unwrap().unwrap();
+    assert_eq!((garbled.state.as_str(), garbled.consecutive_errors), ("invalid", 0), "read leniently, as before");
     let ordered = store.cart("bee2c269-1dbd-4f67-b9f1-2ea2d3b4917b".into()).await.unwrap().unwrap();
     assert_eq!((ordered.state.as_str(), ordered.order_id.as_deref()), ("ordered", Some("ORD-7")));
     let resumed = store

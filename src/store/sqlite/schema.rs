@@ -439,8 +439,14 @@ pub const MIGRATIONS: &[&str] = &[
     // builds anew for every statement writing the column: every cart registered or finished
     // and every delivery written or settled paid for one (about half the cost of inserting
     // a row). Same columns, same rows, same constraint names; the two tables are rebuilt and
-    // their indexes and views created again in their current forms.
+    // their indexes and views created again in their current forms. Rows are copied as they
+    // are, checks off, so a value someone put in by hand past the checks does not stop the
+    // upgrade (the daemon repairs those as before); rows left pointing at a deleted cart or
+    // event (a delete in sqlite3, whose foreign keys are off by default) are dropped, as
+    // migration 7 did.
     r#"
+    PRAGMA ignore_check_constraints = ON;
+    DELETE FROM cart_transitions WHERE cart_key NOT IN (SELECT cart_key FROM carts);
     DROP VIEW IF EXISTS cart_overview;
     DROP VIEW IF EXISTS orders_today;
     DROP VIEW IF EXISTS carts_stuck_checked_out;
@@ -516,9 +522,11 @@ pub const MIGRATIONS: &[&str] = &[
                                last_status, last_error, delivered_at, dead_at)
     SELECT sink, event_seq, ordering_key, state, attempts, next_attempt_at, last_attempt_at,
            last_status, last_error, delivered_at, dead_at
-    FROM deliveries;
+    FROM deliveries
+    WHERE sink IN (SELECT sink FROM sinks) AND event_seq IN (SELECT seq FROM events);
     DROP TABLE deliveries;
     ALTER TABLE deliveries_v8 RENAME TO deliveries;
+    PRAGMA ignore_check_constraints = OFF;
     "#,
 ];
 
@@ -611,7 +619,8 @@ pub fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
         // transaction; every migration is then checked before it commits.
         connection.execute_batch("PRAGMA foreign_keys = OFF")?;
         let migrated = apply_migrations(connection, pending);
-        connection.execute_batch("PRAGMA foreign_keys = ON")?;
+        // A migration that failed half-way may have left the checks off.
+        connection.execute_batch("PRAGMA foreign_keys = ON; PRAGMA ignore_check_constraints = OFF")?;
         migrated?;
         // The migrations leave out the indexes and views of the tables they rebuild; their
         // current forms go in here. That is no news, unlike one found missing later.
