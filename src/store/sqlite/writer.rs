@@ -390,6 +390,21 @@ mod tests {
         PollOutcome::Report(CartReport::Status(observed(status, created_at_raw, detail)))
     }
 
+    /// Registers one cart of the `shop` model, due at the instant it returns.
+    async fn track_one_cart(store: &SqliteStore) -> (String, DateTime<Utc>) {
+        let cart_id = "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a".to_owned();
+        let request = TrackRequest {
+            provider: "shop".into(),
+            cart_id: cart_id.clone(),
+            session_token: None,
+            account: String::new(),
+            reference: None,
+        };
+        let start = crate::time::parse_ts("2026-11-25T07:30:00.000Z").unwrap();
+        store.track(vec![request], start, start).await.unwrap();
+        (cart_id, start)
+    }
+
     #[tokio::test]
     async fn a_dead_writer_is_reported_not_hidden() {
         let (store, _directory) = temp_store();
@@ -408,16 +423,7 @@ mod tests {
     #[tokio::test]
     async fn a_row_with_bytes_that_are_not_utf8_is_still_read_and_polled() {
         let (store, _directory) = temp_store();
-        let cart_id = "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a".to_owned();
-        let request = TrackRequest {
-            provider: "shop".into(),
-            cart_id: cart_id.clone(),
-            session_token: None,
-            account: String::new(),
-            reference: None,
-        };
-        let start = crate::time::parse_ts("2026-11-25T07:30:00.000Z").unwrap();
-        store.track(vec![request], start, start).await.unwrap();
+        let (cart_id, start) = track_one_cart(&store).await;
         rusqlite::Connection::open(store.path())
             .unwrap()
             .execute_batch("UPDATE carts SET reference = CAST(x'6f72646572ff' AS TEXT), status = CAST(x'ff' AS TEXT)")
@@ -435,16 +441,7 @@ mod tests {
     #[tokio::test]
     async fn both_update_paths_store_exactly_the_decided_cart() {
         let (store, _directory) = temp_store();
-        let cart_id = "921a2046-66a5-4c5f-b9a6-4bc646fa5e5a".to_owned();
-        let request = TrackRequest {
-            provider: "shop".into(),
-            cart_id: cart_id.clone(),
-            session_token: None,
-            account: String::new(),
-            reference: None,
-        };
-        let start = crate::time::parse_ts("2026-11-25T07:30:00.000Z").unwrap();
-        store.track(vec![request], start, start).await.unwrap();
+        let (cart_id, start) = track_one_cart(&store).await;
         let ordered = PollOutcome::Report(CartReport::Status(Observation {
             order_id: Some("ORD-1".into()),
             order_total: Some("12.50".into()),
