@@ -29,7 +29,7 @@ impl CartId {
     pub fn parse(text: &str) -> Result<CartId, MalformedCartId> {
         // Ids the daemon stored, and nearly all the partner sends back, are canonical already;
         // each is checked several times per poll.
-        if is_canonical_guid(text) {
+        if is_canonical(text) {
             return Ok(CartId(text.to_owned()));
         }
         let trimmed = text.trim();
@@ -58,12 +58,6 @@ impl CartId {
     pub fn from_canonical(text: &str) -> Option<CartId> {
         is_canonical(text).then(|| CartId(text.to_owned()))
     }
-}
-
-/// Whether `text` is a cart id in its canonical spelling (lower-case hyphenated GUID, nothing
-/// around it): a check of its bytes, without a copy.
-pub fn is_canonical(text: &str) -> bool {
-    is_canonical_guid(text)
 }
 
 /// The canonical lower-case hyphenated form of a GUID written in any usual spelling, or
@@ -151,8 +145,9 @@ pub fn shorten(text: &str, max_chars: usize) -> String {
     shortened
 }
 
-/// Whether `text` is a GUID in the canonical form: lower-case, hyphenated, no braces.
-fn is_canonical_guid(text: &str) -> bool {
+/// Whether `text` is a cart id in its canonical spelling (a lower-case hyphenated GUID,
+/// nothing around it): a check of its bytes, without a copy.
+pub fn is_canonical(text: &str) -> bool {
     // Each group is checked whole, without stopping at the first bad byte, which the
     // compiler turns into a few vector instructions: it runs several times per poll.
     let hex = |group: &[u8]| {

@@ -40,22 +40,29 @@ pub fn format_ts(instant: DateTime<Utc>) -> String {
 pub fn parse_ts(text: &str) -> Option<DateTime<Utc>> {
     // The stored form first, read by its fixed positions: a cart row holds six timestamps,
     // read on every poll, and chrono's RFC 3339 reader costs several times as much.
-    if let Some(naive) = text.strip_suffix('Z').and_then(|text| parse_fixed(text.as_bytes())) {
-        return Some(naive.and_utc());
+    match text.strip_suffix('Z').and_then(|text| parse_fixed(text.as_bytes())) {
+        Some(naive) => Some(naive.and_utc()),
+        None => parse_ts_by_chrono(text),
     }
+}
+
+/// [`parse_ts`] through chrono's readers alone.
+fn parse_ts_by_chrono(text: &str) -> Option<DateTime<Utc>> {
     let text = text.trim();
     if let Ok(instant) = DateTime::parse_from_rfc3339(text) {
         return Some(instant.with_timezone(&Utc));
     }
-    parse_naive(text).map(|naive| Utc.from_utc_datetime(&naive))
+    parse_naive_by_chrono(text).map(|naive| Utc.from_utc_datetime(&naive))
 }
 
 /// Reads a zone-less date and time as the partner APIs send them: `2017-06-13T16:28:47`,
 /// `2017-06-14T16:46:55.473` or `2016-03-03 11:39:45`, with any number of fraction digits.
 pub fn parse_naive(text: &str) -> Option<NaiveDateTime> {
-    if let Some(naive) = parse_fixed(text.as_bytes()) {
-        return Some(naive);
-    }
+    parse_fixed(text.as_bytes()).or_else(|| parse_naive_by_chrono(text))
+}
+
+/// [`parse_naive`] through chrono's readers alone.
+fn parse_naive_by_chrono(text: &str) -> Option<NaiveDateTime> {
     let text = text.trim();
     // chrono's own ISO reader first: it needs no format string parsed, and reads the form
     // the store and the partner use most.
@@ -239,19 +246,9 @@ mod tests {
         assert!(format_ts(far) > format_ts(Utc::now()), "the far future sorts after now");
     }
 
-    /// What the readers gave before the fixed-position path: chrono's readers alone.
+    /// What the readers give through chrono's readers alone, without the fixed-position path.
     fn by_chrono(text: &str) -> (Option<DateTime<Utc>>, Option<NaiveDateTime>) {
-        let text = text.trim();
-        let naive = text.parse::<NaiveDateTime>().ok().or_else(|| {
-            ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
-                .iter()
-                .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
-        });
-        let instant = DateTime::parse_from_rfc3339(text)
-            .ok()
-            .map(|instant| instant.with_timezone(&Utc))
-            .or_else(|| naive.map(|naive| naive.and_utc()));
-        (instant, naive)
+        (parse_ts_by_chrono(text), parse_naive_by_chrono(text))
     }
 
     proptest::proptest! {

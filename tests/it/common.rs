@@ -417,3 +417,14 @@ pub fn check_config(config: &Path, environment: &[(&str, &str)]) -> std::process
         .output()
         .unwrap()
 }
+
+/// Brings `connection`'s database to schema `version` as the releases of that time left it:
+/// the first `version` migrations, each in its own transaction.
+pub fn migrate_to(connection: &mut rusqlite::Connection, version: usize) {
+    for (index, sql) in cartwatch::store::sqlite::schema::MIGRATIONS[..version].iter().enumerate() {
+        let transaction = connection.transaction().unwrap();
+        transaction.execute_batch(sql).unwrap();
+        transaction.pragma_update(None, "user_version", index as i64 + 1).unwrap();
+        transaction.commit().unwrap();
+    }
+}

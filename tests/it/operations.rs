@@ -505,12 +505,7 @@ async fn the_state_checks_migrate_with_every_row_kept() {
     let tables = ["carts", "deliveries", "cart_transitions", "events", "sinks", "item_changes"];
     let before = {
         let mut connection = rusqlite::Connection::open(&path).unwrap();
-        for (index, sql) in schema::MIGRATIONS[..7].iter().enumerate() {
-            let transaction = connection.transaction().unwrap();
-            transaction.execute_batch(sql).unwrap();
-            transaction.pragma_update(None, "user_version", index as i64 + 1).unwrap();
-            transaction.commit().unwrap();
-        }
+        migrate_to(&mut connection, 7);
         schema::repair_missing(&connection).unwrap();
         connection
             .execute_batch(
@@ -642,12 +637,7 @@ async fn the_guarded_schema_migrates_a_database_edited_by_hand() {
     let path = directory.path().join("cartwatch.db");
     {
         let mut connection = rusqlite::Connection::open(&path).unwrap();
-        for (index, sql) in cartwatch::store::sqlite::schema::MIGRATIONS[..6].iter().enumerate() {
-            let transaction = connection.transaction().unwrap();
-            transaction.execute_batch(sql).unwrap();
-            transaction.pragma_update(None, "user_version", index as i64 + 1).unwrap();
-            transaction.commit().unwrap();
-        }
+        migrate_to(&mut connection, 6);
         connection
             .execute_batch(
                 "INSERT INTO carts (cart_id, state, next_poll_at, consecutive_errors) VALUES

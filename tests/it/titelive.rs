@@ -350,12 +350,7 @@ async fn a_database_from_before_providers_migrates_and_keeps_working() {
     {
         let mut connection = rusqlite::Connection::open(&config.database.path).unwrap();
         connection.pragma_update(None, "journal_mode", "wal").unwrap();
-        for (index, sql) in cartwatch::store::sqlite::schema::MIGRATIONS[..3].iter().enumerate() {
-            let transaction = connection.transaction().unwrap();
-            transaction.execute_batch(sql).unwrap();
-            transaction.pragma_update(None, "user_version", index as i64 + 1).unwrap();
-            transaction.commit().unwrap();
-        }
+        migrate_to(&mut connection, 3);
         for cart_id in simulator.cart_ids() {
             connection
                 .execute(
